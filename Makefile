@@ -1,0 +1,82 @@
+# mmsearch: `make run` (the DAG once, end to end) and `make test` (the test suite).
+# Both set up everything they need on a fresh clone, and reuse it on the next call.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON        ?= python3
+# Everything the embedded default writes lives under MMSEARCH_HOME.
+MMSEARCH_HOME ?= $(CURDIR)/.mmsearch
+VENVS         ?= $(CURDIR)/.venvs
+export MMSEARCH_HOME
+
+TOOLS_VENV   := $(VENVS)/tools
+AIRFLOW_VENV := $(VENVS)/airflow
+ML_VENV      := $(VENVS)/ml
+UV           := $(TOOLS_VENV)/bin/uv
+AIRFLOW_BIN  := $(AIRFLOW_VENV)/bin
+
+export MMSEARCH_ML_PYTHON ?= $(ML_VENV)/bin/python
+export AIRFLOW_HOME       ?= $(MMSEARCH_HOME)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export PATH := $(AIRFLOW_BIN):$(PATH)
+
+.PHONY: help envs run test lock clean distclean sample-data
+
+help:
+	@echo "make run         set up, pull the sample through DVC, run the DAG once (airflow dags test)"
+	@echo "make test        set up and run the test suite"
+	@echo "make lock        re-resolve requirements*.txt from requirements*.in"
+	@echo "make sample-data regenerate the bundled sample and push it to the bundled DVC remote"
+	@echo "make clean       remove $(MMSEARCH_HOME) (Airflow home, MLflow store, run outputs)"
+	@echo "make distclean   clean, and remove the environments in $(VENVS)"
+
+$(UV): requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet -r requirements-tools.txt
+	touch $@
+
+# One stamp per environment: rebuilt only when its lock file or the package changes.
+$(AIRFLOW_VENV)/.stamp: requirements.txt pyproject.toml | $(UV)
+	[ -x $(AIRFLOW_VENV)/bin/python ] || $(UV) venv --quiet --python $(PYTHON) $(AIRFLOW_VENV)
+	VIRTUAL_ENV=$(AIRFLOW_VENV) $(UV) pip sync --quiet requirements.txt
+	VIRTUAL_ENV=$(AIRFLOW_VENV) $(UV) pip install --quiet --no-deps -e .
+	touch $@
+
+$(ML_VENV)/.stamp: requirements-ml.txt pyproject.toml | $(UV)
+	[ -x $(ML_VENV)/bin/python ] || $(UV) venv --quiet --python $(PYTHON) $(ML_VENV)
+	VIRTUAL_ENV=$(ML_VENV) $(UV) pip sync --quiet requirements-ml.txt
+	VIRTUAL_ENV=$(ML_VENV) $(UV) pip install --quiet --no-deps -e .
+	touch $@
+
+envs: $(AIRFLOW_VENV)/.stamp $(ML_VENV)/.stamp
+
+lock: | $(UV)
+	$(UV) pip compile --quiet --python-version 3.11 requirements.in -o requirements.txt
+	$(UV) pip compile --quiet --python-version 3.11 requirements-ml.in -o requirements-ml.txt
+
+$(AIRFLOW_HOME)/airflow.db: $(AIRFLOW_VENV)/.stamp
+	mkdir -p $(AIRFLOW_HOME)
+	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
+
+run: envs $(AIRFLOW_HOME)/airflow.db
+	$(AIRFLOW_BIN)/mmsearch run-dag
+
+test: envs
+	$(AIRFLOW_BIN)/mmsearch --version >/dev/null
+	$(AIRFLOW_BIN)/python -m pytest -m "not ml" tests
+	$(ML_VENV)/bin/python -m pytest -m "ml" tests
+
+sample-data: envs
+	$(AIRFLOW_BIN)/mmsearch sample-data --out data/raw
+	$(AIRFLOW_BIN)/dvc add data/raw
+	$(AIRFLOW_BIN)/dvc push
+
+clean:
+	rm -rf $(MMSEARCH_HOME)
+
+distclean: clean
+	rm -rf $(VENVS)

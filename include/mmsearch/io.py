@@ -1,0 +1,63 @@
+"""Errors, atomic output directories and small JSON manifests shared by the stages."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad input: the message names the file, the column and the problem, on one line."""
+
+    def __init__(self, path, problem: str, column: str | None = None, rows: Iterable | None = None):
+        where = f"{path}"
+        if column:
+            where += f": column '{column}'"
+        text = f"{where}: {problem}"
+        if rows is not None:
+            rows = list(rows)
+            if rows:
+                shown = ", ".join(str(r) for r in rows[:5])
+                more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+                text += f" (e.g. {shown}{more})"
+        super().__init__(text)
+        self.path, self.column, self.problem = str(path), column, problem
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside `final`; rename it into place on success.
+
+    A killed or failing stage leaves only a `.tmp-*` directory that no later stage
+    reads; an existing `final` (a retry of the same run) is replaced only once the
+    new output is complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+
+
+def write_json(path: Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

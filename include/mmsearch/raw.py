@@ -1,0 +1,278 @@
+"""Reading the raw ESCI and SQID files, with contract checks shared by validate and merge.
+
+Every problem raises DataError naming the file, the column and a few offending rows.
+Feature tables are read in record batches, so memory stays bounded by the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mmsearch import config as C
+from mmsearch.io import DataError
+
+BATCH_ROWS = 8192
+
+
+def _is_string(t):
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_float_list(t):
+    listy = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    return listy and pa.types.is_floating(t.value_type)
+
+
+TypeCheck = tuple[Callable[[pa.DataType], bool], str]
+INTEGER: TypeCheck = (pa.types.is_integer, "an integer")
+STRING: TypeCheck = (_is_string, "a string")
+FLOAT_LIST: TypeCheck = (_is_float_list, "a list of floats")
+
+ESCI_COLUMNS: dict[str, TypeCheck] = {
+    "example_id": INTEGER,
+    "query": STRING,
+    "query_id": INTEGER,
+    "product_id": STRING,
+    "product_locale": STRING,
+    "esci_label": STRING,
+    "small_version": INTEGER,
+    "large_version": INTEGER,
+    "split": STRING,
+}
+QUERY_FEATURE_COLUMNS: dict[str, TypeCheck] = {"query_id": STRING, "clip_text_features": FLOAT_LIST}
+PRODUCT_FEATURE_COLUMNS: dict[str, TypeCheck] = {
+    "product_id": STRING,
+    "clip_text_features": FLOAT_LIST,
+    "clip_image_features": FLOAT_LIST,
+}
+ESCI_LABELS = frozenset(C.LABEL_IDS)
+ESCI_SPLITS = frozenset({"train", "test"})
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """One SQID feature table: its file, key column and embedding columns."""
+
+    path: Path
+    key: str
+    embeddings: tuple[str, ...]
+    columns: dict[str, TypeCheck]
+
+
+def query_table(raw_dir: Path) -> FeatureTable:
+    return FeatureTable(Path(raw_dir) / C.QUERY_FEATURES_FILE, "query_id", ("clip_text_features",), QUERY_FEATURE_COLUMNS)
+
+
+def product_table(raw_dir: Path) -> FeatureTable:
+    return FeatureTable(
+        Path(raw_dir) / C.PRODUCT_FEATURES_FILE,
+        "product_id",
+        ("clip_text_features", "clip_image_features"),
+        PRODUCT_FEATURE_COLUMNS,
+    )
+
+
+def open_parquet(path: Path) -> pq.ParquetFile:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file is missing")
+    if path.stat().st_size == 0:
+        raise DataError(path, "file is empty (0 bytes)")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(path, f"not a readable parquet file (truncated or another format): {exc}") from None
+    if parquet.metadata.num_rows == 0:
+        raise DataError(path, "has no rows")
+    return parquet
+
+
+def check_schema(path: Path, schema: pa.Schema, required: dict[str, TypeCheck]) -> None:
+    for name, (is_ok, wanted) in required.items():
+        if name not in schema.names:
+            raise DataError(path, f"required column is missing (columns: {', '.join(schema.names)})", column=name)
+        if not is_ok(schema.field(name).type):
+            raise DataError(path, f"must be {wanted}, found {schema.field(name).type}", column=name)
+
+
+def iter_batches(parquet: pq.ParquetFile, columns: list[str], path: Path) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(path, f"cannot be read to the end (truncated or corrupt): {exc}") from None
+
+
+def embedding_matrix(column: pa.Array, dim: int, path: Path, name: str, row_ids: list) -> np.ndarray:
+    """Check one batch of an embedding column (length, finiteness) and return it as float32 [n, dim]."""
+    if column.null_count:
+        nulls = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+        raise DataError(path, "has null embeddings", column=name, rows=[row_ids[i] for i in nulls])
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(lengths != dim)
+    if wrong.size:
+        found = sorted(set(lengths[wrong].tolist()))
+        raise DataError(
+            path, f"embeddings must have {dim} values, found {found}", column=name, rows=[row_ids[i] for i in wrong]
+        )
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    matrix = values.reshape(len(column), dim)
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if bad.size:
+        raise DataError(path, "has NaN or infinite values", column=name, rows=[row_ids[i] for i in bad])
+    return matrix
+
+
+def read_esci(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """The ESCI judgements, checked against the contract (labels, splits, types)."""
+    parquet = open_parquet(path)
+    check_schema(path, parquet.schema_arrow, ESCI_COLUMNS)
+    table = pa.Table.from_batches(list(iter_batches(parquet, list(ESCI_COLUMNS), path)))
+    _check_values(path, table, "esci_label", ESCI_LABELS)
+    _check_values(path, table, "split", ESCI_SPLITS)
+    return table.select(columns) if columns else table
+
+
+def _check_values(path, table, column, allowed) -> None:
+    values = table.column(column)
+    bad = pc.invert(pc.fill_null(pc.is_in(values, value_set=pa.array(sorted(allowed))), False))
+    rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+    if rows.size:
+        found = sorted({str(v) for v in pc.unique(pc.filter(values, bad)).to_pylist()})[:5]
+        raise DataError(
+            path,
+            f"values must be one of {sorted(allowed)}, found {found}",
+            column=column,
+            rows=[f"row {r} (example_id {table.column('example_id')[int(r)]})" for r in rows],
+        )
+
+
+def working_set_mask(table: pa.Table, cfg: C.RunConfig) -> np.ndarray:
+    """The ESCI rows SQID covers: us locale, small version, test split (configurable)."""
+    mask = np.ones(table.num_rows, dtype=bool)
+    if cfg.esci_filter_locale:
+        mask &= (table.column("product_locale").to_numpy(zero_copy_only=False) == cfg.esci_filter_locale)
+    if cfg.esci_filter_small_version:
+        mask &= table.column("small_version").to_numpy() == 1
+    if cfg.esci_filter_split:
+        mask &= table.column("split").to_numpy(zero_copy_only=False) == cfg.esci_filter_split
+    return mask
+
+
+class _RowNames:
+    """Names rows lazily as "<key> '<id>' (row N)" for error messages."""
+
+    def __init__(self, key: str, ids: pa.Array, offset: int):
+        self.key, self.ids, self.offset = key, ids, offset
+
+    def __getitem__(self, i: int) -> str:
+        return f"{self.key} '{self.ids[int(i)]}' (row {self.offset + int(i)})"
+
+
+@dataclass
+class Features:
+    """Keys and (when kept) embeddings of one feature table, duplicates collapsed."""
+
+    keys: np.ndarray
+    embeddings: dict[str, np.ndarray]
+    identical_duplicates: int
+
+
+def read_legacy_query_csv(path: Path, dim: int) -> pa.Table:
+    """The older export (query_id, f0..f{dim-1}, event_timestamp) as an SQID query table."""
+    import pyarrow.csv as pacsv
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file is missing")
+    try:
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types={"query_id": pa.string()}))
+    except pa.ArrowInvalid as exc:
+        raise DataError(path, f"not a readable CSV file: {exc}") from None
+    expected = [f"f{i}" for i in range(dim)]
+    found = [name for name in table.column_names if name.startswith("f") and name[1:].isdigit()]
+    missing = sorted(set(expected) - set(found), key=lambda n: int(n[1:]))
+    extra = sorted(set(found) - set(expected), key=lambda n: int(n[1:]))
+    for name in ("query_id", "event_timestamp"):
+        if name not in table.column_names:
+            raise DataError(path, "required column is missing", column=name)
+    if missing:
+        raise DataError(path, f"feature columns f0..f{dim - 1} expected, {len(missing)} missing", column=missing[0], rows=missing)
+    if extra:
+        raise DataError(path, f"feature columns f0..f{dim - 1} expected, {len(extra)} extra", column=extra[0], rows=extra)
+    if table.num_rows == 0:
+        raise DataError(path, "has no rows")
+    for name in expected:
+        if not pa.types.is_floating(table.schema.field(name).type) and not pa.types.is_integer(table.schema.field(name).type):
+            raise DataError(path, f"must be numeric, found {table.schema.field(name).type}", column=name)
+    matrix = np.column_stack([table.column(n).to_numpy().astype(np.float32) for n in expected])
+    from mmsearch.sample_data import embedding_array
+
+    return pa.table({"query_id": table.column("query_id"), "clip_text_features": embedding_array(matrix)})
+
+
+def feature_batches(ft: FeatureTable, source: str = "sqid", dim: int = C.EMBEDDING_DIM) -> Iterator[pa.RecordBatch]:
+    if source == "legacy_csv" and ft.key == "query_id":
+        yield from read_legacy_query_csv(ft.path.parent.parent / C.LEGACY_QUERY_CSV, dim).to_batches(BATCH_ROWS)
+        return
+    parquet = open_parquet(ft.path)
+    check_schema(ft.path, parquet.schema_arrow, ft.columns)
+    yield from iter_batches(parquet, [ft.key, *ft.embeddings], ft.path)
+
+
+def source_path(ft: FeatureTable, source: str) -> Path:
+    if source == "legacy_csv" and ft.key == "query_id":
+        return ft.path.parent.parent / C.LEGACY_QUERY_CSV
+    return ft.path
+
+
+def scan_features(ft: FeatureTable, dim: int, keep: bool = False, source: str = "sqid") -> Features:
+    """Check every batch of a feature table; return its keys, and its embeddings if `keep`.
+
+    Duplicate keys with identical embeddings are collapsed (first kept); duplicate keys
+    with different embeddings are an error, since the join would be ambiguous.
+    """
+    path = source_path(ft, source)
+    projection = np.random.default_rng(0).standard_normal((dim, 2)).astype(np.float32)
+    keys, prints, kept = [], [], {name: [] for name in ft.embeddings}
+    offset = 0
+    for batch in feature_batches(ft, source, dim):
+        ids = batch.column(ft.key)
+        if ids.null_count:
+            rows = np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False)) + offset
+            raise DataError(path, "has null keys", column=ft.key, rows=[f"row {r}" for r in rows])
+        names = _RowNames(ft.key, ids, offset)
+        fingerprint = []
+        for name in ft.embeddings:
+            matrix = embedding_matrix(batch.column(name), dim, path, name, names)
+            fingerprint.append(matrix @ projection)
+            if keep:
+                kept[name].append(matrix)
+        keys.append(ids.to_numpy(zero_copy_only=False).astype(str))
+        prints.append(np.hstack(fingerprint))
+        offset += batch.num_rows
+    keys_all = np.concatenate(keys)
+    first, collapsed = _first_of_duplicates(path, ft.key, keys_all, np.vstack(prints))
+    embeddings = {name: np.vstack(parts)[first] for name, parts in kept.items()} if keep else {}
+    return Features(keys_all[first], embeddings, collapsed)
+
+
+def _first_of_duplicates(path, key, keys, prints) -> tuple[np.ndarray, int]:
+    """Indices of the first row of each key; error if a duplicated key's embeddings differ."""
+    uniq, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    if (counts == 1).all():
+        return np.arange(len(keys)), 0
+    conflicting = []
+    for group in np.flatnonzero(counts > 1):
+        rows = np.flatnonzero(inverse == group)
+        if not np.allclose(prints[rows], prints[rows[0]], rtol=0, atol=1e-6):
+            conflicting.append(f"{key} '{uniq[group]}' (rows {', '.join(map(str, rows[:3]))})")
+    if conflicting:
+        raise DataError(path, f"{len(conflicting)} duplicate keys with different embeddings", column=key, rows=conflicting)
+    return np.sort(first), int(len(keys) - len(uniq))
