@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from mmsearch import __version__
 from mmsearch import config as C
+from mmsearch.io import read_json
 
 EXIT_BAD_INPUT = 2
 
@@ -21,7 +23,7 @@ EXIT_BAD_INPUT = 2
 def _config(args: argparse.Namespace) -> C.RunConfig:
     values: dict = {}
     if args.config:
-        text = Path(args.config).read_text() if Path(args.config).exists() else args.config
+        text = args.config if args.config.lstrip().startswith("{") else Path(args.config).read_text()
         values.update(json.loads(text))
     for item in args.set or []:
         key, _, raw = item.partition("=")
@@ -62,6 +64,40 @@ def cmd_merge(args):
     return merge.merge(args.raw_dir, args.out, _config(args))
 
 
+def cmd_transform(args):
+    from mmsearch import transform
+
+    return transform.transform(args.merged_dir, args.out, _config(args))
+
+
+def cmd_train(args):
+    from mmsearch import train
+
+    lineage = json.loads(args.lineage) if args.lineage else None
+    return train.train(args.transform_dir, args.out, _config(args), lineage)
+
+
+def cmd_evaluate(args):
+    from mmsearch import evaluate
+
+    return evaluate.evaluate(args.merged_dir, read_json(args.train_summary), args.out, _config(args))
+
+
+def cmd_register(args):
+    from mmsearch import evaluate, register
+
+    metrics = read_json(args.metrics)
+    evaluation = {"metrics": {"model": {k: metrics["model"][k] for k in evaluate.HEADLINE}}}
+    lineage = json.loads(args.lineage) if args.lineage else {}
+    return register.register(lineage, read_json(args.train_summary), evaluation, args.merged_dir, _config(args))
+
+
+def cmd_run_dag(args):
+    from mmsearch import run_dag
+
+    return run_dag.run_dag(args.conf)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsearch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mmsearch {__version__}")
@@ -88,6 +124,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--raw-dir", type=Path, default=C.default_raw_dir())
         p.add_argument("--out", type=Path, required=True, help="output directory (written atomically)")
         p.set_defaults(func=func)
+
+    p = _with_config(sub.add_parser("transform", help="TensorFlow Transform on Beam over the merged data"))
+    p.add_argument("--merged-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_transform)
+
+    p = _with_config(sub.add_parser("train", help="train the Keras model, tracked in MLflow"))
+    p.add_argument("--transform-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--lineage", help="JSON of Airflow lineage tags (dag_id, run_id)")
+    p.set_defaults(func=cmd_train)
+
+    p = _with_config(sub.add_parser("evaluate", help="score the trained model and the baselines on the test queries"))
+    p.add_argument("--merged-dir", type=Path, required=True)
+    p.add_argument("--train-summary", type=Path, required=True, help="train.json written by `mmsearch train`")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = _with_config(sub.add_parser("register", help="register the model in MLflow; move aliases"))
+    p.add_argument("--merged-dir", type=Path, required=True)
+    p.add_argument("--train-summary", type=Path, required=True, help="train.json written by `mmsearch train`")
+    p.add_argument("--metrics", type=Path, required=True, help="metrics.json written by `mmsearch evaluate`")
+    p.add_argument("--lineage", help="JSON: dag_id, run_id and the pull stage's dvc hashes")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("run-dag", help="run mmsearch_training once with `airflow dags test`; print its summary")
+    p.add_argument("--conf", default="{}", help="DAG run conf (JSON)")
+    p.set_defaults(func=cmd_run_dag)
     return parser
 
 
@@ -99,10 +163,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = args.func(args)
-    except (DataError, PullError, ValueError) as error:
+    except (DataError, PullError, C.ConfigError) as error:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    if args.command == "transform":
+        # A process that ran Beam can crash at interpreter exit after writing everything.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

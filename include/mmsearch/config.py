@@ -70,6 +70,14 @@ def mlflow_artifact_root() -> str:
     return (mmsearch_home() / "mlflow" / "artifacts").as_uri()
 
 
+# DAG params that are not run settings (none yet): kept so the UI can show extra fields.
+IGNORED_KEYS: frozenset[str] = frozenset()
+
+
+class ConfigError(ValueError):
+    """A setting out of its range or of the wrong kind."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything a DAG run can change; the DAG's Params are built from these defaults."""
@@ -89,7 +97,12 @@ class RunConfig:
     test_fraction: float = 0.15
     seed: int = 42
     # TensorFlow Transform / Beam
-    beam_pipeline_args: tuple[str, ...] = ("--runner=DirectRunner", "--direct_num_workers=1")
+    # The DirectRunner's own in-process engine, named outright: the DirectRunner first tries
+    # to download the Prism runner binary, which an offline machine cannot.
+    beam_pipeline_args: tuple[str, ...] = (
+        "--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner",
+        "--direct_num_workers=1",
+    )
     tfrecord_compression: str = ""  # "" (none) or "GZIP"
     transform_batch_rows: int = 2000
     # training: the original design's defaults
@@ -118,19 +131,22 @@ class RunConfig:
             if key == "beam_pipeline_args":
                 value = tuple(value.split()) if isinstance(value, str) else tuple(value)
             kwargs[key] = value
+        unknown = sorted(set(values) - set(fields) - IGNORED_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown settings: {unknown}")
         config = cls(**kwargs)
         config.check()
         return config
 
     def check(self) -> None:
         if self.feature_set not in FEATURE_SETS:
-            raise ValueError(f"feature_set must be one of {FEATURE_SETS}, not {self.feature_set!r}")
+            raise ConfigError(f"feature_set must be one of {FEATURE_SETS}, not {self.feature_set!r}")
         if not 0 < self.val_fraction + self.test_fraction < 1:
-            raise ValueError("val_fraction + test_fraction must lie strictly between 0 and 1")
+            raise ConfigError("val_fraction + test_fraction must lie strictly between 0 and 1")
         if self.query_features_source not in ("sqid", "legacy_csv"):
-            raise ValueError("query_features_source must be 'sqid' or 'legacy_csv'")
+            raise ConfigError("query_features_source must be 'sqid' or 'legacy_csv'")
         if self.tfrecord_compression not in ("", "GZIP"):
-            raise ValueError("tfrecord_compression must be '' or 'GZIP'")
+            raise ConfigError("tfrecord_compression must be '' or 'GZIP'")
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)

@@ -1,0 +1,116 @@
+"""Serving: a SavedModel that takes raw embeddings and applies the transform graph itself,
+and the MLflow pyfunc around it (input: a DataFrame of raw embeddings; output: the
+ESCI label and the four class probabilities), so serving cannot skew from training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmsearch import config as C
+
+PROBABILITY_COLUMNS = {"E": "p_E", "S": "p_S", "C": "p_C", "I": "p_I"}
+
+
+def export_serving_model(model, transform_graph: Path, raw_columns, dim: int, export_dir: Path) -> None:
+    """Save `model` with a `serving_default` signature over the raw embedding columns."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    tft_output = tft.TFTransformOutput(str(transform_graph))
+    model.tft_layer = tft_output.transform_features_layer()
+    names = list(model.input_names)
+    signature = {name: tf.TensorSpec([None, dim], tf.float32, name=name) for name in raw_columns}
+
+    @tf.function(input_signature=[signature])
+    def serve(raw_features):
+        transformed = model.tft_layer(raw_features)
+        inputs = {name: tf.reshape(transformed[name], [-1, 1]) if transformed[name].shape.rank == 1 else transformed[name]
+                  for name in names}
+        return {"probabilities": model(inputs, training=False)}
+
+    tf.saved_model.save(model, str(export_dir), signatures={"serving_default": serve.get_concrete_function()})
+
+
+def raw_frame(table, columns, dtype=np.float32) -> pd.DataFrame:
+    """Raw embedding columns of an Arrow table as a DataFrame of arrays (the pyfunc's input)."""
+    frame = {}
+    for name in columns:
+        column = table.column(name).combine_chunks()
+        matrix = column.values.to_numpy().reshape(len(column), -1).astype(dtype, copy=False)
+        frame[name] = list(matrix)
+    return pd.DataFrame(frame)
+
+
+def model_signature(raw_columns):
+    """Arrays of doubles in (JSON carries doubles; float32 arrays convert safely), label and p_* out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import Array
+
+    inputs = Schema([ColSpec(Array(DataType.double), name) for name in raw_columns])
+    outputs = Schema([ColSpec(DataType.string, "esci_label")] + [ColSpec(DataType.double, c) for c in PROBABILITY_COLUMNS.values()])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    names = ("tensorflow", "tensorflow-transform", "tf-keras", "mlflow", "pandas", "numpy", "pyarrow")
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def probabilities_frame(probabilities: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame({"esci_label": [C.LABELS_BY_ID[i] for i in probabilities.argmax(axis=1)]})
+    for label, column in PROBABILITY_COLUMNS.items():
+        frame[column] = probabilities[:, C.LABEL_IDS[label]].astype(np.float64)
+    return frame
+
+
+def probabilities_of(predictions: pd.DataFrame) -> np.ndarray:
+    """Back from the pyfunc output to an [n, 4] array in label-id order (I, C, S, E)."""
+    ordered = sorted(PROBABILITY_COLUMNS, key=C.LABEL_IDS.get)
+    return predictions[[PROBABILITY_COLUMNS[label] for label in ordered]].to_numpy()
+
+
+try:
+    import mlflow.pyfunc
+
+    _PythonModel = mlflow.pyfunc.PythonModel
+except ImportError:  # the Airflow environment has no MLflow; only the ML one loads this class
+    _PythonModel = object
+
+
+class EsciRelevanceModel(_PythonModel):
+    """Pyfunc: raw embeddings in, `esci_label` and `p_E, p_S, p_C, p_I` out."""
+
+    def __getstate__(self):
+        # MLflow may call load_context (to check the input example) before pickling the
+        # model: the loaded TensorFlow graph is state to rebuild, not to pickle.
+        return {}
+
+    def load_context(self, context):
+        import tensorflow_transform  # noqa: F401  (registers what the transform graph needs)
+        import tensorflow as tf
+
+        self._model = tf.saved_model.load(context.artifacts["saved_model"])
+        self._serve = self._model.signatures["serving_default"]
+        self._inputs = {name: spec for name, spec in self._serve.structured_input_signature[1].items()}
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        import tensorflow as tf
+
+        missing = [name for name in self._inputs if name not in model_input.columns]
+        if missing:
+            raise ValueError(f"model input lacks columns {missing}; it needs {sorted(self._inputs)}")
+        feeds = {}
+        for name, spec in self._inputs.items():
+            matrix = np.stack(model_input[name].to_numpy()).astype(np.float32)
+            if matrix.ndim != 2 or matrix.shape[1] != spec.shape[1]:
+                raise ValueError(f"column '{name}' must hold {spec.shape[1]}-long arrays, found shape {matrix.shape}")
+            feeds[name] = tf.constant(matrix)
+        probabilities = self._serve(**feeds)["probabilities"].numpy()
+        return probabilities_frame(probabilities)

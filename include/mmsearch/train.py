@@ -1,0 +1,171 @@
+"""Stage 5, train: Keras on the transformed TFRecords, tracked in MLflow, measured by CodeCarbon.
+
+One MLflow run per DAG run. A `query_product` run also trains the original design's
+`query` model on the same split, in a nested run, so evaluate can show what the
+product features add. Checkpoints are written every epoch; Keras' BackupAndRestore
+lets a retried task continue from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mmsearch import config as C
+from mmsearch import model as M
+from mmsearch.io import atomic_dir, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+BASELINE_RUN_NAME = "query-baseline"
+
+
+def make_dataset(transform_manifest: dict, split: str, feature_set: str, batch_size: int, training: bool, seed: int = 0):
+    """Batches of (features, label) parsed from the transformed TFRecords, prefetched."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    spec = tft.TFTransformOutput(transform_manifest["transform_graph"]).transformed_feature_spec()
+    names = M.feature_names(feature_set)
+    spec = {name: spec[name] for name in (*names, "label")}
+    files = sorted(str(p) for p in Path(transform_manifest["examples"][split]).glob("transformed_examples-*"))
+    dataset = tf.data.TFRecordDataset(files, compression_type=transform_manifest["compression"] or None)
+    if training:
+        dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        label = parsed.pop("label")
+        return {k: tf.reshape(v, [-1, 1]) if v.shape.rank == 1 else v for k, v in parsed.items()}, label
+
+    return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def setup_mlflow(cfg: C.RunConfig):
+    import mlflow
+
+    mlflow.set_tracking_uri(C.mlflow_tracking_uri())
+    if mlflow.get_experiment_by_name(cfg.experiment_name) is None:
+        default_store = not os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.create_experiment(cfg.experiment_name, artifact_location=C.mlflow_artifact_root() if default_store else None)
+    mlflow.set_experiment(cfg.experiment_name)
+    return mlflow
+
+
+def _fit(feature_set: str, transform_manifest: dict, work_dir: Path, cfg: C.RunConfig):
+    import tensorflow as tf
+
+    k = M.keras()
+    tf.keras.utils.set_random_seed(cfg.seed)
+    model = M.build_model(feature_set, transform_manifest["embedding_dim"], cfg.dropout, cfg.learning_rate)
+    train = make_dataset(transform_manifest, "train", feature_set, cfg.batch_size, training=True, seed=cfg.seed)
+    val = make_dataset(transform_manifest, "val", feature_set, cfg.batch_size, training=False)
+    (work_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    callbacks = [
+        k.callbacks.BackupAndRestore(str(work_dir / "backup")),
+        k.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+        k.callbacks.ModelCheckpoint(str(work_dir / "checkpoints" / "epoch-{epoch:03d}"), save_weights_only=True),
+    ]
+    history = model.fit(
+        train,
+        epochs=cfg.epochs,
+        steps_per_epoch=cfg.steps_per_epoch,
+        validation_data=val,
+        validation_steps=cfg.validation_steps or None,
+        callbacks=callbacks,
+        verbose=2,
+    )
+    return model, history.history
+
+
+def _emissions_tracker(output_dir: Path, cfg: C.RunConfig, project: str):
+    from codecarbon import OfflineEmissionsTracker
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return OfflineEmissionsTracker(
+        country_iso_code=cfg.codecarbon_country,
+        output_dir=str(output_dir),
+        output_file="emissions.csv",
+        project_name=project,
+        log_level="error",
+        save_to_file=True,
+    )
+
+
+def train_and_log(feature_set: str, transform_manifest: dict, work_dir: Path, cfg: C.RunConfig, mlflow) -> dict:
+    """Fit one model inside the active MLflow run; log params, emissions and the pyfunc model."""
+    from mmsearch.serving import EsciRelevanceModel, export_serving_model, model_signature, pip_requirements, raw_frame
+    from mmsearch.merge import read_merged
+
+    dim = transform_manifest["embedding_dim"]
+    raw_columns = C.EMBEDDING_COLUMNS[feature_set]
+    mlflow.log_params({
+        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "input_dim": M.input_width(feature_set, dim),
+        "optimizer": "Adam", "feature_set": feature_set, "steps_per_epoch": cfg.steps_per_epoch,
+        "patience": cfg.patience, "learning_rate": cfg.learning_rate, "dropout": cfg.dropout,
+    })
+    tracker = _emissions_tracker(work_dir, cfg, f"mmsearch-{feature_set}")
+    tracker.start()
+    try:
+        keras_model, history = _fit(feature_set, transform_manifest, work_dir, cfg)
+    finally:
+        emissions_kg = tracker.stop()
+    data = tracker.final_emissions_data
+    mlflow.log_metrics({
+        "codecarbon_emissions_kg": float(emissions_kg or 0.0),
+        "codecarbon_energy_kwh": float(data.energy_consumed),
+        "codecarbon_duration_s": float(data.duration),
+    })
+    mlflow.log_artifact(str(work_dir / "emissions.csv"))
+
+    with atomic_dir(work_dir / "serving_model") as export_dir:
+        export_serving_model(keras_model, transform_manifest["transform_graph"], raw_columns, dim, export_dir)
+    merged_dir = transform_manifest["merged_dir"]
+    example = raw_frame(read_merged(merged_dir, "test", list(raw_columns)).slice(0, 2), raw_columns, np.float64)
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=EsciRelevanceModel(),
+        artifacts={"saved_model": str(work_dir / "serving_model")},
+        code_paths=[str(Path(__file__).parent)],
+        input_example=example,
+        signature=model_signature(raw_columns),
+        pip_requirements=pip_requirements(),
+    )
+    best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
+    return {
+        "feature_set": feature_set,
+        "model_uri": info.model_uri,
+        "epochs_run": len(history["loss"]),
+        "best_epoch": best + 1,
+        "best_val_loss": float(history["val_loss"][best]),
+        "best_val_accuracy": float(history["val_accuracy"][best]),
+        "emissions_kg": float(emissions_kg or 0.0),
+        "energy_kwh": float(data.energy_consumed),
+        "duration_s": float(data.duration),
+    }
+
+
+def train(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, lineage: dict | None = None) -> dict:
+    M.keras()  # settle tf.keras as Keras 2 before MLflow's autolog touches it
+    transform_manifest = read_json(Path(transform_dir) / "manifest.json")
+    out_dir = Path(out_dir)
+    mlflow = setup_mlflow(cfg)
+    mlflow.tensorflow.autolog(log_models=False, log_datasets=False, silent=True)
+    lineage = lineage or {}
+    tags = {f"airflow.{k}": str(v) for k, v in lineage.items()}
+    with mlflow.start_run(run_name=lineage.get("run_id", "cli"), tags=tags) as run:
+        result = train_and_log(cfg.feature_set, transform_manifest, out_dir / cfg.feature_set, cfg, mlflow)
+        result["mlflow_run_id"] = run.info.run_id
+        if cfg.feature_set == "query_product" and cfg.train_query_baseline:
+            with mlflow.start_run(run_name=BASELINE_RUN_NAME, nested=True, tags=tags) as child:
+                baseline = train_and_log("query", transform_manifest, out_dir / "query", cfg, mlflow)
+                baseline["mlflow_run_id"] = child.info.run_id
+            result["query_baseline"] = baseline
+    summary = {"train_dir": str(out_dir), "experiment": cfg.experiment_name, **result}
+    write_json(out_dir / "train.json", summary)
+    log.info("trained %s: best epoch %d, val_accuracy %.4f", cfg.feature_set, result["best_epoch"], result["best_val_accuracy"])
+    return summary
