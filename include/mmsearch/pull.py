@@ -44,32 +44,60 @@ def tracked_output(repo_dir: Path, target: str) -> tuple[Path, str]:
     return (repo_dir / target).parent / out["path"], out["md5"]
 
 
-def _cache_object(repo_dir: Path, md5: str) -> Path:
-    result = _dvc(repo_dir, "cache", "dir")
-    cache = Path(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else repo_dir / ".dvc" / "cache"
-    return cache / "files" / "md5" / md5[:2] / md5[2:]
+def _listing(repo_dir: Path, md5: str, remote: str) -> list[dict] | None:
+    """The directory listing (.dir object): from the local cache, else from the remote."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo_dir)) as repo:
+        for odb in (repo.cache.local, repo.cloud.get_remote_odb(remote or None, "pull")):
+            try:
+                with odb.fs.open(odb.oid_to_path(md5)) as handle:
+                    return json.load(handle)
+            except (FileNotFoundError, OSError, ValueError):
+                continue
+    return None
 
 
-def file_hashes(repo_dir: Path, target: str) -> dict[str, str]:
+def _missing_in_remote(repo_dir: Path, entries: list[dict], remote: str) -> list[str]:
+    from dvc.repo import Repo
+
+    with Repo(str(repo_dir)) as repo:
+        odb = repo.cloud.get_remote_odb(remote or None, "pull")
+        return [entry["relpath"] for entry in entries if not odb.exists(entry["md5"])]
+
+
+def file_hashes(repo_dir: Path, target: str, remote: str = "") -> dict[str, str]:
     """md5 of every tracked file, relative to the tracked directory (lineage for the registry)."""
     out_path, md5 = tracked_output(repo_dir, target)
     if not md5.endswith(".dir"):
         return {out_path.name: md5}
-    listing = _cache_object(repo_dir, md5)
-    if not listing.exists():
-        raise PullError(f"{target}: the directory listing {md5} is not in the DVC cache (not pulled)")
-    return {entry["relpath"]: entry["md5"] for entry in json.loads(listing.read_text())}
+    entries = _listing(repo_dir, md5, remote)
+    if entries is None:
+        raise PullError(f"{target}: the directory listing {md5} is neither in the DVC cache nor in the remote")
+    return {entry["relpath"]: entry["md5"] for entry in entries}
 
 
-def missing_files(repo_dir: Path, target: str) -> list[str]:
+def missing_files(repo_dir: Path, target: str, remote: str = "") -> list[str]:
+    """Tracked files absent from the workspace, named relative to the repository."""
     out_path, _ = tracked_output(repo_dir, target)
+    relative = str(out_path.relative_to(repo_dir))
     try:
-        hashes = file_hashes(repo_dir, target)
+        hashes = file_hashes(repo_dir, target, remote)
     except PullError:
-        return [str(out_path.relative_to(repo_dir))]
+        return [relative]
     if len(hashes) == 1 and out_path.name in hashes:
-        return [] if out_path.exists() else [str(out_path.relative_to(repo_dir))]
-    return [str((out_path / rel).relative_to(repo_dir)) for rel in sorted(hashes) if not (out_path / rel).exists()]
+        return [] if out_path.exists() else [relative]
+    return [f"{relative}/{rel}" for rel in sorted(hashes) if not (out_path / rel).exists()]
+
+
+def _explain(repo_dir: Path, target: str, remote: str) -> str:
+    """Which tracked files the remote lacks: DVC leaves a directory out entirely if any is missing."""
+    _, md5 = tracked_output(repo_dir, target)
+    entries = _listing(repo_dir, md5, remote) if md5.endswith(".dir") else None
+    if entries is None:
+        return "the remote has no listing for it"
+    absent = _missing_in_remote(repo_dir, entries, remote)
+    return f"missing from the remote: {', '.join(absent)}" if absent else "the remote has every object"
 
 
 def pull(repo_dir: Path, target: str = DEFAULT_TARGET, remote: str = "") -> dict:
@@ -79,21 +107,20 @@ def pull(repo_dir: Path, target: str = DEFAULT_TARGET, remote: str = "") -> dict
     args = ["pull", target] + (["--remote", remote] if remote else [])
     result = _dvc(repo_dir, *args)
     log.info("dvc %s exited %d\n%s%s", " ".join(args), result.returncode, result.stdout, result.stderr)
-    missing = missing_files(repo_dir, target)
+    missing = missing_files(repo_dir, target, remote)
     status = _dvc(repo_dir, "status", "--json", target)
     changed = json.loads(status.stdout or "{}") if status.returncode == 0 else {"status": status.stderr.strip()}
     if missing or changed:
         said = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or [""])[-1]
         raise PullError(
-            f"dvc pull of {target} from remote '{remote or 'default'}' did not restore "
-            f"{len(missing)} file(s): {', '.join(missing[:5]) or 'none'}; dvc status: {json.dumps(changed) or 'clean'}; "
-            f"dvc exit code {result.returncode}: {said}"
+            f"dvc pull of {target} from remote '{remote or 'default'}' did not restore {', '.join(missing) or target} "
+            f"({_explain(repo_dir, target, remote)}); dvc exit code {result.returncode}: {said}"
         )
     out_path, md5 = tracked_output(repo_dir, target)
     return {
         "raw_dir": str(out_path),
         "dvc_target": target,
         "dvc_md5": md5,
-        "file_md5": file_hashes(repo_dir, target),
+        "file_md5": file_hashes(repo_dir, target, remote),
         "dvc_exit_code": result.returncode,
     }

@@ -38,11 +38,13 @@ def make_dataset(transform_manifest: dict, split: str, feature_set: str, batch_s
         dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
 
     def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
+        parsed = tf.io.parse_single_example(serialized, spec)
         label = parsed.pop("label")
-        return {k: tf.reshape(v, [-1, 1]) if v.shape.rank == 1 else v for k, v in parsed.items()}, label
+        return {k: tf.reshape(v, [1]) if v.shape.rank == 0 else v for k, v in parsed.items()}, label
 
-    return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # Batch last: MLflow's autolog reads the batch size off the final BatchDataset (else it
+    # logs batch_size=None and clashes with ours); tf.data injects the prefetch after it.
+    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
 
 
 def setup_mlflow(cfg: C.RunConfig):

@@ -44,7 +44,7 @@ def raw_feature_spec(embedding_columns, dim: int) -> dict:
 
 
 def preprocessing_fn(inputs: dict) -> dict:
-    """Elementwise z-scores of every embedding, query-product cosines, the label passed on."""
+    """Elementwise z-scores of every embedding, z-scored query-product cosines, the label passed on."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
@@ -57,7 +57,8 @@ def preprocessing_fn(inputs: dict) -> dict:
         query = tf.math.l2_normalize(inputs[C.QUERY_EMBEDDING], axis=1)
         for name, column in ((COS_QUERY_TEXT, C.PRODUCT_TEXT_EMBEDDING), (COS_QUERY_IMAGE, C.PRODUCT_IMAGE_EMBEDDING)):
             product = tf.math.l2_normalize(inputs[column], axis=1)
-            outputs[name] = tf.reduce_sum(query * product, axis=1)
+            # z-scored too: two raw cosines in [-1, 1] would be drowned by 2,304 z-scored inputs
+            outputs[name] = tft.scale_to_z_score(tf.reduce_sum(query * product, axis=1))
     outputs[LABEL] = inputs[LABEL]
     return outputs
 

@@ -1,0 +1,57 @@
+"""Shared fixtures: small generated raw data, and real DVC repositories with local remotes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmsearch import config as C
+from mmsearch.sample_data import SampleSpec, generate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMALL = SampleSpec(queries=40, products=240, mean_judgements=12, topics=8, intents=3, dim=16, seed=3)
+
+
+def small_config(**overrides) -> C.RunConfig:
+    return C.RunConfig(embedding_dim=SMALL.dim, **overrides)
+
+
+@pytest.fixture(scope="session")
+def small_raw(tmp_path_factory) -> Path:
+    """A small raw directory (16-dim embeddings), generated once; copy it before damaging it."""
+    out = tmp_path_factory.mktemp("raw") / "raw"
+    generate(out, SMALL, legacy_csv=True)
+    return out
+
+
+@pytest.fixture
+def raw_copy(small_raw, tmp_path) -> Path:
+    target = tmp_path / "raw"
+    shutil.copytree(small_raw, target)
+    return target
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "dvc"
+    return subprocess.run([str(exe), *args], cwd=repo, capture_output=True, text=True, check=False)
+
+
+def make_dvc_repo(root: Path, spec: SampleSpec) -> Path:
+    """A DVC repo (no git) whose data/raw was pushed to a local-directory remote, then removed
+    from the workspace and the cache, so that only a real `dvc pull` brings it back."""
+    repo, remote = root / "repo", root / "remote"
+    repo.mkdir(parents=True)
+    for args in (("init", "--no-scm", "-q"), ("config", "core.analytics", "false"),
+                 ("remote", "add", "-d", "local", str(remote))):
+        assert dvc(repo, *args).returncode == 0
+    generate(repo / "data" / "raw", spec)
+    for args in (("add", "data/raw", "-q"), ("push", "-q")):
+        result = dvc(repo, *args)
+        assert result.returncode == 0, result.stderr
+    shutil.rmtree(repo / "data" / "raw")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    return repo

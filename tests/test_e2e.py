@@ -1,0 +1,146 @@
+"""End to end, everything real: `airflow dags test` against a DVC remote in a temporary
+directory, TensorFlow Transform on Beam, Keras, MLflow's SQLite registry; then the
+champion loaded from another process. No mocks."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("airflow")
+
+from mmsearch import config as C  # noqa: E402
+from mmsearch.sample_data import SampleSpec  # noqa: E402
+from tests.conftest import REPO_ROOT, make_dvc_repo  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+SAMPLE = SampleSpec(queries=120, products=700, mean_judgements=16, topics=12, intents=3, seed=11)
+FAST = {"epochs": 6, "steps_per_epoch": 40, "patience": 3}
+WEAK = {"epochs": 1, "steps_per_epoch": 1, "patience": 1, "train_query_baseline": False}
+ML_PYTHON = os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
+    env.update({
+        "MMSEARCH_HOME": str(root / "home"),
+        "AIRFLOW_HOME": str(root / "home" / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "MMSEARCH_ML_PYTHON": ML_PYTHON,
+        "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
+    })
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    repo = make_dvc_repo(root, SAMPLE)
+    return {"env": env, "repo": repo, "home": root / "home"}
+
+
+def dags_test(stack, conf: dict, logical_date: str) -> dict:
+    conf = {"dvc_repo": str(stack["repo"]), **conf}
+    result = subprocess.run(
+        ["airflow", "dags", "test", "mmsearch_training", logical_date, "--conf", json.dumps(conf)],
+        env=stack["env"], capture_output=True, text=True, timeout=900,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert "state=success" in log, log[-5000:]
+    run_dirs = sorted((stack["home"] / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    return json.loads((run_dirs[-1] / "summary.json").read_text())
+
+
+def in_ml_env(stack, code: str) -> dict:
+    env = {**stack["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{stack['home'] / 'mlflow' / 'mlflow.db'}"}
+    result = subprocess.run([ML_PYTHON, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def first_run(stack):
+    return dags_test(stack, FAST, "2026-01-01T02:00:00+00:00")
+
+
+def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
+    run_dir = Path(first_run["run_dir"])
+    assert (stack["repo"] / "data" / "raw" / C.ESCI_FILE).exists()  # brought back by dvc pull
+    merged = pq.read_table(run_dir / "merged" / "train")
+    assert {C.QUERY_EMBEDDING, C.PRODUCT_TEXT_EMBEDDING, C.PRODUCT_IMAGE_EMBEDDING} <= set(merged.schema.names)
+    example_ids = [i for p in (run_dir / "merged").rglob("*.parquet")
+                   for i in pq.read_table(p, columns=["example_id"]).column("example_id").to_pylist()]
+    assert len(example_ids) == len(set(example_ids)) == first_run["rows"]  # one row per judgement
+    for split in C.SPLITS:
+        assert list((run_dir / "transform" / "transformed_examples" / f"Split-{split}").glob("*.tfrecord"))
+    assert (run_dir / "transform" / "transform_graph" / "metadata" / "schema.pbtxt").exists()
+    registry = first_run["registry"]
+    assert registry["aliases"] == ["challenger", "champion"]
+    assert registry["decision"]["reason"] == "no champion yet"
+    assert set(first_run["metrics"]) == {"model", "baseline_majority", "baseline_query"}
+
+
+def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_run):
+    found = in_ml_env(stack, f"""
+        import json, mlflow
+        client = mlflow.MlflowClient()
+        version = client.get_model_version_by_alias("mmsearch-esci", "champion")
+        run = client.get_run(version.run_id)
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+        print(json.dumps({{"params": run.data.params, "metrics": sorted(run.data.metrics), "epochs": len(history),
+                          "artifacts": artifacts, "tags": version.tags}}))
+    """)
+    for name in ("batch_size", "epochs", "input_dim", "optimizer", "feature_set", "steps_per_epoch", "patience"):
+        assert name in found["params"]
+    assert found["params"]["input_dim"] == str(3 * 768 + 2) and found["params"]["batch_size"] == "32"
+    for name in ("accuracy", "val_accuracy", "loss", "val_loss", "codecarbon_emissions_kg", "test_macro_f1",
+                 "baseline_majority_test_macro_f1", "baseline_query_test_ndcg"):
+        assert name in found["metrics"]
+    assert found["epochs"] >= 2  # one point per epoch
+    assert "emissions.csv" in found["artifacts"] and "evaluation" in found["artifacts"]
+    tags = found["tags"]
+    assert tags["airflow_dag_id"] == "mmsearch_training" and tags["airflow_run_id"].startswith("manual__")
+    assert tags["feature_set"] == "query_product" and len(tags["git_commit"]) in (40, 7) or tags["git_commit"] == "unknown"
+    assert {"dvc_md5.raw", f"dvc_md5.{C.ESCI_FILE}", f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"} <= set(tags)
+    assert (Path(first_run["run_dir"]) / "train" / "query_product" / "emissions.csv").exists()
+
+
+def test_champion_predicts_raw_rows_from_another_process(stack, first_run):
+    test_split = Path(first_run["run_dir"]) / "merged" / "test"
+    found = in_ml_env(stack, f"""
+        import json, mlflow, numpy as np, pyarrow.parquet as pq
+        table = pq.read_table({str(test_split)!r}).slice(0, 7)
+        frame = table.select(["query_embedding", "product_text_embedding", "product_image_embedding"]).to_pandas()
+        model = mlflow.pyfunc.load_model("models:/mmsearch-esci@champion")
+        out = model.predict(frame)
+        total = out[["p_E", "p_S", "p_C", "p_I"]].sum(axis=1).to_numpy()
+        print(json.dumps({{"columns": list(out.columns), "labels": out.esci_label.tolist(),
+                          "sums": total.tolist(), "rows": len(out)}}))
+    """)
+    assert found["columns"] == ["esci_label", "p_E", "p_S", "p_C", "p_I"]
+    assert found["rows"] == 7 and set(found["labels"]) <= {"E", "S", "C", "I"}
+    assert all(abs(s - 1) < 1e-4 for s in found["sums"])
+
+
+def test_weaker_run_stays_challenger_and_champion_is_untouched(stack, first_run):
+    champion = first_run["registry"]["version"]
+    weak = dags_test(stack, WEAK, "2026-01-02T02:00:00+00:00")
+    registry = weak["registry"]
+    assert registry["version"] != champion
+    assert registry["aliases"] == ["challenger"]
+    decision = registry["decision"]
+    assert decision["promote"] is False and decision["champion_version"] == champion
+    assert "does not beat" in decision["reason"]
+    found = in_ml_env(stack, """
+        import json, mlflow
+        client = mlflow.MlflowClient()
+        print(json.dumps({"champion": client.get_model_version_by_alias("mmsearch-esci", "champion").version}))
+    """)
+    assert str(found["champion"]) == str(champion)

@@ -1,0 +1,73 @@
+"""The generator writes the public files' names and schemas, with a learnable, pair-level structure."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmsearch import config as C
+from mmsearch.sample_data import SampleSpec, generate
+from tests.conftest import SMALL
+
+
+def test_files_have_the_contract_schemas(small_raw):
+    esci = pq.read_schema(small_raw / C.ESCI_FILE)
+    assert esci.names == ["example_id", "query", "query_id", "product_id", "product_locale", "esci_label",
+                          "small_version", "large_version", "split"]
+    assert esci.field("query_id").type == pa.int64()  # ESCI: integer
+    queries = pq.read_schema(small_raw / C.QUERY_FEATURES_FILE)
+    assert queries.field("query_id").type == pa.string()  # SQID: string
+    assert queries.field("clip_text_features").type == pa.list_(pa.float32())
+    products = pq.read_schema(small_raw / C.PRODUCT_FEATURES_FILE)
+    assert products.names == ["product_id", "clip_text_features", "clip_image_features"]
+    lengths = pq.read_table(small_raw / C.PRODUCT_FEATURES_FILE).column("clip_image_features").combine_chunks()
+    assert set(pa.compute.list_value_length(lengths).to_pylist()) == {SMALL.dim}
+
+
+def test_working_set_and_rows_outside_it(small_raw):
+    esci = pq.read_table(small_raw / C.ESCI_FILE).to_pandas()
+    working = esci[(esci.product_locale == "us") & (esci.small_version == 1) & (esci.split == "test")]
+    assert 0 < len(working) < len(esci)
+    sqid_ids = set(pq.read_table(small_raw / C.QUERY_FEATURES_FILE).column("query_id").to_pylist())
+    assert set(working.query_id.astype(str)) <= sqid_ids
+    assert not set(esci[esci.product_locale != "us"].query_id.astype(str)) & sqid_ids
+
+
+def test_labels_vary_within_queries_with_esci_like_frequencies():
+    # the bundled sample's size, so the frequencies are those users see
+    spec = SampleSpec(queries=300, products=1600, dim=8)
+    esci = _esci(spec)
+    working = esci[esci.small_version.eq(1) & esci.product_locale.eq("us") & esci.split.eq("test")]
+    share = working.esci_label.value_counts(normalize=True)
+    assert share["E"] > share["S"] > share["I"] > share["C"] > 0.01
+    labels_per_query = working.groupby("query_id").esci_label.nunique()
+    assert (labels_per_query > 1).mean() > 0.8
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
+    spec = SampleSpec(queries=10, products=60, topics=4, intents=2, dim=8)
+    generate(tmp_path / "a", spec)
+    generate(tmp_path / "b", spec)
+    generate(tmp_path / "c", SampleSpec(**{**spec.__dict__, "seed": 99}))
+    read = lambda d: pq.read_table(d / C.PRODUCT_FEATURES_FILE)  # noqa: E731
+    assert read(tmp_path / "a").equals(read(tmp_path / "b"))
+    assert not read(tmp_path / "a").equals(read(tmp_path / "c"))
+
+
+def test_legacy_csv_has_f_columns_and_timestamp(small_raw):
+    frame = pd.read_csv(small_raw / C.LEGACY_QUERY_CSV)
+    assert list(frame.columns) == ["query_id"] + [f"f{i}" for i in range(SMALL.dim)] + ["event_timestamp"]
+    parquet = pq.read_table(small_raw / C.QUERY_FEATURES_FILE).to_pandas()
+    first = parquet.iloc[0]
+    row = frame[frame.query_id.astype(str) == first.query_id].iloc[0]
+    np.testing.assert_allclose(row[[f"f{i}" for i in range(SMALL.dim)]].to_numpy(float), first.clip_text_features,
+                               rtol=1e-6)
+
+
+def _esci(spec):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp) / "raw", spec)
+        return pq.read_table(Path(tmp) / "raw" / C.ESCI_FILE).to_pandas()

@@ -1,0 +1,146 @@
+"""validate: the contract checks, each bad input failing with the file, column and rows named."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmsearch import config as C
+from mmsearch import validate
+from mmsearch.io import DataError
+from tests.conftest import SMALL, small_config
+
+
+def test_good_input_reports_full_coverage(small_raw, tmp_path):
+    result = validate.run(small_raw, tmp_path / "out", small_config())
+    assert result["coverage"] == 1.0
+    report = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert report["coverage"]["working_set_judgements"] == result["working_set_judgements"] > 0
+    assert report["esci_rows"] > report["coverage"]["working_set_judgements"]  # rows outside the working set
+
+
+def _rewrite(path, mutate):
+    table = pq.read_table(path)
+    pq.write_table(mutate(table), path)
+
+
+def _set_column(table, name, array):
+    return table.set_column(table.schema.get_field_index(name), name, array)
+
+
+def _embeddings(table, name, change):
+    column = table.column(name).combine_chunks()
+    matrix = column.values.to_numpy().reshape(len(column), -1).copy()
+    matrix = change(matrix)
+    offsets = pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32))
+    return _set_column(table, name, pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel().astype(np.float32))))
+
+
+def _nan_in_row_3(matrix):
+    matrix[3, 5] = np.nan
+    return matrix
+
+
+def _duplicate_first_key(table, same_embedding):
+    extra = table.slice(0, 1)
+    if not same_embedding:
+        extra = _embeddings(extra, "clip_text_features", lambda m: m + 1)
+    return pa.concat_tables([table, extra])
+
+
+BAD_INPUTS = {
+    "missing file": (C.QUERY_FEATURES_FILE, lambda p: p.unlink(), "query_features.parquet: file is missing"),
+    "empty file": (C.ESCI_FILE, lambda p: p.write_bytes(b""), "file is empty (0 bytes)"),
+    "not parquet": (C.PRODUCT_FEATURES_FILE, lambda p: p.write_text("id,vec\n1,2\n"), "not a readable parquet file"),
+    "truncated": (C.PRODUCT_FEATURES_FILE, lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+                  "not a readable parquet file"),
+    "zero rows": (C.ESCI_FILE, lambda p: _rewrite(p, lambda t: t.slice(0, 0)), "has no rows"),
+    "missing column": (C.ESCI_FILE, lambda p: _rewrite(p, lambda t: t.drop_columns(["esci_label"])),
+                       "column 'esci_label': required column is missing"),
+    "embedding as strings": (
+        C.QUERY_FEATURES_FILE,
+        lambda p: _rewrite(p, lambda t: _set_column(t, "clip_text_features",
+                                                    pa.array([str(v) for v in t.column("clip_text_features").to_pylist()]))),
+        "column 'clip_text_features': must be a list of floats, found string"),
+    "wrong dimension": (
+        C.PRODUCT_FEATURES_FILE,
+        lambda p: _rewrite(p, lambda t: _embeddings(t, "clip_image_features", lambda m: m[:, :-1])),
+        f"column 'clip_image_features': embeddings must have {SMALL.dim} values, found [{SMALL.dim - 1}]"),
+    "NaN": (C.PRODUCT_FEATURES_FILE,
+            lambda p: _rewrite(p, lambda t: _embeddings(t, "clip_text_features", _nan_in_row_3)),
+            "column 'clip_text_features': has NaN or infinite values (e.g. product_id 'B000000003' (row 3))"),
+    "bad label": (C.ESCI_FILE,
+                  lambda p: _rewrite(p, lambda t: _set_column(t, "esci_label", pa.array(["X"] + t.column("esci_label").to_pylist()[1:]))),
+                  "column 'esci_label': values must be one of ['C', 'E', 'I', 'S'], found ['X'] (e.g. row 0"),
+    "bad split": (C.ESCI_FILE,
+                  lambda p: _rewrite(p, lambda t: _set_column(t, "split", pa.array(["dev"] * t.num_rows))),
+                  "column 'split': values must be one of ['test', 'train'], found ['dev']"),
+    "conflicting duplicate keys": (
+        C.QUERY_FEATURES_FILE, lambda p: _rewrite(p, lambda t: _duplicate_first_key(t, same_embedding=False)),
+        "column 'query_id': 1 duplicate keys with different embeddings"),
+    "low join coverage": (
+        C.PRODUCT_FEATURES_FILE, lambda p: _rewrite(p, lambda t: t.slice(0, t.num_rows // 2)),
+        "join coverage"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_fails_with_a_specific_error_and_writes_nothing(case, raw_copy, tmp_path):
+    relative, damage, message = BAD_INPUTS[case]
+    damage(raw_copy / relative)
+    out = tmp_path / "validate"
+    with pytest.raises(DataError) as error:
+        validate.run(raw_copy, out, small_config())
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_identical_duplicates_are_collapsed_with_a_warning(raw_copy, tmp_path, caplog):
+    _rewrite(raw_copy / C.QUERY_FEATURES_FILE, lambda t: _duplicate_first_key(t, same_embedding=True))
+    result = validate.run(raw_copy, tmp_path / "out", small_config())
+    report = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert report["identical_duplicates_collapsed"]["query_id"] == 1
+    assert result["coverage"] == 1.0
+    assert "1 duplicate query_id rows with identical embeddings" in caplog.text
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda frame: frame.drop(columns=["f3"]), "1 missing"),
+    (lambda frame: frame.assign(**{f"f{SMALL.dim}": 0.0}), "1 extra"),
+])
+def test_legacy_csv_with_missing_or_extra_f_column(raw_copy, tmp_path, change, problem):
+    import pandas as pd
+
+    csv = raw_copy / C.LEGACY_QUERY_CSV
+    change(pd.read_csv(csv)).to_csv(csv, index=False)
+    with pytest.raises(DataError, match=problem):
+        validate.run(raw_copy, tmp_path / "out", small_config(query_features_source="legacy_csv"))
+
+
+def test_legacy_csv_is_a_query_feature_source(raw_copy, tmp_path):
+    (raw_copy / C.QUERY_FEATURES_FILE).unlink()
+    result = validate.run(raw_copy, tmp_path / "out", small_config(query_features_source="legacy_csv"))
+    assert result["coverage"] == 1.0
+
+
+def test_cli_exits_2_with_one_line_on_stderr(raw_copy, tmp_path):
+    (raw_copy / C.QUERY_FEATURES_FILE).unlink()
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "mmsearch.cli", "validate", "--raw-dir", str(raw_copy), "--out", str(out),
+         "--set", f"embedding_dim={SMALL.dim}"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "mmsearch validate: error:" in result.stderr and "query_features.parquet: file is missing" in result.stderr
+    assert not out.exists()
+
+
+def test_cli_help_lists_every_stage():
+    result = subprocess.run([sys.executable, "-m", "mmsearch.cli", "--help"], capture_output=True, text=True)
+    for stage in ("sample-data", "pull", "validate", "merge", "transform", "train", "evaluate", "register"):
+        assert stage in result.stdout
