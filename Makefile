@@ -21,7 +21,6 @@ export AIRFLOW_HOME       ?= $(MMSEARCH_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export PATH := $(AIRFLOW_BIN):$(PATH)
 
 .PHONY: help envs run test lock clean distclean sample-data
@@ -62,11 +61,13 @@ $(AIRFLOW_HOME)/airflow.db: $(AIRFLOW_VENV)/.stamp
 	mkdir -p $(AIRFLOW_HOME)
 	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 
+# CONF: the DAG run's conf as JSON, e.g. make run CONF='{"feature_set": "query", "epochs": 5}'
+CONF ?= {}
 run: envs $(AIRFLOW_HOME)/airflow.db
-	$(AIRFLOW_BIN)/mmsearch run-dag
+	$(AIRFLOW_BIN)/mmsearch run-dag --conf '$(CONF)'
 
+# The suite runs in both environments: Airflow, DVC and data tests in one, TensorFlow in the other.
 test: envs
-	$(AIRFLOW_BIN)/mmsearch --version >/dev/null
 	$(AIRFLOW_BIN)/python -m pytest -m "not ml" tests
 	$(ML_VENV)/bin/python -m pytest -m "ml" tests
 
@@ -75,8 +76,9 @@ sample-data: envs
 	$(AIRFLOW_BIN)/dvc add data/raw
 	$(AIRFLOW_BIN)/dvc push
 
+# DVC's workspace copy and cache are rebuilt by the next pull.
 clean:
-	rm -rf $(MMSEARCH_HOME)
+	rm -rf $(MMSEARCH_HOME) data/raw .dvc/cache .dvc/tmp
 
 distclean: clean
 	rm -rf $(VENVS)

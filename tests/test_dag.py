@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("airflow")
-
-from tests.conftest import REPO_ROOT  # noqa: E402
+from tests.conftest import REPO_ROOT
 
 DAG_FILE = REPO_ROOT / "dags" / "mmsearch_training.py"
 

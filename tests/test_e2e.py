@@ -12,11 +12,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("airflow")
-
-from mmsearch import config as C  # noqa: E402
-from mmsearch.sample_data import SampleSpec  # noqa: E402
-from tests.conftest import REPO_ROOT, make_dvc_repo  # noqa: E402
+from mmsearch import config as C
+from mmsearch.sample_data import SampleSpec
+from tests.conftest import REPO_ROOT, make_dvc_repo
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,99 @@
+"""transform: the real Beam pipeline (in a child process, as the DAG runs it), checked against numpy."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from mmsearch import config as C
+from mmsearch import merge, transform
+from tests.conftest import small_config
+
+pytestmark = pytest.mark.ml
+
+
+@pytest.fixture(scope="module")
+def transformed(small_raw, tmp_path_factory):
+    root = tmp_path_factory.mktemp("transform")
+    cfg = small_config()
+    merge.merge(small_raw, root / "merged", cfg)
+    manifest = transform.run_isolated(root / "merged", root / "transform", cfg)
+    return root, manifest
+
+
+def _read_examples(manifest, split):
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    spec = tft.TFTransformOutput(manifest["transform_graph"]).transformed_feature_spec()
+    files = sorted(str(p) for p in (transform.examples_dir(manifest["transform_dir"], split)).glob("*"))
+    rows = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(files)]
+    return {name: np.stack([r[name].numpy() for r in rows]) for name in spec}
+
+
+def _matrix(table, name):
+    column = table.column(name).combine_chunks()
+    return column.values.to_numpy().reshape(len(column), -1).astype(np.float64)
+
+
+def _zscore(values, train_values):
+    return (values - train_values.mean(axis=0)) / train_values.std(axis=0)
+
+
+def test_tfx_layout_and_row_counts(transformed):
+    root, manifest = transformed
+    graph = root / "transform" / "transform_graph"
+    for part in ("transform_fn/saved_model.pb", "transformed_metadata/schema.pbtxt", "metadata/schema.pbtxt"):
+        assert (graph / part).exists(), part
+    assert manifest["rows_in"] == manifest["rows_out"] == manifest["rows_expected"]
+    assert manifest["analysed_rows"] == manifest["rows_expected"]["train"]  # statistics from train only
+    assert not (root / "transform" / "tmp").exists()
+
+
+def _cosine(table, column):
+    x, y = _matrix(table, C.QUERY_EMBEDDING), _matrix(table, column)
+    return (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+
+
+def _rows_sorted(columns):
+    """Rows as one matrix, in a canonical order: Beam promises no output order."""
+    matrix = np.column_stack([c.reshape(len(c), -1) for c in columns]).astype(np.float64)
+    return matrix[np.lexsort(matrix.T[::-1])]
+
+
+def test_z_scores_and_cosines_match_numpy(transformed):
+    root, manifest = transformed
+    train = merge.read_merged(root / "merged", "train")
+    test = merge.read_merged(root / "merged", "test")
+    examples = _read_examples(manifest, "test")
+    names = list(C.EMBEDDING_COLUMNS["query_product"])
+    cosines = (("cos_query_text", C.PRODUCT_TEXT_EMBEDDING), ("cos_query_image", C.PRODUCT_IMAGE_EMBEDDING))
+    expected = [_zscore(_matrix(test, n), _matrix(train, n)) for n in names]
+    expected += [_zscore(_cosine(test, column), _cosine(train, column)) for _, column in cosines]
+    expected.append(test.column("label").to_numpy())
+    got = [examples[n] for n in names] + [examples[n] for n, _ in cosines] + [examples["label"]]
+    np.testing.assert_allclose(_rows_sorted(got), _rows_sorted(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_raw_schema_has_the_raw_features(transformed):
+    from tensorflow_transform.tf_metadata import metadata_io
+
+    _, manifest = transformed
+    schema = metadata_io.read_metadata(f"{manifest['transform_graph']}/metadata").schema
+    assert {f.name for f in schema.feature} == {*C.EMBEDDING_COLUMNS["query_product"], "label"}
+
+
+def test_incomplete_outputs_are_not_complete(transformed, tmp_path):
+    root, _ = transformed
+    copy = tmp_path / "transform"
+    shutil.copytree(root / "transform", copy)
+    assert transform.complete_outputs(copy) is not None
+    shutil.rmtree(transform.examples_dir(copy, "val"))
+    assert transform.complete_outputs(copy) is None
+
+
+def test_a_failed_child_fails_the_stage_and_leaves_no_output(tmp_path):
+    out = tmp_path / "transform"
+    with pytest.raises(RuntimeError, match="transform failed .* outputs incomplete"):
+        transform.run_isolated(tmp_path / "no-such-merged-dir", out, small_config())
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
