@@ -40,6 +40,7 @@ PARAM_DOCS = {
     "raw_data_dir": "Raw ESCI/SQID directory. Empty: data/raw of the DVC repo.",
     "dvc_repo": "DVC repository to pull from. Empty: this project.",
     "dvc_remote": "DVC remote name. Empty: the repository's default remote.",
+    "dvc_pull_attempts": "Attempts at dvc pull (exponential backoff) before the task fails.",
     "query_features_source": "sqid (parquet) or legacy_csv (query_features_with_timestamp.csv).",
     "embedding_dim": "Expected embedding width.",
     "min_join_coverage": "Fail below this share of working-set judgements with all features.",
@@ -64,6 +65,7 @@ PARAM_DOCS = {
     "registered_model_name": "MLflow registered model.",
     "experiment_name": "MLflow experiment.",
     "promotion_metric": "Test metric the challenger must beat the champion on.",
+    "registry_attempts": "Attempts at registering (exponential backoff) while MLflow is unreachable.",
 }
 PARAM_ENUMS = {
     "feature_set": list(FEATURE_SETS),
@@ -83,6 +85,20 @@ def _param(name: str) -> Param:
 
 
 PARAMS = {field.name: _param(field.name) for field in dataclasses.fields(RunConfig)}
+
+
+def _mask_credentials(context) -> None:
+    """Mask credentials in every task's log, the ML tasks' relayed output included."""
+    from airflow.sdk.log import mask_secret
+
+    from mmsearch.config import SECRET_ENV_VARS, redact_uri
+
+    for name in SECRET_ENV_VARS:
+        if os.environ.get(name):
+            mask_secret(os.environ[name], name)
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri and redact_uri(uri) != uri:
+        mask_secret(uri, "MLFLOW_TRACKING_URI")
 
 
 def _fail_on_bad_input(error: Exception):
@@ -111,6 +127,7 @@ ML_ENV = {"python": ML_PYTHON, "expect_airflow": False}
         "retry_delay": timedelta(seconds=20),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
+        "pre_execute": _mask_credentials,
     },
 )
 def mmsearch_training():
@@ -124,7 +141,7 @@ def mmsearch_training():
 
             context = get_current_context()
             cfg = C.RunConfig.from_mapping(context["params"])
-            pulled = pull(cfg.repo_dir, remote=cfg.dvc_remote)
+            pulled = pull(cfg.repo_dir, remote=cfg.dvc_remote, attempts=cfg.dvc_pull_attempts)
             run_id = context["dag_run"].run_id
             return {
                 "dag_id": context["dag"].dag_id,

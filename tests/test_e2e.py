@@ -4,6 +4,8 @@ champion loaded from another process. No mocks."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -41,17 +43,39 @@ def stack(tmp_path_factory):
     return {"env": env, "repo": repo, "home": root / "home"}
 
 
-def dags_test(stack, conf: dict, logical_date: str) -> dict:
+def run_dag(stack, conf: dict, logical_date: str) -> tuple[subprocess.CompletedProcess, str]:
     conf = {"dvc_repo": str(stack["repo"]), **conf}
     result = subprocess.run(
         ["airflow", "dags", "test", "mmsearch_training", logical_date, "--conf", json.dumps(conf)],
         env=stack["env"], capture_output=True, text=True, timeout=900,
     )
-    log = result.stdout + result.stderr
+    return result, result.stdout + result.stderr
+
+
+def newest_run_dir(stack) -> Path:
+    return sorted((stack["home"] / "runs").iterdir(), key=lambda p: p.stat().st_mtime)[-1]
+
+
+def dags_test(stack, conf: dict, logical_date: str) -> dict:
+    result, log = run_dag(stack, conf, logical_date)
     assert result.returncode == 0, log[-5000:]
     assert "state=success" in log, log[-5000:]
-    run_dirs = sorted((stack["home"] / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
-    return json.loads((run_dirs[-1] / "summary.json").read_text())
+    return json.loads((newest_run_dir(stack) / "summary.json").read_text())
+
+
+def registry_state(stack) -> dict:
+    return in_ml_env(stack, """
+        import json, mlflow
+        client = mlflow.MlflowClient()
+        versions = client.search_model_versions("name = 'mmsearch-esci'")
+        champion = client.get_model_version_by_alias("mmsearch-esci", "champion").version
+        print(json.dumps({"versions": sorted(int(v.version) for v in versions), "champion": str(champion)}))
+    """)
+
+
+def tree_state(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in directory.rglob("*") if p.is_file()}
 
 
 def in_ml_env(stack, code: str) -> dict:
@@ -142,3 +166,43 @@ def test_weaker_run_stays_challenger_and_champion_is_untouched(stack, first_run)
         print(json.dumps({"champion": client.get_model_version_by_alias("mmsearch-esci", "champion").version}))
     """)
     assert str(found["champion"]) == str(champion)
+
+
+def test_bad_input_fails_validate_and_loses_nothing(stack, first_run, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    bad = tmp_path / "raw"
+    shutil.copytree(stack["repo"] / "data" / "raw", bad)
+    products = pq.read_table(bad / C.PRODUCT_FEATURES_FILE)
+    column = products.column("clip_image_features").combine_chunks()
+    values = column.values.to_numpy().copy()
+    values[7 * 768 + 3] = np.inf
+    damaged = pa.ListArray.from_arrays(column.offsets, pa.array(values))
+    pq.write_table(products.set_column(2, "clip_image_features", damaged), bad / C.PRODUCT_FEATURES_FILE)
+    before_registry, before_tree = registry_state(stack), tree_state(Path(first_run["run_dir"]))
+
+    result, log = run_dag(stack, {**FAST, "raw_data_dir": str(bad)}, "2026-01-03T02:00:00+00:00")
+    assert "state=failed" in log
+    assert ("product_features.parquet: column 'clip_image_features': has NaN or infinite values "
+            "(e.g. product_id 'B000000007' (row 7))") in log
+    failed_run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
+    failed_dir = C.run_dir_for(failed_run_id).relative_to(C.runs_root())
+    assert not (stack["home"] / "runs" / failed_dir).exists()  # validate failed before writing anything
+    assert registry_state(stack) == before_registry
+    assert tree_state(Path(first_run["run_dir"])) == before_tree
+
+
+def test_registering_the_same_run_again_reuses_its_version(stack, first_run):
+    before = registry_state(stack)
+    run_dir = Path(first_run["run_dir"])
+    lineage = {"dag_id": "mmsearch_training", "run_id": first_run["run_id"]}
+    env = {**stack["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{stack['home'] / 'mlflow' / 'mlflow.db'}"}
+    result = subprocess.run(
+        [str(Path(ML_PYTHON).parent / "mmsearch"), "register", "--merged-dir", str(run_dir / "merged"),
+         "--train-summary", str(run_dir / "train" / "train.json"), "--metrics", str(run_dir / "evaluate" / "metrics.json"),
+         "--lineage", json.dumps(lineage)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads(result.stdout)
+    assert again["version"] == first_run["registry"]["version"]
+    assert registry_state(stack) == before  # no new version, champion unchanged

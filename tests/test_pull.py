@@ -30,7 +30,7 @@ def test_missing_object_in_the_remote_names_the_missing_file(repo, tmp_path):
     product_md5 = _md5_of(repo, C.PRODUCT_FEATURES_FILE)
     (tmp_path / "remote" / "files" / "md5" / product_md5[:2] / product_md5[2:]).unlink()
     with pytest.raises(PullError) as error:
-        pull(repo)
+        pull(repo, attempts=1)
     message = str(error.value)
     # DVC checks out none of a directory with a missing object: all of it is missing, one is to blame
     assert "did not restore data/raw/shopping_queries_dataset_examples.parquet, " in message
@@ -41,7 +41,28 @@ def test_missing_object_in_the_remote_names_the_missing_file(repo, tmp_path):
 def test_remote_gone_fails_even_if_dvc_says_up_to_date(repo, tmp_path):
     shutil.rmtree(tmp_path / "remote")
     with pytest.raises(PullError, match=r"did not restore data/raw \(the remote has no listing for it\)"):
-        pull(repo)
+        pull(repo, attempts=1)
+
+
+def test_unreachable_remote_is_retried_then_named(repo, caplog):
+    from tests.conftest import dvc
+
+    assert dvc(repo, "remote", "add", "-f", "-d", "dead", "http://127.0.0.1:9/dvc").returncode == 0
+    with pytest.raises(PullError, match=r"from remote 'default' did not restore data/raw .*dvc exit code 1"):
+        pull(repo, attempts=2, wait_seconds=0.1)
+    assert "dvc pull attempt 1 failed, retrying" in caplog.text
+
+
+def test_concurrent_pulls_in_one_repo_both_succeed(repo):
+    """DVC's lock makes one pull wait (we retry on it) rather than both writing the workspace."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "mmsearch.cli", "pull", "--repo", str(repo), "--attempts", "5"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert pull(repo, attempts=1)["file_md5"]
 
 
 def _md5_of(repo, relpath):

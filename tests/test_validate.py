@@ -100,6 +100,20 @@ def test_bad_input_fails_with_a_specific_error_and_writes_nothing(case, raw_copy
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_through_the_cli_exits_2_with_the_same_line(case, raw_copy, tmp_path):
+    relative, damage, message = BAD_INPUTS[case]
+    damage(raw_copy / relative)
+    out = tmp_path / "validate"
+    result = subprocess.run(
+        [sys.executable, "-m", "mmsearch.cli", "validate", "--raw-dir", str(raw_copy), "--out", str(out),
+         "--set", f"embedding_dim={SMALL.dim}"], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mmsearch validate: error: ") and message in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
 def test_identical_duplicates_are_collapsed_with_a_warning(raw_copy, tmp_path, caplog):
     _rewrite(raw_copy / C.QUERY_FEATURES_FILE, lambda t: _duplicate_first_key(t, same_embedding=True))
     result = validate.run(raw_copy, tmp_path / "out", small_config())

@@ -18,6 +18,7 @@ from mmsearch import config as C
 from mmsearch.io import read_json
 
 EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3  # a remote (DVC, MLflow) did not answer or lacks data: may heal on retry
 
 
 def _config(args: argparse.Namespace) -> C.RunConfig:
@@ -49,7 +50,7 @@ def cmd_sample_data(args):
 def cmd_pull(args):
     from mmsearch.pull import pull
 
-    return pull(args.repo, target=args.target, remote=args.remote)
+    return pull(args.repo, target=args.target, remote=args.remote, attempts=args.attempts)
 
 
 def cmd_validate(args):
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", type=Path, default=C.REPO_ROOT, help="DVC repository (default: this project)")
     p.add_argument("--target", default="data/raw.dvc")
     p.add_argument("--remote", default="", help="DVC remote name (default: the repository's default)")
+    p.add_argument("--attempts", type=int, default=C.RunConfig.dvc_pull_attempts, help="tries, with backoff")
     p.set_defaults(func=cmd_pull)
 
     for name, func, help_text in (
@@ -158,14 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from mmsearch.io import DataError
+    from mmsearch.io import DataError, RegistryError
     from mmsearch.pull import PullError
 
     try:
         result = args.func(args)
-    except (DataError, PullError, C.ConfigError) as error:
+    except (DataError, C.ConfigError) as error:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (PullError, RegistryError) as error:
+        print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     if args.command == "transform":
         # A process that ran Beam can crash at interpreter exit after writing everything.

@@ -66,6 +66,25 @@ def mlflow_tracking_uri() -> str:
     return f"sqlite:///{mmsearch_home() / 'mlflow' / 'mlflow.db'}"
 
 
+def redact_uri(uri: str) -> str:
+    """A URI fit for logs and XCom: user and password removed."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# Environment variables whose values are secrets: masked in Airflow's task logs.
+SECRET_ENV_VARS = (
+    "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING",
+)
+
+
 def mlflow_artifact_root() -> str:
     return (mmsearch_home() / "mlflow" / "artifacts").as_uri()
 
@@ -86,6 +105,7 @@ class RunConfig:
     raw_data_dir: str = ""  # empty: the DVC-tracked data/raw of this repo
     dvc_repo: str = ""  # empty: this repo
     dvc_remote: str = ""  # empty: the repo's default remote
+    dvc_pull_attempts: int = 3  # in-task retries with exponential backoff, before Airflow's own
     query_features_source: str = "sqid"  # "sqid" parquet, or the older "legacy_csv" export
     embedding_dim: int = EMBEDDING_DIM
     min_join_coverage: float = 0.95
@@ -119,6 +139,7 @@ class RunConfig:
     registered_model_name: str = "mmsearch-esci"
     experiment_name: str = "mmsearch-esci"
     promotion_metric: str = "macro_f1"
+    registry_attempts: int = 3  # register: retries with exponential backoff when MLflow is unreachable
 
     @classmethod
     def from_mapping(cls, values: dict) -> "RunConfig":

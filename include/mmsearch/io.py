@@ -29,6 +29,10 @@ class DataError(ValueError):
         self.path, self.column, self.problem = str(path), column, problem
 
 
+class RegistryError(RuntimeError):
+    """The MLflow tracking server could not be reached; nothing was promoted."""
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `final`; rename it into place on success.
@@ -56,7 +60,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Write whole or not at all: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict:

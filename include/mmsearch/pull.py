@@ -100,10 +100,27 @@ def _explain(repo_dir: Path, target: str, remote: str) -> str:
     return f"missing from the remote: {', '.join(absent)}" if absent else "the remote has every object"
 
 
-def pull(repo_dir: Path, target: str = DEFAULT_TARGET, remote: str = "") -> dict:
+def pull(repo_dir: Path, target: str = DEFAULT_TARGET, remote: str = "", attempts: int = 3,
+         wait_seconds: float = 2.0) -> dict:
+    """Pull with retries and exponential backoff (a flaky remote, another process holding
+    DVC's lock), then fail naming what is missing."""
+    import tenacity
+
     repo_dir = Path(repo_dir).resolve()
     if not (repo_dir / target).exists():
         raise PullError(f"{repo_dir / target}: DVC target is missing")
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max(1, attempts)),
+        wait=tenacity.wait_exponential(multiplier=wait_seconds, max=60),
+        retry=tenacity.retry_if_exception_type(PullError),
+        before_sleep=lambda state: log.warning("dvc pull attempt %d failed, retrying: %s",
+                                               state.attempt_number, state.outcome.exception()),
+        reraise=True,
+    )
+    return retrying(_pull_once, repo_dir, target, remote)
+
+
+def _pull_once(repo_dir: Path, target: str, remote: str) -> dict:
     args = ["pull", target] + (["--remote", remote] if remote else [])
     result = _dvc(repo_dir, *args)
     log.info("dvc %s exited %d\n%s%s", " ".join(args), result.returncode, result.stdout, result.stderr)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mmsearch import config as C
+from mmsearch.io import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,42 @@ def score_champion(champion, merged_dir: Path, metric: str) -> tuple[float | Non
         return None, f"{type(error).__name__}: {error}"
 
 
-def register(run: dict, train_summary: dict, evaluation: dict, merged_dir: Path, cfg: C.RunConfig) -> dict:
+def _unreachable(error: BaseException) -> bool:
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, requests.exceptions.RequestException | ConnectionError):
+        return True
+    text = str(error)
+    return isinstance(error, MlflowException) and ("API request to" in text or "Max retries exceeded" in text)
+
+
+def register(run: dict, train_summary: dict, evaluation: dict, merged_dir: Path, cfg: C.RunConfig,
+             wait_seconds: float = 5.0) -> dict:
+    """Register with retries and exponential backoff while MLflow is unreachable. Every step is
+    safe to repeat (the version is found again by its run tag), and the champion alias moves last."""
+    import tenacity
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max(1, cfg.registry_attempts)),
+        wait=tenacity.wait_exponential(multiplier=wait_seconds, max=120),
+        retry=tenacity.retry_if_exception(_unreachable),
+        before_sleep=lambda state: log.warning("MLflow unreachable (attempt %d): %s", state.attempt_number,
+                                               str(state.outcome.exception()).splitlines()[0][:300]),
+        reraise=True,
+    )
+    try:
+        return retrying(_register_once, run, train_summary, evaluation, merged_dir, cfg)
+    except Exception as error:
+        if not _unreachable(error):
+            raise
+        raise RegistryError(
+            f"MLflow tracking server {C.redact_uri(C.mlflow_tracking_uri())} unreachable after "
+            f"{cfg.registry_attempts} attempts; nothing was promoted: {str(error).splitlines()[0][:300]}"
+        ) from None
+
+
+def _register_once(run: dict, train_summary: dict, evaluation: dict, merged_dir: Path, cfg: C.RunConfig) -> dict:
     from mlflow import MlflowClient
 
     from mmsearch.train import setup_mlflow

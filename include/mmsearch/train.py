@@ -50,6 +50,11 @@ def make_dataset(transform_manifest: dict, split: str, feature_set: str, batch_s
 def setup_mlflow(cfg: C.RunConfig):
     import mlflow
 
+    # Bound MLflow's own HTTP retries (its default waits minutes); callers retry on top.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
     mlflow.set_tracking_uri(C.mlflow_tracking_uri())
     if mlflow.get_experiment_by_name(cfg.experiment_name) is None:
         default_store = not os.environ.get("MLFLOW_TRACKING_URI")
@@ -151,6 +156,19 @@ def train_and_log(feature_set: str, transform_manifest: dict, work_dir: Path, cf
     }
 
 
+def _end_abandoned_runs(mlflow, cfg: C.RunConfig, lineage: dict) -> None:
+    """A killed attempt leaves its MLflow run RUNNING: mark it KILLED before the retry starts."""
+    if not lineage.get("run_id"):
+        return
+    stale = mlflow.search_runs(
+        experiment_names=[cfg.experiment_name], output_format="list",
+        filter_string=f"tags.`airflow.run_id` = '{lineage['run_id']}' and attributes.status = 'RUNNING'",
+    )
+    for run in stale:
+        log.warning("marking MLflow run %s of an earlier, killed attempt as KILLED", run.info.run_id)
+        mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
+
+
 def train(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, lineage: dict | None = None) -> dict:
     M.keras()  # settle tf.keras as Keras 2 before MLflow's autolog touches it
     transform_manifest = read_json(Path(transform_dir) / "manifest.json")
@@ -159,6 +177,7 @@ def train(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, lineage: dict | 
     mlflow.tensorflow.autolog(log_models=False, log_datasets=False, silent=True)
     lineage = lineage or {}
     tags = {f"airflow.{k}": str(v) for k, v in lineage.items()}
+    _end_abandoned_runs(mlflow, cfg, lineage)
     with mlflow.start_run(run_name=lineage.get("run_id", "cli"), tags=tags) as run:
         result = train_and_log(cfg.feature_set, transform_manifest, out_dir / cfg.feature_set, cfg, mlflow)
         result["mlflow_run_id"] = run.info.run_id
