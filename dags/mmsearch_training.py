@@ -143,9 +143,11 @@ def mmsearch_training():
             cfg = C.RunConfig.from_mapping(context["params"])
             pulled = pull(cfg.repo_dir, remote=cfg.dvc_remote, attempts=cfg.dvc_pull_attempts)
             run_id = context["dag_run"].run_id
+            logical_date = context["dag_run"].logical_date
             return {
                 "dag_id": context["dag"].dag_id,
                 "run_id": run_id,
+                "logical_date": logical_date.isoformat() if logical_date else "",
                 "run_dir": str(C.run_dir_for(run_id)),
                 "config": cfg.as_dict(),
                 "raw_dir": str(cfg.raw_dir) if cfg.raw_data_dir else pulled["raw_dir"],

@@ -168,6 +168,13 @@ def test_weaker_run_stays_challenger_and_champion_is_untouched(stack, first_run)
     assert str(found["champion"]) == str(champion)
 
 
+def test_dags_test_again_for_the_same_logical_date_registers_nothing_new(stack, first_run):
+    before = registry_state(stack)
+    again = dags_test(stack, WEAK, "2026-01-02T02:00:00+00:00")  # the weak run's date, run again
+    assert registry_state(stack) == before
+    assert str(again["registry"]["version"]) == str(before["versions"][-1])
+
+
 def test_bad_input_fails_validate_and_loses_nothing(stack, first_run, tmp_path):
     import numpy as np
     import pyarrow as pa

@@ -7,6 +7,7 @@ stdout. Bad input exits 2 with one line on stderr naming the file, column and ro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -164,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     from mmsearch.pull import PullError
 
     try:
-        result = args.func(args)
+        # stdout carries only the result JSON; libraries' chatter (Keras, MLflow) goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            result = args.func(args)
     except (DataError, C.ConfigError) as error:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

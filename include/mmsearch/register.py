@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 RUN_TAG = "airflow_run_id"
+LOGICAL_DATE_TAG = "airflow_logical_date"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def lineage_tags(run: dict, feature_set: str, metrics: dict) -> dict:
         "git_commit": git_commit(),
         "airflow_dag_id": run.get("dag_id", ""),
         RUN_TAG: run.get("run_id", ""),
+        LOGICAL_DATE_TAG: run.get("logical_date") or "",
         "feature_set": feature_set,
         "dvc_md5.raw": run.get("dvc", {}).get("dvc_md5", ""),
     }
@@ -73,10 +75,17 @@ def lineage_tags(run: dict, feature_set: str, metrics: dict) -> dict:
     return tags
 
 
-def _existing_version(client, name: str, run_id: str):
-    if not run_id:
+def _existing_version(client, name: str, run: dict):
+    """The version this DAG run registered already: the same run_id (a cleared task), or the same
+    DAG and logical date (`airflow dags test` again for that date, which makes a new run_id)."""
+    if run.get("logical_date"):
+        query = (f"tags.airflow_dag_id = '{run.get('dag_id', '')}' and "
+                 f"tags.{LOGICAL_DATE_TAG} = '{run['logical_date']}'")
+    elif run.get("run_id"):
+        query = f"tags.{RUN_TAG} = '{run['run_id']}'"
+    else:
         return None
-    found = client.search_model_versions(f"name = '{name}' and tags.{RUN_TAG} = '{run_id}'")
+    found = client.search_model_versions(f"name = '{name}' and {query}")
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
@@ -157,9 +166,9 @@ def _register_once(run: dict, train_summary: dict, evaluation: dict, merged_dir:
     client = MlflowClient()
     name, metric = cfg.registered_model_name, cfg.promotion_metric
     metrics = evaluation["metrics"]["model"]
-    version = _existing_version(client, name, run.get("run_id", ""))
+    version = _existing_version(client, name, run)
     if version is not None:
-        log.info("run %s already registered %s v%s: reusing it", run.get("run_id"), name, version.version)
+        log.info("this DAG run (%s) already registered %s v%s: reusing it", run.get("run_id"), name, version.version)
     else:
         tags = lineage_tags(run, train_summary["feature_set"], metrics)
         version = mlflow.register_model(train_summary["model_uri"], name, tags=tags)
