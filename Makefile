@@ -23,11 +23,12 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(AIRFLOW_BIN):$(PATH)
 
-.PHONY: help envs run test lock clean distclean sample-data
+.PHONY: help envs run test bench lock clean distclean sample-data
 
 help:
 	@echo "make run         set up, pull the sample through DVC, run the DAG once (airflow dags test)"
 	@echo "make test        set up and run the test suite"
+	@echo "make bench       measure every stage at 10k, 50k and 182k pairs (BENCH_ARGS=--full adds 1.1M)"
 	@echo "make lock        re-resolve requirements*.txt from requirements*.in"
 	@echo "make sample-data regenerate the bundled sample and push it to the bundled DVC remote"
 	@echo "make clean       remove $(MMSEARCH_HOME) (Airflow home, MLflow store, run outputs)"
@@ -70,6 +71,11 @@ run: envs $(AIRFLOW_HOME)/airflow.db
 test: envs
 	$(AIRFLOW_BIN)/python -m pytest -m "not ml" tests
 	$(ML_VENV)/bin/python -m pytest -m "ml" tests
+
+# A benchmark, not a test: prints and writes the table under $(MMSEARCH_HOME)/bench/.
+BENCH_ARGS ?=
+bench: envs
+	$(AIRFLOW_BIN)/mmsearch bench $(BENCH_ARGS)
 
 sample-data: envs
 	$(AIRFLOW_BIN)/mmsearch sample-data --out data/raw

@@ -100,6 +100,13 @@ def cmd_run_dag(args):
     return run_dag.run_dag(args.conf)
 
 
+def cmd_bench(args):
+    from mmsearch import bench
+
+    sizes = [int(s) for s in args.sizes.split(",") if s] + ([bench.FULL_SIZE] if args.full else [])
+    return bench.main(sizes, e2e=not args.no_e2e)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsearch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mmsearch {__version__}")
@@ -155,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run-dag", help="run mmsearch_training once with `airflow dags test`; print its summary")
     p.add_argument("--conf", default="{}", help="DAG run conf (JSON)")
     p.set_defaults(func=cmd_run_dag)
+
+    p = sub.add_parser("bench", help="measure every stage at the real data's scale (make bench)")
+    p.add_argument("--sizes", default="10000,50000,182000", help="query-product pairs, comma-separated")
+    p.add_argument("--full", action="store_true", help="also 1,100,000 pairs (the ESCI small version)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the airflow dags test run")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -79,20 +79,24 @@ def majority_probabilities(train_label_counts: dict, rows: int) -> np.ndarray:
     return probabilities
 
 
-def test_rows(merged_dir: Path, columns):
-    from mmsearch.merge import read_merged
-
-    return read_merged(merged_dir, "test", ["query_id", "label", *columns])
-
-
-def score_model(model_uri: str, table, columns) -> np.ndarray:
-    """Probabilities [n, 4] (label-id order) of an MLflow pyfunc on raw test rows."""
+def score_model(model_uri: str, merged_dir: Path, columns, batch_rows: int = 8192):
+    """Labels, query ids and probabilities [n, 4] (label-id order) of an MLflow pyfunc over the
+    raw test split, read in record batches so memory does not grow with the split."""
     import mlflow
+    import pyarrow as pa
 
+    from mmsearch.raw import parquet_file
     from mmsearch.serving import probabilities_of, raw_frame
 
     model = mlflow.pyfunc.load_model(model_uri)
-    return probabilities_of(model.predict(raw_frame(table, columns)))
+    labels, query_ids, probabilities = [], [], []
+    for path in sorted((Path(merged_dir) / "test").glob("*.parquet")):
+        for batch in parquet_file(path).iter_batches(batch_size=batch_rows, columns=["query_id", "label", *columns]):
+            table = pa.Table.from_batches([batch])
+            probabilities.append(probabilities_of(model.predict(raw_frame(table, columns))))
+            labels.append(batch.column("label").to_numpy())
+            query_ids.append(batch.column("query_id").to_numpy(zero_copy_only=False))
+    return np.concatenate(labels), np.concatenate(query_ids), np.vstack(probabilities)
 
 
 def plot_confusion_matrix(metrics: dict, title: str, path: Path) -> None:
@@ -123,14 +127,13 @@ def evaluate(merged_dir: Path, train_summary: dict, out_dir: Path, cfg: C.RunCon
     mlflow = setup_mlflow(cfg)
     merged = read_json(Path(merged_dir) / "manifest.json")
     columns = C.EMBEDDING_COLUMNS[train_summary["feature_set"]]
-    table = test_rows(merged_dir, columns)
-    labels, query_ids = table.column("label").to_numpy(), table.column("query_id").to_numpy(zero_copy_only=False)
-
-    results = {"model": classification_metrics(labels, score_model(train_summary["model_uri"], table, columns), query_ids)}
+    labels, query_ids, probabilities = score_model(train_summary["model_uri"], merged_dir, columns)
+    results = {"model": classification_metrics(labels, probabilities, query_ids)}
     majority = majority_probabilities(merged["splits"]["train"]["labels"], len(labels))
     results["baseline_majority"] = classification_metrics(labels, majority, query_ids)
     if "query_baseline" in train_summary:
-        probabilities = score_model(train_summary["query_baseline"]["model_uri"], table, C.EMBEDDING_COLUMNS["query"])
+        _, _, probabilities = score_model(train_summary["query_baseline"]["model_uri"], merged_dir,
+                                          C.EMBEDDING_COLUMNS["query"])
         results["baseline_query"] = classification_metrics(labels, probabilities, query_ids)
 
     with atomic_dir(out_dir) as tmp:

@@ -60,34 +60,96 @@ def _check_splits(counts: dict, esci_path: Path) -> None:
         raise DataError(esci_path, f"labels {absent} are absent from the train split", column="esci_label")
 
 
+class _SplitWriter:
+    """One split's parquet shards, written as rows arrive; a new shard every SHARD_ROWS rows."""
+
+    def __init__(self, directory: Path, schema: pa.Schema):
+        self.directory, self.schema = directory, schema
+        self.directory.mkdir(parents=True)
+        self.writer, self.shard, self.in_shard, self.rows = None, 0, 0, 0
+        self.labels: dict[str, int] = {}
+        self.queries: set[str] = set()
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None or self.in_shard >= SHARD_ROWS:
+            self._roll()
+        self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self.in_shard += table.num_rows
+        self.rows += table.num_rows
+        for label, count in zip(*np.unique(table.column("esci_label").to_numpy(zero_copy_only=False), return_counts=True)):
+            self.labels[str(label)] = self.labels.get(str(label), 0) + int(count)
+        self.queries.update(table.column("query_id").to_pylist())
+
+    def _roll(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.shard += 1
+        self.writer = pq.ParquetWriter(self.directory / f"part-{self.shard:05d}.parquet", self.schema)
+        self.in_shard = 0
+
+    def close(self) -> dict:
+        if self.writer is None:
+            self._roll()  # an empty split still gets a (schema-only) shard
+        self.writer.close()
+        return {"rows": self.rows, "queries": len(self.queries), "labels": dict(sorted(self.labels.items()))}
+
+
+def _schema(columns, dim: int) -> pa.Schema:
+    fields = [("example_id", pa.int64()), ("query_id", pa.string()), ("product_id", pa.string()),
+              ("esci_label", pa.string()), ("label", pa.int64()), ("split", pa.string())]
+    return pa.schema(fields + [(name, pa.list_(pa.float32(), dim)) for name in columns])
+
+
 def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
+    """Hash join, streamed: judgements and query embeddings in memory (they are small), product
+    embeddings read batch by batch, so memory does not grow with the product table."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     esci_path = raw_dir / C.ESCI_FILE
-    esci = raw.read_esci(esci_path, ["example_id", "query_id", "product_id", "esci_label"] + ["product_locale", "small_version", "split"])
+    esci = raw.read_esci(esci_path)
     mask = raw.working_set_mask(esci, cfg)
-    example_id = esci.column("example_id").to_numpy()[mask]
-    query_id = esci.column("query_id").to_numpy()[mask].astype(str)  # ESCI int -> SQID string
-    product_id = esci.column("product_id").to_numpy(zero_copy_only=False)[mask].astype(str)
-    esci_label = esci.column("esci_label").to_numpy(zero_copy_only=False)[mask].astype(str)
-
+    judgements = {
+        "example_id": esci.column("example_id").to_numpy()[mask],
+        "query_id": esci.column("query_id").to_numpy()[mask].astype(str),  # ESCI int -> SQID string
+        "product_id": esci.column("product_id").to_numpy(zero_copy_only=False)[mask].astype(str),
+        "esci_label": esci.column("esci_label").to_numpy(zero_copy_only=False)[mask].astype(str),
+    }
+    del esci
     queries = raw.scan_features(raw.query_table(raw_dir), cfg.embedding_dim, keep=True, source=cfg.query_features_source)
-    q_row = _lookup(queries.keys, query_id)
+    q_row = _lookup(queries.keys, judgements["query_id"])
     joined = q_row >= 0
-    columns = {C.QUERY_EMBEDDING: (queries.embeddings["clip_text_features"], q_row)}
+    product_table = raw.product_table(raw_dir)
     if cfg.feature_set == "query_product":
-        products = raw.scan_features(raw.product_table(raw_dir), cfg.embedding_dim, keep=True)
-        p_row = _lookup(products.keys, product_id)
+        products = raw.scan_features(product_table, cfg.embedding_dim)
+        p_row = _lookup(products.keys, judgements["product_id"])
         joined &= p_row >= 0
-        columns[C.PRODUCT_TEXT_EMBEDDING] = (products.embeddings["clip_text_features"], p_row)
-        columns[C.PRODUCT_IMAGE_EMBEDDING] = (products.embeddings["clip_image_features"], p_row)
+        p_file_row = np.where(p_row >= 0, products.rows[np.maximum(p_row, 0)], -1)
+    columns = C.EMBEDDING_COLUMNS[cfg.feature_set]
+    split_of = split_queries(judgements["query_id"][joined], cfg)
+    split = np.array([split_of.get(q, "") for q in judgements["query_id"]])
 
-    split_of = split_queries(query_id[joined], cfg)
-    split = np.array([split_of.get(q, "") for q in query_id])
-    counts = {}
     with atomic_dir(out_dir) as tmp:
-        for name in C.SPLITS:
-            rows = np.flatnonzero(joined & (split == name))
-            counts[name] = _write_split(tmp / name, rows, example_id, query_id, product_id, esci_label, columns)
+        schema = _schema(columns, cfg.embedding_dim)
+        writers = {name: _SplitWriter(tmp / name, schema) for name in C.SPLITS}
+        query_matrix = queries.embeddings["clip_text_features"]
+        if cfg.feature_set == "query_product":
+            rows = np.flatnonzero(joined)
+            rows = rows[np.argsort(p_file_row[rows], kind="stable")]
+            by_product = p_file_row[rows]
+            for first, matrices in raw.embedding_batches(product_table, cfg.embedding_dim):
+                lo, hi = np.searchsorted(by_product, [first, first + len(matrices["clip_text_features"])])
+                part = rows[lo:hi]
+                local = by_product[lo:hi] - first
+                _write_rows(writers, part, judgements, split, {
+                    C.QUERY_EMBEDDING: query_matrix[q_row[part]],
+                    C.PRODUCT_TEXT_EMBEDDING: matrices["clip_text_features"][local],
+                    C.PRODUCT_IMAGE_EMBEDDING: matrices["clip_image_features"][local],
+                })
+        else:
+            rows = np.flatnonzero(joined)
+            for start in range(0, len(rows), SHARD_ROWS):
+                part = rows[start : start + SHARD_ROWS]
+                _write_rows(writers, part, judgements, split, {C.QUERY_EMBEDDING: query_matrix[q_row[part]]})
+        counts = {name: writer.close() for name, writer in writers.items()}
         _check_splits(counts, esci_path)
         manifest = {
             "merged_dir": str(out_dir),
@@ -106,30 +168,23 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     return manifest
 
 
-def _write_split(directory: Path, rows, example_id, query_id, product_id, esci_label, columns) -> dict:
-    directory.mkdir(parents=True)
-    # keep each query's judgements together, in a stable order
-    rows = rows[np.lexsort((example_id[rows], query_id[rows]))]
-    for shard, start in enumerate(range(0, max(len(rows), 1), SHARD_ROWS)):
-        part = rows[start : start + SHARD_ROWS]
-        table = pa.table(
-            {
-                "example_id": pa.array(example_id[part], pa.int64()),
-                "query_id": pa.array(query_id[part], pa.string()),
-                "product_id": pa.array(product_id[part], pa.string()),
-                "esci_label": pa.array(esci_label[part], pa.string()),
-                "label": pa.array([C.LABEL_IDS[x] for x in esci_label[part]], pa.int64()),
-                "split": pa.array([directory.name] * len(part), pa.string()),
-                **{name: fixed_size_list(matrix[index[part]]) for name, (matrix, index) in columns.items()},
-            }
-        )
-        pq.write_table(table, directory / f"part-{shard:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
-    labels, label_counts = np.unique(esci_label[rows], return_counts=True)
-    return {
-        "rows": int(len(rows)),
-        "queries": int(len(np.unique(query_id[rows]))),
-        "labels": {str(k): int(v) for k, v in zip(labels, label_counts)},
-    }
+def _write_rows(writers: dict, part: np.ndarray, judgements: dict, split: np.ndarray, embeddings: dict) -> None:
+    """Write the judgements `part` (with their embeddings, row-aligned) to their splits' writers."""
+    for name, writer in writers.items():
+        chosen = np.flatnonzero(split[part] == name)
+        if not chosen.size:
+            continue
+        rows = part[chosen]
+        labels = judgements["esci_label"][rows]
+        writer.write(pa.table({
+            "example_id": pa.array(judgements["example_id"][rows], pa.int64()),
+            "query_id": pa.array(judgements["query_id"][rows], pa.string()),
+            "product_id": pa.array(judgements["product_id"][rows], pa.string()),
+            "esci_label": pa.array(labels, pa.string()),
+            "label": pa.array(np.vectorize(C.LABEL_IDS.get, otypes=[np.int64])(labels), pa.int64()),
+            "split": pa.array(np.full(len(rows), name), pa.string()),
+            **{column: fixed_size_list(matrix[chosen]) for column, matrix in embeddings.items()},
+        }, schema=writer.schema))
 
 
 def read_merged(merged_dir: Path, split: str, columns: list[str] | None = None) -> pa.Table:

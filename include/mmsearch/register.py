@@ -103,21 +103,17 @@ def score_champion(champion, merged_dir: Path, metric: str) -> tuple[float | Non
     import mlflow
     import pyarrow.dataset
 
-    from mmsearch.evaluate import classification_metrics, test_rows
-    from mmsearch.serving import probabilities_of, raw_frame
+    from mmsearch.evaluate import classification_metrics, score_model
 
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{champion.name}/{champion.version}")
-        columns = [spec.name for spec in model.metadata.get_input_schema().inputs]
+        uri = f"models:/{champion.name}/{champion.version}"
+        columns = [spec.name for spec in mlflow.models.get_model_info(uri).signature.inputs.inputs]
         available = pyarrow.dataset.dataset(Path(merged_dir) / "test").schema.names
         missing = [c for c in columns if c not in available]
         if missing:
             return None, f"this run's data has no column(s) {missing}"
-        table = test_rows(merged_dir, columns)
-        probabilities = probabilities_of(model.predict(raw_frame(table, columns)))
-        metrics = classification_metrics(table.column("label").to_numpy(), probabilities,
-                                         table.column("query_id").to_numpy(zero_copy_only=False))
-        return float(metrics[metric]), None
+        labels, query_ids, probabilities = score_model(uri, merged_dir, columns)
+        return float(classification_metrics(labels, probabilities, query_ids)[metric]), None
     except Exception as error:  # any failure to load or score means "cannot be scored"
         return None, f"{type(error).__name__}: {error}"
 

@@ -41,6 +41,7 @@ TOPIC_WORDS = [
     "strings", "printer", "ink", "coffee", "filter", "bike", "helmet", "tent", "sleeping bag",
     "razor", "blade", "drill", "drill bit", "dog leash", "dog collar", "pen", "notebook",
 ]
+PRODUCT_CHUNK = 8_192
 INTENT_WORDS = ["cheap", "waterproof", "kids", "pro", "wireless", "large", "black", "vintage"]
 
 
@@ -48,7 +49,7 @@ INTENT_WORDS = ["cheap", "waterproof", "kids", "pro", "wireless", "large", "blac
 class SampleSpec:
     queries: int = 300
     products: int = 1600
-    mean_judgements: float = 20.0
+    mean_judgements: float = 24.0
     topics: int = 24
     intents: int = 4
     label_noise: float = 0.08
@@ -85,83 +86,96 @@ def embedding_array(vectors: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, flat)
 
 
-def _draw_products(spec, space, rng):
+def _product_cells(spec, rng):
+    """Each product's (topic, intent); the first products cover every cell, so every label is drawable."""
     topic = rng.integers(0, spec.topics, spec.products)
     intent = rng.integers(0, spec.intents, spec.products)
-    # every (topic, intent) cell gets at least one product, so every label is drawable
     cells = spec.topics * spec.intents
     if spec.products >= cells:
         topic[:cells] = np.arange(cells) // spec.intents
         intent[:cells] = np.arange(cells) % spec.intents
-    text = space.embed(topic, intent, rng, noise=0.6)
-    image = space.embed(topic, intent, rng, noise=0.9, offset=0.5)
-    ids = np.array([f"B0{n:08X}" for n in range(spec.products)])
-    return ids, topic, intent, text, image
+    return topic, intent
 
 
-def _candidates(label, q_topic, q_intent, p_topic, p_intent):
-    if label == "E":
-        return np.flatnonzero((p_topic == q_topic) & (p_intent == q_intent))
-    if label == "S":
-        return np.flatnonzero((p_topic == q_topic) & (p_intent != q_intent))
-    if label == "C":
-        return np.flatnonzero(p_topic == (q_topic ^ 1))
-    return np.flatnonzero((p_topic != q_topic) & (p_topic != (q_topic ^ 1)))
+def product_id(index: np.ndarray) -> np.ndarray:
+    return np.char.add("B0", np.char.zfill(np.char.upper(np.vectorize(lambda n: format(n, "X"))(index)), 8))
 
 
 def _draw_judgements(spec, rng, q_topic, q_intent, p_topic, p_intent):
-    labels, freqs = list(LABEL_FREQUENCIES), np.array(list(LABEL_FREQUENCIES.values()))
-    rows = []  # (query index, product index, label)
-    for q in range(spec.queries):
-        count = max(2, rng.poisson(spec.mean_judgements))
-        drawn = rng.choice(labels, size=count, p=freqs / freqs.sum())
-        seen = set()
-        for label in drawn:
-            pool = _candidates(label, q_topic[q], q_intent[q], p_topic, p_intent)
-            pool = [p for p in pool if p not in seen]
-            if not pool:
-                continue
-            product = int(rng.choice(pool))
-            seen.add(product)
-            if rng.random() < spec.label_noise:
-                label = rng.choice([other for other in labels if other != label])
-            rows.append((q, product, str(label)))
-    return rows
+    """(query index, product index, label) arrays, vectorised: the label first, then a product
+    drawn from the (topic, intent) cell that the label calls for."""
+    labels = np.array(list(LABEL_FREQUENCIES))
+    freqs = np.array(list(LABEL_FREQUENCIES.values()))
+    per_query = np.maximum(2, rng.poisson(spec.mean_judgements, spec.queries))
+    query = np.repeat(np.arange(spec.queries), per_query)
+    label = rng.choice(labels, size=len(query), p=freqs / freqs.sum())
+    topic, intent = q_topic[query].copy(), q_intent[query].copy()
+    substitute, complement, irrelevant = label == "S", label == "C", label == "I"
+    intent[substitute] = (intent[substitute] + rng.integers(1, spec.intents, substitute.sum())) % spec.intents
+    topic[complement] = topic[complement] ^ 1
+    # an unrelated topic: any but the query's own pair of complementary topics
+    other = rng.integers(0, spec.topics - 2, irrelevant.sum())
+    pair = topic[irrelevant] & ~1
+    topic[irrelevant] = other + 2 * (other >= pair)
+    redraw = complement | irrelevant
+    intent[redraw] = rng.integers(0, spec.intents, redraw.sum())
+
+    cell = p_topic * spec.intents + p_intent
+    by_cell = np.argsort(cell, kind="stable")
+    counts = np.bincount(cell, minlength=spec.topics * spec.intents)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    wanted = topic * spec.intents + intent
+    product = by_cell[starts[wanted] + (rng.random(len(query)) * counts[wanted]).astype(np.int64)]
+
+    first = np.unique(query * spec.products + product, return_index=True)[1]  # one judgement per pair
+    keep = np.sort(first)
+    query, product, label = query[keep], product[keep], label[keep]
+    noisy = rng.random(len(label)) < spec.label_noise
+    shift = rng.integers(1, len(labels), noisy.sum())
+    index_of = {name: i for i, name in enumerate(labels)}
+    label[noisy] = labels[(np.vectorize(index_of.get)(label[noisy]) + shift) % len(labels)]
+    return query, product, label
 
 
-def _query_text(topic: int, intent: int, serial: int) -> str:
-    return f"{INTENT_WORDS[intent % len(INTENT_WORDS)]} {TOPIC_WORDS[topic % len(TOPIC_WORDS)]} {serial}"
-
-
-def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent, product_ids) -> pa.Table:
-    n_in = len(judgements)
+def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> pa.Table:
+    query, product, label = judgements
+    n_in = len(query)
     n_out = int(round(n_in * spec.outside_fraction / (1 - spec.outside_fraction)))
-    q_index = np.array([j[0] for j in judgements] + list(rng.integers(0, spec.queries, n_out)))
-    # rows outside the working set use other query ids, as other locales/splits do
-    query_id = np.where(np.arange(n_in + n_out) < n_in, q_ids[q_index], q_ids[q_index] + 1_000_000)
-    outside_kind = rng.integers(0, 3, n_out)
-    locale = ["us"] * n_in + [["es", "us", "jp"][k] for k in outside_kind]
-    split = ["test"] * n_in + [["test", "train", "test"][k] for k in outside_kind]
-    small = [1] * n_in + [[1, 1, 0][k] for k in outside_kind]
-    products = [product_ids[j[1]] for j in judgements] + list(rng.choice(product_ids, n_out))
-    labels = [j[2] for j in judgements] + list(rng.choice(list(LABEL_FREQUENCIES), n_out))
+    # rows outside the working set: other locales, the train split, large-version only; no SQID features
+    kind = rng.integers(0, 3, n_out)
+    q_all = np.concatenate([query, rng.integers(0, spec.queries, n_out)])
+    query_id = q_ids[q_all] + np.where(np.arange(n_in + n_out) < n_in, 0, 1_000_000)
     order = rng.permutation(n_in + n_out)
-    take = lambda values: [values[i] for i in order]  # noqa: E731
-    return pa.table(
-        {
-            "example_id": pa.array(np.arange(n_in + n_out, dtype=np.int64)),
-            "query": pa.array(
-                take([_query_text(q_topic[q], q_intent[q], int(qid)) for q, qid in zip(q_index, query_id)])
-            ),
-            "query_id": pa.array(query_id[order].astype(np.int64)),
-            "product_id": pa.array(take(products)),
-            "product_locale": pa.array(take(locale)),
-            "esci_label": pa.array(take(labels)),
-            "small_version": pa.array(np.array(take(small), dtype=np.int64)),
-            "large_version": pa.array(np.ones(n_in + n_out, dtype=np.int64)),
-            "split": pa.array(take(split)),
-        }
-    )
+    text = np.char.add(np.char.add(np.array(INTENT_WORDS)[q_intent[q_all] % len(INTENT_WORDS)], " "),
+                       np.char.add(np.array(TOPIC_WORDS)[q_topic[q_all] % len(TOPIC_WORDS)], " "))
+    columns = {
+        "example_id": np.arange(n_in + n_out, dtype=np.int64),
+        "query": np.char.add(text, query_id.astype(str))[order],
+        "query_id": query_id[order].astype(np.int64),
+        "product_id": product_id(np.concatenate([product, rng.integers(0, spec.products, n_out)]))[order],
+        "product_locale": np.concatenate([np.full(n_in, "us"), np.array(["es", "us", "jp"])[kind]])[order],
+        "esci_label": np.concatenate([label, rng.choice(list(LABEL_FREQUENCIES), n_out)])[order],
+        "small_version": np.concatenate([np.ones(n_in, np.int64), np.array([1, 1, 0])[kind]])[order],
+        "large_version": np.ones(n_in + n_out, dtype=np.int64),
+        "split": np.concatenate([np.full(n_in, "test"), np.array(["test", "train", "test"])[kind]])[order],
+    }
+    return pa.table({name: pa.array(values) for name, values in columns.items()})
+
+
+def _write_products(path: Path, spec, space, p_topic, p_intent) -> None:
+    """Product embeddings in chunks, each from its own seeded stream: memory bounded by the chunk."""
+    schema = pa.schema([("product_id", pa.string()), ("clip_text_features", pa.list_(pa.float32())),
+                        ("clip_image_features", pa.list_(pa.float32()))])
+    with pq.ParquetWriter(path, schema) as writer:
+        for chunk, start in enumerate(range(0, spec.products, PRODUCT_CHUNK)):
+            rows = np.arange(start, min(start + PRODUCT_CHUNK, spec.products))
+            rng = np.random.default_rng([spec.seed, chunk])
+            topic, intent = p_topic[rows], p_intent[rows]
+            writer.write_table(pa.table({
+                "product_id": pa.array(product_id(rows)),
+                "clip_text_features": embedding_array(space.embed(topic, intent, rng, noise=0.6)),
+                "clip_image_features": embedding_array(space.embed(topic, intent, rng, noise=0.9, offset=0.5)),
+            }, schema=schema))
 
 
 def write_legacy_query_csv(path: Path, query_ids, vectors: np.ndarray, seed: int) -> None:
@@ -184,33 +198,26 @@ def generate(out_dir: Path, spec: SampleSpec = SampleSpec(), legacy_csv: bool = 
     q_intent = rng.integers(0, spec.intents, spec.queries)
     q_vectors = space.embed(q_topic, q_intent, rng, noise=0.6)
     q_ids = rng.choice(np.arange(1, 10 * spec.queries + 1), spec.queries, replace=False).astype(np.int64)
-    product_ids, p_topic, p_intent, p_text, p_image = _draw_products(spec, space, rng)
+    p_topic, p_intent = _product_cells(spec, rng)
     judgements = _draw_judgements(spec, rng, q_topic, q_intent, p_topic, p_intent)
-    esci = _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent, product_ids)
+    esci = _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent)
 
     with atomic_dir(Path(out_dir)) as tmp:
         (tmp / "sqid").mkdir()
         pq.write_table(esci, tmp / C.ESCI_FILE)
-        queries = pa.table({"query_id": pa.array([str(q) for q in q_ids]), "clip_text_features": embedding_array(q_vectors)})
+        queries = pa.table({"query_id": pa.array(q_ids.astype(str)), "clip_text_features": embedding_array(q_vectors)})
         pq.write_table(queries, tmp / C.QUERY_FEATURES_FILE)
-        products = pa.table(
-            {
-                "product_id": pa.array(product_ids),
-                "clip_text_features": embedding_array(p_text),
-                "clip_image_features": embedding_array(p_image),
-            }
-        )
-        pq.write_table(products, tmp / C.PRODUCT_FEATURES_FILE)
+        _write_products(tmp / C.PRODUCT_FEATURES_FILE, spec, space, p_topic, p_intent)
         if legacy_csv:
             write_legacy_query_csv(tmp / C.LEGACY_QUERY_CSV, q_ids, q_vectors, spec.seed)
-    labels = esci.column("esci_label").to_pylist()
+    working_labels, counts = np.unique(judgements[2], return_counts=True)
     return {
         "out_dir": str(out_dir),
         "judgements": esci.num_rows,
-        "working_set_judgements": len(judgements),
+        "working_set_judgements": len(judgements[0]),
         "queries": spec.queries,
         "products": spec.products,
-        "label_counts": {label: labels.count(label) for label in LABEL_FREQUENCIES},
+        "working_set_label_counts": dict(zip(working_labels.tolist(), counts.tolist())),
     }
 
 

@@ -19,13 +19,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mmsearch import config as C
 from mmsearch.io import atomic_dir, read_json, write_json
+from mmsearch.raw import parquet_file
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
             self.rows = beam.metrics.Metrics.counter("mmsearch", f"rows_in_{split}")
 
         def process(self, path):
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=cfg.transform_batch_rows, columns=columns):
+            for batch in parquet_file(path).iter_batches(batch_size=cfg.transform_batch_rows, columns=columns):
                 self.rows.inc(batch.num_rows)
                 yield to_tfxio_batch(batch, columns)
 
@@ -171,8 +172,10 @@ def transform(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
         pipeline = beam.Pipeline(options=options)
         with tft_beam.Context(temp_dir=str(out / "tmp"), force_tf_compat_v1=False):
             _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg)
+            started = time.monotonic()
             result = pipeline.run()
             result.wait_until_finish()
+            beam_seconds = time.monotonic() - started
         raw_schema = schema_utils.schema_from_feature_spec(raw_feature_spec(embedding_columns, dim))
         metadata_io.write_metadata(dataset_metadata.DatasetMetadata(raw_schema), str(graph_dir(out) / "metadata"))
         counts = _counters(result)
@@ -188,6 +191,7 @@ def transform(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
             "rows_out": {split: counts.get(f"rows_out_{split}", 0) for split in C.SPLITS},
             "rows_expected": {split: merged["splits"][split]["rows"] for split in C.SPLITS},
             "analysed_rows": counts.get("rows_in_analyse_train", 0),
+            "beam_seconds": round(beam_seconds, 2),
         }
         check_counts(manifest)
         shutil.rmtree(out / "tmp", ignore_errors=True)

@@ -1,0 +1,230 @@
+"""`make bench`: the DAG's stages at the real data's scale, measured the way the DAG runs them.
+
+For each size (query-product pairs) it generates data with the real schemas, runs every stage
+as the DAG does (the same `mmsearch` commands, each in its own environment and process), and
+records wall time, rows per second, the peak resident memory of the stage's process tree
+(sampled with psutil), and the output size; then the same arithmetic as the transform in plain
+numpy (the floor), and the whole DAG through `airflow dags test` for the orchestration overhead.
+Every stage's row count is checked against its input's. Results: a markdown table and a CSV
+under $MMSEARCH_HOME/bench/.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from mmsearch import config as C
+from mmsearch.io import read_json
+
+# The real working set's proportions: 181,701 pairs, 8,956 queries, 164,900 products.
+PAIRS_PER_QUERY = 181_701 / 8_956
+PRODUCTS_PER_PAIR = 164_900 / 181_701
+DEFAULT_SIZES = (10_000, 50_000, 182_000)
+FULL_SIZE = 1_100_000
+
+
+def _venv_bin(name: str) -> Path:
+    return C.REPO_ROOT / ".venvs" / name / "bin"
+
+
+def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1) -> dict:
+    """Run a command; wall time and the peak summed RSS of it and all its descendants."""
+    start = time.monotonic()
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, done = 0, threading.Event()
+
+    def sample():
+        nonlocal peak
+        root = psutil.Process(process.pid)
+        while not done.is_set():
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    done.set()
+    sampler.join()
+    seconds = time.monotonic() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({process.returncode}):\n{stderr[-3000:]}")
+    return {"seconds": seconds, "peak_rss_mb": peak / 2**20, "stdout": stdout}
+
+
+def _size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+
+
+def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> dict:
+    """The transform's arithmetic in numpy and pyarrow (the floor): elementwise z-scores from
+    train statistics, z-scored cosines; read twice like the Beam job; written as parquet."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(C.EMBEDDING_COLUMNS["query_product"])
+
+    def batches(split):
+        for path in sorted((Path(merged_dir) / split).glob("*.parquet")):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+                yield {c: batch.column(c).values.to_numpy().reshape(len(batch), -1) for c in columns}
+
+    def cosines(m):
+        q = m[C.QUERY_EMBEDDING] / np.linalg.norm(m[C.QUERY_EMBEDDING], axis=1, keepdims=True)
+        return [(q * (m[c] / np.linalg.norm(m[c], axis=1, keepdims=True))).sum(1) for c in columns[1:]]
+
+    start = time.monotonic()
+    n, sums, squares = 0, {}, {}
+    for m in batches("train"):
+        n += len(m[C.QUERY_EMBEDDING])
+        for key, values in [*m.items(), *enumerate(cosines(m))]:
+            sums[key] = sums.get(key, 0) + values.astype(np.float64).sum(0)
+            squares[key] = squares.get(key, 0) + np.square(values, dtype=np.float64).sum(0)
+    mean = {k: sums[k] / n for k in sums}
+    std = {k: np.sqrt(squares[k] / n - mean[k] ** 2) for k in sums}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    for split in C.SPLITS:
+        with pq.ParquetWriter(out_dir / f"{split}.parquet", pa.schema(
+                [(c, pa.list_(pa.float32())) for c in columns] + [("cos_text", pa.float32()), ("cos_image", pa.float32())]),
+                compression="none") as writer:
+            for m in batches(split):
+                z = {c: ((m[c] - mean[c]) / std[c]).astype(np.float32) for c in columns}
+                cos = [((v - mean[i]) / std[i]).astype(np.float32) for i, v in enumerate(cosines(m))]
+                offsets = pa.array(np.arange(0, len(cos[0]) * m[columns[0]].shape[1] + 1, m[columns[0]].shape[1],
+                                             dtype=np.int32))
+                writer.write_table(pa.table(
+                    {**{c: pa.ListArray.from_arrays(offsets, pa.array(z[c].ravel())) for c in columns},
+                     "cos_text": cos[0], "cos_image": cos[1]}))
+                rows += len(cos[0])
+    return {"seconds": time.monotonic() - start, "rows": rows}
+
+
+def bench_size(pairs: int, root: Path, env: dict, e2e: bool) -> list[dict]:
+    airflow_bin, ml_bin = _venv_bin("airflow"), _venv_bin("ml")
+    queries = max(10, round(pairs / PAIRS_PER_QUERY))
+    products = max(100, round(pairs * PRODUCTS_PER_PAIR))
+    work = root / f"pairs-{pairs}"
+    shutil.rmtree(work, ignore_errors=True)
+    raw, run = work / "raw", work / "run"
+    rows: list[dict] = []
+
+    def stage(name, cmd, rows_in, out):
+        measured = run_measured(cmd, env)
+        result = json.loads(measured.pop("stdout")) if measured.get("stdout", "").strip() else {}
+        record = {"pairs": pairs, "stage": name, "rows": rows_in, **measured,
+                  "rows_per_s": rows_in / measured["seconds"], "output_mb": _size_mb(out) if out else 0.0}
+        rows.append(record)
+        print(f"  {name:<10} {measured['seconds']:8.1f} s  {record['rows_per_s']:10.0f} rows/s  "
+              f"{measured['peak_rss_mb']:8.0f} MB", flush=True)
+        return result
+
+    print(f"pairs={pairs}: queries={queries} products={products}", flush=True)
+    generated = stage("generate", [str(airflow_bin / "mmsearch"), "sample-data", "--out", str(raw), "--queries",
+                                   str(queries), "--products", str(products), "--mean-judgements",
+                                   str(round(PAIRS_PER_QUERY, 2))], 0, raw)
+    n = generated["working_set_judgements"]
+    for record in rows:
+        record.update(rows=n, rows_per_s=n / record["seconds"])
+    settings = ["--set", f"experiment_name=bench-{pairs}", "--set", f"registered_model_name=bench-{pairs}"]
+    stage("validate", [str(airflow_bin / "mmsearch"), "validate", "--raw-dir", str(raw), "--out", str(run / "validate"),
+                       *settings], n, run / "validate")
+    merged = stage("merge", [str(airflow_bin / "mmsearch"), "merge", "--raw-dir", str(raw), "--out",
+                             str(run / "merged"), *settings], n, run / "merged")
+    transformed = stage("transform", [str(ml_bin / "mmsearch"), "transform", "--merged-dir", str(run / "merged"),
+                                      "--out", str(run / "transform"), *settings], merged["rows"], run / "transform")
+    rows.append({"pairs": pairs, "stage": "transform (Beam)", "rows": merged["rows"],
+                 "seconds": transformed["beam_seconds"], "peak_rss_mb": rows[-1]["peak_rss_mb"],
+                 "rows_per_s": merged["rows"] / transformed["beam_seconds"], "output_mb": 0.0})
+    floor = numpy_transform(run / "merged", work / "numpy")
+    rows.append({"pairs": pairs, "stage": "numpy floor", "rows": floor["rows"], "seconds": floor["seconds"],
+                 "peak_rss_mb": 0.0, "rows_per_s": floor["rows"] / floor["seconds"], "output_mb": _size_mb(work / "numpy")})
+    trained = stage("train", [str(ml_bin / "mmsearch"), "train", "--transform-dir", str(run / "transform"), "--out",
+                              str(run / "train"), *settings], merged["splits"]["train"]["rows"], run / "train")
+    evaluated = stage("evaluate", [str(ml_bin / "mmsearch"), "evaluate", "--merged-dir", str(run / "merged"),
+                                   "--train-summary", str(run / "train" / "train.json"), "--out", str(run / "evaluate"),
+                                   *settings], merged["splits"]["test"]["rows"], run / "evaluate")
+    stage("register", [str(ml_bin / "mmsearch"), "register", "--merged-dir", str(run / "merged"), "--train-summary",
+                       str(run / "train" / "train.json"), "--metrics", str(run / "evaluate" / "metrics.json"),
+                       *settings], merged["splits"]["test"]["rows"], None)
+
+    counts = {"validate/merge": (n, merged["rows"]),
+              "merge/transform": (merged["splits"], transformed["rows_out"]),
+              "merge/evaluate": (merged["splits"]["test"]["rows"], evaluated["test_rows"])}
+    ok = (n == merged["rows"] and all(merged["splits"][s]["rows"] == transformed["rows_out"][s] for s in C.SPLITS)
+          and merged["splits"]["test"]["rows"] == evaluated["test_rows"])
+    if not ok:
+        raise RuntimeError(f"row counts differ between stages: {counts}")
+    if e2e:
+        conf = json.dumps({"raw_data_dir": str(raw), "experiment_name": f"bench-{pairs}",
+                           "registered_model_name": f"bench-{pairs}"})
+        measured = run_measured([str(airflow_bin / "airflow"), "dags", "test", "mmsearch_training", "--conf", conf], env)
+        direct = sum(r["seconds"] for r in rows if r["stage"] in ("validate", "merge", "transform", "train",
+                                                                   "evaluate", "register"))
+        rows.append({"pairs": pairs, "stage": "airflow dags test", "rows": n, "seconds": measured["seconds"],
+                     "peak_rss_mb": measured["peak_rss_mb"], "rows_per_s": n / measured["seconds"], "output_mb": 0.0,
+                     "overhead": measured["seconds"] / direct})
+        print(f"  dags test  {measured['seconds']:8.1f} s  overhead {measured['seconds'] / direct:.2f}x", flush=True)
+    shutil.rmtree(work / "numpy", ignore_errors=True)
+    return rows
+
+
+def write_report(rows: list[dict], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fields = ["pairs", "stage", "rows", "seconds", "rows_per_s", "peak_rss_mb", "output_mb", "overhead"]
+    with open(out_dir / "bench.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"cores: {os.cpu_count()}", "",
+             "| pairs | stage | rows | wall s | rows/s | peak RSS MB | output MB | overhead |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        overhead = f"{r['overhead']:.2f}" if "overhead" in r else ""
+        lines.append(f"| {r['pairs']:,} | {r['stage']} | {r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | "
+                     f"{r['peak_rss_mb']:,.0f} | {r['output_mb']:,.1f} | {overhead} |")
+    report = out_dir / "bench.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def main(sizes: list[int], e2e: bool = True) -> dict:
+    root = C.mmsearch_home() / "bench"
+    env = {**os.environ, "MMSEARCH_HOME": str(root / "home"), "AIRFLOW_HOME": str(root / "home" / "airflow"),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(C.REPO_ROOT / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "PATH": f"{_venv_bin('airflow')}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if e2e:
+        subprocess.run([str(_venv_bin("airflow") / "airflow"), "db", "migrate"], env=env, check=True,
+                       capture_output=True)
+    rows = [row for pairs in sizes for row in bench_size(pairs, root, env, e2e)]
+    report = write_report(rows, root)
+    print(report.read_text())
+    return {"report": str(report), "csv": str(root / "bench.csv")}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="pairs, comma-separated")
+    parser.add_argument("--full", action="store_true", help=f"also {FULL_SIZE:,} pairs (the ESCI small version)")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the airflow dags test run")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s] + ([FULL_SIZE] if args.full else [])
+    main(sizes, e2e=not args.no_e2e)
+    sys.exit(0)
