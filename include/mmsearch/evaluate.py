@@ -79,7 +79,7 @@ def majority_probabilities(train_label_counts: dict, rows: int) -> np.ndarray:
     return probabilities
 
 
-def score_model(model_uri: str, merged_dir: Path, columns, batch_rows: int = 8192):
+def score_model(model_uri: str, merged_dir: Path, columns, batch_rows: int = 2048):
     """Labels, query ids and probabilities [n, 4] (label-id order) of an MLflow pyfunc over the
     raw test split, read in record batches so memory does not grow with the split."""
     import mlflow
