@@ -40,14 +40,15 @@ def stack(tmp_path_factory):
     })
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     repo = make_dvc_repo(root, SAMPLE)
-    return {"env": env, "repo": repo, "home": root / "home"}
+    (root / "cwd").mkdir()
+    return {"env": env, "repo": repo, "home": root / "home", "cwd": root / "cwd"}
 
 
 def run_dag(stack, conf: dict, logical_date: str) -> tuple[subprocess.CompletedProcess, str]:
     conf = {"dvc_repo": str(stack["repo"]), **conf}
     result = subprocess.run(
         ["airflow", "dags", "test", "mmsearch_training", logical_date, "--conf", json.dumps(conf)],
-        env=stack["env"], capture_output=True, text=True, timeout=900,
+        env=stack["env"], capture_output=True, text=True, timeout=900, cwd=stack["cwd"],
     )
     return result, result.stdout + result.stderr
 
@@ -93,6 +94,8 @@ def first_run(stack):
 
 def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
     run_dir = Path(first_run["run_dir"])
+    assert list(stack["cwd"].iterdir()) == []  # MLflow artifacts under MMSEARCH_HOME, not ./mlruns
+    assert (stack["home"] / "mlflow" / "artifacts").is_dir()
     assert (stack["repo"] / "data" / "raw" / C.ESCI_FILE).exists()  # brought back by dvc pull
     merged = pq.read_table(run_dir / "merged" / "train")
     assert {C.QUERY_EMBEDDING, C.PRODUCT_TEXT_EMBEDDING, C.PRODUCT_IMAGE_EMBEDDING} <= set(merged.schema.names)

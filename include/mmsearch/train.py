@@ -55,9 +55,10 @@ def setup_mlflow(cfg: C.RunConfig):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
+    default_store = not os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri sets it
     mlflow.set_tracking_uri(C.mlflow_tracking_uri())
     if mlflow.get_experiment_by_name(cfg.experiment_name) is None:
-        default_store = not os.environ.get("MLFLOW_TRACKING_URI")
+        # the embedded default keeps artifacts under MMSEARCH_HOME, not in ./mlruns of the cwd
         mlflow.create_experiment(cfg.experiment_name, artifact_location=C.mlflow_artifact_root() if default_store else None)
     mlflow.set_experiment(cfg.experiment_name)
     return mlflow
