@@ -95,3 +95,15 @@ def test_empty_split_fails_and_leaves_nothing(raw_copy, tmp_path):
     with pytest.raises(DataError, match="the train split is empty after the group split"):
         merge.merge(raw_copy, out, small_config())  # one query to test, one to val, none to train
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_class_absent_from_the_train_split_fails_and_leaves_nothing(raw_copy, tmp_path):
+    esci = pq.read_table(raw_copy / C.ESCI_FILE)
+    labels = esci.column("esci_label").to_numpy(zero_copy_only=False)
+    relabelled = np.where(labels == "C", "S", labels)
+    pq.write_table(esci.set_column(esci.schema.get_field_index("esci_label"), "esci_label", pa.array(relabelled)),
+                   raw_copy / C.ESCI_FILE)
+    out = tmp_path / "merged"
+    with pytest.raises(DataError, match=r"column 'esci_label': labels \['C'\] are absent from the train split"):
+        merge.merge(raw_copy, out, small_config())
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
