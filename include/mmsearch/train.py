@@ -34,14 +34,18 @@ def make_dataset(transform_manifest: dict, split: str, feature_set: str, batch_s
     spec = {name: spec[name] for name in (*names, "label")}
     files = sorted(str(p) for p in Path(transform_manifest["examples"][split]).glob("transformed_examples-*"))
     dataset = tf.data.TFRecordDataset(files, compression_type=transform_manifest["compression"] or None)
-    if training:
-        dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
 
-    def parse(serialized):
-        parsed = tf.io.parse_single_example(serialized, spec)
+    def parse(serialized):  # one example, or a batch of them
+        rank = serialized.shape.rank
+        parsed = (tf.io.parse_example if rank else tf.io.parse_single_example)(serialized, spec)
         label = parsed.pop("label")
-        return {k: tf.reshape(v, [1]) if v.shape.rank == 0 else v for k, v in parsed.items()}, label
+        # scalar features (the cosines) become [1] for one example, [n, 1] for a batch
+        return {k: tf.expand_dims(v, -1) if v.shape.rank == rank else v for k, v in parsed.items()}, label
 
+    if not training:
+        # the whole validation split every epoch: parse whole batches at once
+        return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
     # Batch last: MLflow's autolog reads the batch size off the final BatchDataset (else it
     # logs batch_size=None and clashes with ours); tf.data injects the prefetch after it.
     return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
