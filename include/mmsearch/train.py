@@ -111,7 +111,7 @@ def _emissions_tracker(output_dir: Path, cfg: C.RunConfig, project: str):
 def train_and_log(feature_set: str, transform_manifest: dict, work_dir: Path, cfg: C.RunConfig, mlflow) -> dict:
     """Fit one model inside the active MLflow run; log params, emissions and the pyfunc model."""
     from mmsearch.serving import EsciRelevanceModel, export_serving_model, model_signature, pip_requirements, raw_frame
-    from mmsearch.merge import read_merged
+    from mmsearch.raw import parquet_file
 
     dim = transform_manifest["embedding_dim"]
     raw_columns = C.EMBEDDING_COLUMNS[feature_set]
@@ -136,8 +136,10 @@ def train_and_log(feature_set: str, transform_manifest: dict, work_dir: Path, cf
 
     with atomic_dir(work_dir / "serving_model") as export_dir:
         export_serving_model(keras_model, transform_manifest["transform_graph"], raw_columns, dim, export_dir)
-    merged_dir = transform_manifest["merged_dir"]
-    example = raw_frame(read_merged(merged_dir, "test", list(raw_columns)).slice(0, 2), raw_columns, np.float64)
+    # two rows for the input example, from the first row group only (not the whole test split)
+    first_shard = sorted((Path(transform_manifest["merged_dir"]) / "test").glob("*.parquet"))[0]
+    rows = parquet_file(first_shard).read_row_group(0, columns=list(raw_columns)).slice(0, 2)
+    example = raw_frame(rows, raw_columns, np.float64)
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
         python_model=EsciRelevanceModel(),
