@@ -158,3 +158,11 @@ def test_cli_help_lists_every_stage():
     result = subprocess.run([sys.executable, "-m", "mmsearch.cli", "--help"], capture_output=True, text=True)
     for stage in ("sample-data", "pull", "validate", "merge", "transform", "train", "evaluate", "register"):
         assert stage in result.stdout
+
+
+def test_a_stage_pointed_at_a_missing_directory_fails_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mmsearch.cli", "evaluate", "--merged-dir", str(tmp_path / "none"),
+                             "--train-summary", str(tmp_path / "none" / "train.json"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"mmsearch evaluate: error: No such file or directory: {tmp_path / 'none' / 'train.json'}"

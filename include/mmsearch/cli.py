@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, C.ConfigError) as error:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except FileNotFoundError as error:  # e.g. a stage pointed at a directory an earlier stage never wrote
+        print(f"mmsearch {args.command}: error: {error.strerror}: {error.filename}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (PullError, RegistryError) as error:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
