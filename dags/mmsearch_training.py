@@ -37,7 +37,7 @@ file, column and rows at fault, and no retry.
 
 PARAM_DOCS = {
     "feature_set": "query: the original design (query embedding only). query_product: query, product text and image.",
-    "raw_data_dir": "Raw ESCI/SQID directory. Empty: data/raw of the DVC repo.",
+    "raw_data_dir": "Raw ESCI/SQID directory used as it is (no DVC pull). Empty: pull data/raw of the DVC repo.",
     "dvc_repo": "DVC repository to pull from. Empty: this project.",
     "dvc_remote": "DVC remote name. Empty: the repository's default remote.",
     "dvc_pull_attempts": "Attempts at dvc pull (exponential backoff) before the task fails.",
@@ -135,13 +135,17 @@ def mmsearch_training():
 
         @task(execution_timeout=timedelta(minutes=30))
         def pull_data() -> dict:
-            """`dvc pull` of the raw data; fails naming every file DVC did not restore."""
+            """`dvc pull` of the raw data; fails naming every file DVC did not restore.
+            With `raw_data_dir` set, that directory is used as it is and its files' md5s recorded."""
             from mmsearch import config as C
-            from mmsearch.pull import pull
+            from mmsearch.pull import describe_untracked, pull
 
             context = get_current_context()
             cfg = C.RunConfig.from_mapping(context["params"])
-            pulled = pull(cfg.repo_dir, remote=cfg.dvc_remote, attempts=cfg.dvc_pull_attempts)
+            if cfg.raw_data_dir:
+                pulled = describe_untracked(cfg.raw_dir)
+            else:
+                pulled = pull(cfg.repo_dir, remote=cfg.dvc_remote, attempts=cfg.dvc_pull_attempts)
             run_id = context["dag_run"].run_id
             logical_date = context["dag_run"].logical_date
             return {
@@ -150,7 +154,7 @@ def mmsearch_training():
                 "logical_date": logical_date.isoformat() if logical_date else "",
                 "run_dir": str(C.run_dir_for(run_id)),
                 "config": cfg.as_dict(),
-                "raw_dir": str(cfg.raw_dir) if cfg.raw_data_dir else pulled["raw_dir"],
+                "raw_dir": pulled["raw_dir"],
                 "dvc": pulled,
             }
 

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from mmsearch import config as C
-from mmsearch.pull import PullError, pull
+from mmsearch.pull import PullError, describe_untracked, pull
 from mmsearch.sample_data import SampleSpec
 from tests.conftest import make_dvc_repo
 
@@ -74,3 +74,10 @@ def _md5_of(repo, relpath):
     dir_md5 = yaml.safe_load((repo / "data" / "raw.dvc").read_text())["outs"][0]["md5"]
     listing = repo.parent / "remote" / "files" / "md5" / dir_md5[:2] / dir_md5[2:]
     return {e["relpath"]: e["md5"] for e in json.loads(listing.read_text())}[relpath]
+
+
+def test_a_raw_directory_given_directly_is_described_by_its_own_md5s(repo):
+    pulled = pull(repo, attempts=1)
+    described = describe_untracked(repo / "data" / "raw")
+    assert described["file_md5"] == pulled["file_md5"]  # the same hashes DVC records
+    assert described["dvc_md5"] == "not tracked by DVC (raw_data_dir)"

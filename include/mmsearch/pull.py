@@ -100,6 +100,23 @@ def _explain(repo_dir: Path, target: str, remote: str) -> str:
     return f"missing from the remote: {', '.join(absent)}" if absent else "the remote has every object"
 
 
+def describe_untracked(raw_dir: Path) -> dict:
+    """Lineage for a raw directory given directly (not pulled through DVC): the md5 of each file,
+    the hash DVC itself would record, so the registry never claims another dataset's hashes."""
+    import hashlib
+
+    raw_dir = Path(raw_dir)
+    hashes = {}
+    for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
+        digest = hashlib.md5()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        hashes[str(path.relative_to(raw_dir))] = digest.hexdigest()
+    return {"raw_dir": str(raw_dir), "dvc_target": "", "dvc_md5": "not tracked by DVC (raw_data_dir)",
+            "file_md5": hashes, "dvc_exit_code": None}
+
+
 def pull(repo_dir: Path, target: str = DEFAULT_TARGET, remote: str = "", attempts: int = 3,
          wait_seconds: float = 2.0) -> dict:
     """Pull with retries and exponential backoff (a flaky remote, another process holding
