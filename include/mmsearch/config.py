@@ -89,10 +89,6 @@ def mlflow_artifact_root() -> str:
     return (mmsearch_home() / "mlflow" / "artifacts").as_uri()
 
 
-# DAG params that are not run settings (none yet): kept so the UI can show extra fields.
-IGNORED_KEYS: frozenset[str] = frozenset()
-
-
 class ConfigError(ValueError):
     """A setting out of its range or of the wrong kind."""
 
@@ -143,18 +139,16 @@ class RunConfig:
 
     @classmethod
     def from_mapping(cls, values: dict) -> "RunConfig":
-        """Build from DAG params or CLI JSON, ignoring keys that are not settings."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in values.items():
-            if key not in fields or value is None:
-                continue
-            if key == "beam_pipeline_args":
-                value = tuple(value.split()) if isinstance(value, str) else tuple(value)
-            kwargs[key] = value
-        unknown = sorted(set(values) - set(fields) - IGNORED_KEYS)
+        """Build from DAG params or CLI JSON: an unknown key is an error, None means the default."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
         if unknown:
             raise ConfigError(f"unknown settings: {unknown}")
+        kwargs = {key: value for key, value in values.items() if value is not None}
+        if isinstance(kwargs.get("beam_pipeline_args"), str):
+            kwargs["beam_pipeline_args"] = kwargs["beam_pipeline_args"].split()
+        if "beam_pipeline_args" in kwargs:
+            kwargs["beam_pipeline_args"] = tuple(kwargs["beam_pipeline_args"])
         config = cls(**kwargs)
         config.check()
         return config

@@ -188,5 +188,5 @@ def _write_rows(writers: dict, part: np.ndarray, judgements: dict, split: np.nda
 
 
 def read_merged(merged_dir: Path, split: str, columns: list[str] | None = None) -> pa.Table:
-    """All shards of one split, as one table (for tests, evaluation and small data)."""
+    """All shards of one split, as one table (for tests and small data; the stages stream)."""
     return pq.read_table(Path(merged_dir) / split, columns=columns)
