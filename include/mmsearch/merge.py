@@ -135,7 +135,7 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
             rows = np.flatnonzero(joined)
             rows = rows[np.argsort(p_file_row[rows], kind="stable")]
             by_product = p_file_row[rows]
-            for first, matrices in raw.embedding_batches(product_table, cfg.embedding_dim):
+            for first, _, matrices in raw.embedding_batches(product_table, cfg.embedding_dim):
                 lo, hi = np.searchsorted(by_product, [first, first + len(matrices["clip_text_features"])])
                 part = rows[lo:hi]
                 local = by_product[lo:hi] - first

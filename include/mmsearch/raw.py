@@ -241,12 +241,17 @@ def source_path(ft: FeatureTable, source: str) -> Path:
     return ft.path
 
 
-def embedding_batches(ft: FeatureTable, dim: int, source: str = "sqid") -> Iterator[tuple[int, dict]]:
-    """(first row number, {column: float32 matrix}) per record batch: the streaming read."""
+def embedding_batches(ft: FeatureTable, dim: int, source: str = "sqid") -> Iterator[tuple[int, pa.Array, dict]]:
+    """(first row number, keys, {column: checked float32 matrix}) per record batch: the one
+    streaming read of a feature table, for the checks and for merge's second pass."""
     path, offset = source_path(ft, source), 0
     for batch in feature_batches(ft, source, dim):
-        names = _RowNames(ft.key, batch.column(ft.key), offset)
-        yield offset, {name: embedding_matrix(batch.column(name), dim, path, name, names) for name in ft.embeddings}
+        ids = batch.column(ft.key)
+        if ids.null_count:
+            rows = np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False)) + offset
+            raise DataError(path, "has null keys", column=ft.key, rows=[f"row {r}" for r in rows])
+        names = _RowNames(ft.key, ids, offset)
+        yield offset, ids, {name: embedding_matrix(batch.column(name), dim, path, name, names) for name in ft.embeddings}
         offset += batch.num_rows
 
 
@@ -256,27 +261,16 @@ def scan_features(ft: FeatureTable, dim: int, keep: bool = False, source: str = 
     Duplicate keys with identical embeddings are collapsed (first kept); duplicate keys
     with different embeddings are an error, since the join would be ambiguous.
     """
-    path = source_path(ft, source)
     projection = np.random.default_rng(0).standard_normal((dim, 2)).astype(np.float32)
     keys, prints, kept = [], [], {name: [] for name in ft.embeddings}
-    offset = 0
-    for batch in feature_batches(ft, source, dim):
-        ids = batch.column(ft.key)
-        if ids.null_count:
-            rows = np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False)) + offset
-            raise DataError(path, "has null keys", column=ft.key, rows=[f"row {r}" for r in rows])
-        names = _RowNames(ft.key, ids, offset)
-        fingerprint = []
-        for name in ft.embeddings:
-            matrix = embedding_matrix(batch.column(name), dim, path, name, names)
-            fingerprint.append(matrix @ projection)
-            if keep:
-                kept[name].append(matrix)
+    for _, ids, matrices in embedding_batches(ft, dim, source):
         keys.append(ids.to_numpy(zero_copy_only=False).astype(str))
-        prints.append(np.hstack(fingerprint))
-        offset += batch.num_rows
+        prints.append(np.hstack([matrices[name] @ projection for name in ft.embeddings]))
+        if keep:
+            for name, matrix in matrices.items():
+                kept[name].append(matrix)
     keys_all = np.concatenate(keys)
-    first, collapsed = _first_of_duplicates(path, ft.key, keys_all, np.vstack(prints))
+    first, collapsed = _first_of_duplicates(source_path(ft, source), ft.key, keys_all, np.vstack(prints))
     embeddings = {name: np.vstack(parts)[first] for name, parts in kept.items()} if keep else {}
     return Features(keys_all[first], first, embeddings, collapsed)
 
