@@ -77,13 +77,12 @@ def file_hashes(repo_dir: Path, target: str, remote: str = "") -> dict[str, str]
     return {entry["relpath"]: entry["md5"] for entry in entries}
 
 
-def missing_files(repo_dir: Path, target: str, remote: str = "") -> list[str]:
-    """Tracked files absent from the workspace, named relative to the repository."""
+def missing_files(repo_dir: Path, target: str, hashes: dict[str, str] | None) -> list[str]:
+    """Tracked files absent from the workspace, named relative to the repository
+    (`hashes` from file_hashes; None when no listing could be read: all of it is missing)."""
     out_path, _ = tracked_output(repo_dir, target)
     relative = str(out_path.relative_to(repo_dir))
-    try:
-        hashes = file_hashes(repo_dir, target, remote)
-    except PullError:
+    if hashes is None:
         return [relative]
     if len(hashes) == 1 and out_path.name in hashes:
         return [] if out_path.exists() else [relative]
@@ -141,7 +140,11 @@ def _pull_once(repo_dir: Path, target: str, remote: str) -> dict:
     args = ["pull", target] + (["--remote", remote] if remote else [])
     result = _dvc(repo_dir, *args)
     log.info("dvc %s exited %d\n%s%s", " ".join(args), result.returncode, result.stdout, result.stderr)
-    missing = missing_files(repo_dir, target, remote)
+    try:
+        hashes = file_hashes(repo_dir, target, remote)
+    except PullError:
+        hashes = None
+    missing = missing_files(repo_dir, target, hashes)
     status = _dvc(repo_dir, "status", "--json", target)
     changed = json.loads(status.stdout or "{}") if status.returncode == 0 else {"status": status.stderr.strip()}
     if missing or changed:
@@ -155,6 +158,6 @@ def _pull_once(repo_dir: Path, target: str, remote: str) -> dict:
         "raw_dir": str(out_path),
         "dvc_target": target,
         "dvc_md5": md5,
-        "file_md5": file_hashes(repo_dir, target, remote),
+        "file_md5": hashes,
         "dvc_exit_code": result.returncode,
     }
