@@ -195,7 +195,9 @@ def mmsearch_training():
 
             from mmsearch import transform as stage
             from mmsearch.config import RunConfig
+            from mmsearch.io import log_to_stderr
 
+            log_to_stderr()
             out = Path(run["run_dir"]) / "transform"
             manifest = stage.run_isolated(run["merged"]["merged_dir"], out, RunConfig.from_mapping(run["config"]))
             return {**run, "transform": {"transform_dir": str(out), "rows_out": manifest["rows_out"]}}
@@ -207,7 +209,9 @@ def mmsearch_training():
 
             from mmsearch import train as stage
             from mmsearch.config import RunConfig
+            from mmsearch.io import log_to_stderr
 
+            log_to_stderr()
             lineage = {"dag_id": run["dag_id"], "run_id": run["run_id"]}
             summary = stage.train(run["transform"]["transform_dir"], Path(run["run_dir"]) / "train",
                                   RunConfig.from_mapping(run["config"]), lineage)
@@ -220,7 +224,9 @@ def mmsearch_training():
 
             from mmsearch import evaluate as stage
             from mmsearch.config import RunConfig
+            from mmsearch.io import log_to_stderr
 
+            log_to_stderr()
             result = stage.evaluate(run["merged"]["merged_dir"], run["train"], Path(run["run_dir"]) / "evaluate",
                                     RunConfig.from_mapping(run["config"]))
             return {**run, "evaluation": result}
@@ -232,13 +238,15 @@ def mmsearch_training():
 
             from mmsearch import register as stage
             from mmsearch.config import RunConfig
-            from mmsearch.io import write_json
+            from mmsearch.io import log_to_stderr, write_json
 
+            log_to_stderr()
             result = stage.register(run, run["train"], run["evaluation"], run["merged"]["merged_dir"],
                                     RunConfig.from_mapping(run["config"]))
             summary = {"run_id": run["run_id"], "run_dir": run["run_dir"], "registry": result,
                        "metrics": run["evaluation"]["metrics"], "rows": run["merged"]["rows"]}
             write_json(Path(run["run_dir"]) / "summary.json", summary)
+            print(stage.summary_text(summary))  # relayed to this task's log
             return summary
 
         register(evaluate(train(transform(merged))))

@@ -21,7 +21,7 @@ collect_ignore = []
 if importlib.util.find_spec("tensorflow") is None:
     collect_ignore += ["test_transform.py", "test_model.py", "test_evaluate.py"]
 if importlib.util.find_spec("airflow") is None:
-    collect_ignore += ["test_dag.py", "test_e2e.py", "test_pull.py"]
+    collect_ignore += ["test_dag.py", "test_e2e.py", "test_pull.py", "test_stack.py"]
 SMALL = SampleSpec(queries=40, products=240, mean_judgements=12, topics=8, intents=3, dim=16, seed=3)
 
 

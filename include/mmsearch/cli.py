@@ -107,6 +107,12 @@ def cmd_bench(args):
     return bench.main(sizes, e2e=not args.no_e2e)
 
 
+def cmd_stack(args):
+    from mmsearch import stack
+
+    return {"up": stack.up, "down": stack.down, "status": stack.status}[args.action]()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsearch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mmsearch {__version__}")
@@ -168,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="also 1,100,000 pairs (the ESCI small version)")
     p.add_argument("--no-e2e", action="store_true", help="skip the airflow dags test run")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("stack", help="the local server stack: Airflow 3 and an MLflow server (make up / make down)")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_stack)
     return parser
 
 
@@ -176,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from mmsearch.io import DataError, RegistryError
     from mmsearch.pull import PullError
+    from mmsearch.stack import StackError
 
     try:
         # stdout carries only the result JSON; libraries' chatter (Keras, MLflow) goes to stderr
@@ -187,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:  # e.g. a stage pointed at a directory an earlier stage never wrote
         print(f"mmsearch {args.command}: error: {error.strerror}: {error.filename}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (PullError, RegistryError) as error:
+    except (PullError, RegistryError, StackError) as error:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     print(json.dumps(result, indent=2, sort_keys=True, default=str))

@@ -17,6 +17,7 @@ import numpy as np
 
 from mmsearch import config as C
 from mmsearch.io import atomic_dir, read_json, write_json
+from mmsearch.plots import plot_confusion_matrix
 
 log = logging.getLogger(__name__)
 
@@ -97,21 +98,6 @@ def score_model(model_uri: str, merged_dir: Path, columns, batch_rows: int = 204
             labels.append(batch.column("label").to_numpy())
             query_ids.append(batch.column("query_id").to_numpy(zero_copy_only=False))
     return np.concatenate(labels), np.concatenate(query_ids), np.vstack(probabilities)
-
-
-def plot_confusion_matrix(metrics: dict, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    cm = metrics["confusion_matrix"]
-    display = ConfusionMatrixDisplay(np.array(cm["matrix"]), display_labels=cm["labels"])
-    display.plot(cmap="Blues", colorbar=False)
-    display.ax_.set_title(title)
-    display.figure_.tight_layout()
-    display.figure_.savefig(path, dpi=100)
-    matplotlib.pyplot.close(display.figure_)
 
 
 def _flat(prefix: str, metrics: dict) -> dict:

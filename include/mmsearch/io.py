@@ -69,3 +69,16 @@ def write_json(path: Path, data: dict) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def log_to_stderr() -> None:
+    """Show mmsearch's INFO lines in a task's log (an external-python task has no logging set up)."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("mmsearch")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

@@ -192,3 +192,16 @@ def _register_once(run: dict, train_summary: dict, evaluation: dict, merged_dir:
         "decision": asdict(decision),
         "test_metrics": metrics,
     }
+
+
+def summary_text(summary: dict) -> str:
+    """The run in a few lines, for the register task's log: metrics, version, alias decision."""
+    registry = summary["registry"]
+    lines = [f"mmsearch run {summary['run_id']}: {summary['rows']:,} judgements",
+             f"{'test split':<18} {'accuracy':>9} {'macro_f1':>9} {'ndcg':>7}"]
+    for name, metrics in summary["metrics"].items():
+        lines.append(f"{name:<18} {metrics['accuracy']:>9.4f} {metrics['macro_f1']:>9.4f} {metrics['ndcg']:>7.4f}")
+    lines.append(f"registered {registry['registered_model']} v{registry['version']}, "
+                 f"aliases {', '.join(registry['aliases'])}: {registry['decision']['reason']}")
+    lines.append(f"outputs: {summary['run_dir']}")
+    return "\n".join(lines)

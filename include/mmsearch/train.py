@@ -17,6 +17,7 @@ import numpy as np
 from mmsearch import config as C
 from mmsearch import model as M
 from mmsearch.io import atomic_dir, read_json, write_json
+from mmsearch.plots import plot_training_curves
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def train_and_log(feature_set: str, transform_manifest: dict, work_dir: Path, cf
         "codecarbon_duration_s": float(data.duration),
     })
     mlflow.log_artifact(str(work_dir / "emissions.csv"))
+    plot_training_curves(history, f"{feature_set}: loss and accuracy per epoch", work_dir / "training_curves.png")
+    mlflow.log_artifact(str(work_dir / "training_curves.png"))
 
     with atomic_dir(work_dir / "serving_model") as export_dir:
         export_serving_model(keras_model, transform_manifest["transform_graph"], raw_columns, dim, export_dir)

@@ -1,0 +1,48 @@
+"""Figures logged to the MLflow run: training curves and confusion matrices (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a worker
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def plot_training_curves(history: dict, title: str, path: Path) -> None:
+    """Loss and accuracy per epoch, training beside validation."""
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(1, 2, figsize=(10, 4))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, history[metric], marker="o", label=f"train {metric}")
+        if f"val_{metric}" in history:
+            ax.plot(epochs, history[f"val_{metric}"], marker="o", label=f"validation {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def plot_confusion_matrix(metrics: dict, title: str, path: Path) -> None:
+    pyplot = _pyplot()
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = metrics["confusion_matrix"]
+    display = ConfusionMatrixDisplay(np.array(cm["matrix"]), display_labels=cm["labels"])
+    display.plot(cmap="Blues", colorbar=False)
+    display.ax_.set_title(title)
+    display.figure_.tight_layout()
+    display.figure_.savefig(path, dpi=100)
+    pyplot.close(display.figure_)
