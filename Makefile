@@ -23,10 +23,13 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(AIRFLOW_BIN):$(PATH)
 
-.PHONY: help envs run test bench lock clean distclean sample-data
+.PHONY: help envs system-deps run up down status test bench lock clean distclean sample-data
 
 help:
 	@echo "make run         set up, pull the sample through DVC, run the DAG once (airflow dags test)"
+	@echo "make up          start Airflow (UI on :8080) and an MLflow server (:5000) on this machine"
+	@echo "make down        stop them (by PID)"
+	@echo "make status      health, PIDs and memory of the running stack"
 	@echo "make test        set up and run the test suite"
 	@echo "make bench       measure every stage at 10k, 50k and 182k pairs (BENCH_ARGS=--full adds 1.1M)"
 	@echo "make lock        re-resolve requirements*.txt from requirements*.in"
@@ -67,8 +70,30 @@ CONF ?= {}
 run: envs $(AIRFLOW_HOME)/airflow.db
 	$(AIRFLOW_BIN)/mmsearch run-dag --conf '$(CONF)'
 
+# The local server stack (no Docker): MMSEARCH_AIRFLOW_PORT, MMSEARCH_MLFLOW_PORT and
+# MMSEARCH_ADMIN_PASSWORD override the defaults (8080, 5000, a generated password).
+up: envs
+	$(AIRFLOW_BIN)/mmsearch stack up
+
+down:
+	$(AIRFLOW_BIN)/mmsearch stack down
+
+status:
+	$(AIRFLOW_BIN)/mmsearch stack status
+
+# Debian packages the browser test and the compose check need (chromium, docker-compose).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 # The suite runs in both environments: Airflow, DVC and data tests in one, TensorFlow in the other.
-test: envs
+test: envs system-deps
 	$(AIRFLOW_BIN)/python -m pytest -m "not ml" tests
 	$(ML_VENV)/bin/python -m pytest -m "ml" tests
 
@@ -84,7 +109,8 @@ sample-data: envs
 
 # DVC's workspace copy and cache are rebuilt by the next pull.
 clean:
-	rm -rf $(MMSEARCH_HOME) data/raw .dvc/cache .dvc/tmp
+	if [ -f $(MMSEARCH_HOME)/stack/pids.json ]; then $(AIRFLOW_BIN)/mmsearch stack down; fi
+	rm -rf $(MMSEARCH_HOME) data/raw .dvc/cache .dvc/tmp test-artifacts
 
 distclean: clean
 	rm -rf $(VENVS)

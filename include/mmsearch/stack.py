@@ -229,6 +229,10 @@ def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
             down()
             raise StackError(f"not healthy after {timeout:.0f} s: {states}; logs in {logs}")
         time.sleep(2)
+    # the CLI sends this to stderr: stdout carries only the JSON status
+    print(f"Airflow UI   {settings.airflow_url}  (user {settings.admin_user}, "
+          f"password {admin_password(settings)}, from {password_file()})\n"
+          f"MLflow UI    {settings.mlflow_url}\nlogs         {logs}\nstop with    make down")
     return status(settings)
 
 

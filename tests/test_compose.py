@@ -1,0 +1,97 @@
+"""docker-compose.yaml and the Dockerfile, checked without a Docker engine: Debian's
+docker-compose resolves the file (`docker-compose config`), and the test reads what it
+resolves to. Building and starting the containers needs an engine and is not done here."""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("docker-compose") is None,
+                                reason="docker-compose missing: `make test` installs it (make system-deps)")
+
+AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                    "airflow-triggerer"}
+SHARED_VOLUME, SHARED_PATH = "mmsearch-home", "/opt/mmsearch-home"
+ML_PYTHON = "/opt/ml-venv/bin/python"
+
+
+def compose_config(env_file: Path) -> subprocess.CompletedProcess:
+    # a clean environment: only the env file decides (no developer's .env or exported secrets)
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    return subprocess.run(["docker-compose", "--project-directory", str(REPO_ROOT), "--env-file", str(env_file),
+                           "-f", str(REPO_ROOT / "docker-compose.yaml"), "config"],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict:
+    result = compose_config(REPO_ROOT / ".env.example")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_services_follow_airflows_official_layout(resolved):
+    assert set(resolved["services"]) == AIRFLOW_SERVICES | {"postgres", "mlflow"}
+    for name in AIRFLOW_SERVICES - {"airflow-init"} | {"postgres", "mlflow"}:
+        assert resolved["services"][name]["healthcheck"]["test"], name
+    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+        depends = resolved["services"][name]["depends_on"]
+        assert depends["airflow-init"]["condition"] == "service_completed_successfully"
+        assert depends["postgres"]["condition"] == "service_healthy"
+        assert depends["mlflow"]["condition"] == "service_healthy"
+    init_env = resolved["services"]["airflow-init"]["environment"]
+    assert init_env["_AIRFLOW_DB_MIGRATE"] == "true" and init_env["_AIRFLOW_WWW_USER_CREATE"] == "true"
+
+
+def test_every_airflow_service_shares_the_volume_and_the_ml_environment(resolved):
+    assert {SHARED_VOLUME, "postgres-db", "mlflow-artifacts"} <= set(resolved["volumes"])
+    for name in AIRFLOW_SERVICES:
+        service = resolved["services"][name]
+        mounts = {volume.split(":")[0]: volume.split(":")[1] for volume in service["volumes"]}
+        assert mounts[SHARED_VOLUME] == SHARED_PATH, name
+        assert mounts[str(REPO_ROOT)] == "/opt/mmsearch", name
+        env = service["environment"]
+        assert env["MMSEARCH_HOME"] == SHARED_PATH
+        assert env["MMSEARCH_ML_PYTHON"] == ML_PYTHON
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/mmsearch/dags"
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+    mlflow = resolved["services"]["mlflow"]
+    assert "--backend-store-uri=postgresql://mlflow:change-me-mlflow-db@postgres/mlflow" in mlflow["command"]
+    assert "--serve-artifacts" in mlflow["command"]
+
+
+def test_ports_are_bound_to_localhost_only(resolved):
+    published = {name: service["ports"] for name, service in resolved["services"].items() if "ports" in service}
+    assert set(published) == {"airflow-apiserver", "mlflow"}
+    for ports in published.values():
+        assert all(str(port).startswith("127.0.0.1:") for port in ports), ports
+
+
+def test_missing_secrets_stop_compose_with_the_variable_named(tmp_path):
+    env_file = tmp_path / "incomplete.env"
+    kept = [line for line in (REPO_ROOT / ".env.example").read_text().splitlines()
+            if not line.startswith("AIRFLOW_JWT_SECRET=")]
+    env_file.write_text("\n".join(kept) + "\n")
+    result = compose_config(env_file)
+    assert result.returncode != 0
+    assert "set AIRFLOW_JWT_SECRET in .env" in result.stderr
+
+
+def test_dockerfile_extends_the_airflow_image_with_the_ml_environment_the_dag_uses():
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM apache/airflow:3\.3\.2-python3\.11$", dockerfile, re.M)
+    assert f"MMSEARCH_ML_PYTHON={ML_PYTHON}" in dockerfile
+    assert "pip install --no-cache-dir -r /tmp/requirements-ml.txt" in dockerfile  # the same lock as `make`
+    lock = (REPO_ROOT / "requirements-ml.txt").read_text()
+    assert re.search(r"^psycopg2-binary==", lock, re.M), "the MLflow server's Postgres driver"
+    assert (REPO_ROOT / ".env.example").exists() and ".env" in (REPO_ROOT / ".gitignore").read_text().split()
