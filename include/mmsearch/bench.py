@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -114,7 +113,7 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
     return {"seconds": time.monotonic() - start, "rows": rows}
 
 
-def bench_size(pairs: int, root: Path, env: dict, e2e: bool) -> list[dict]:
+def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression: bool = False) -> list[dict]:
     airflow_bin, ml_bin = _venv_bin("airflow"), _venv_bin("ml")
     queries = max(10, round(pairs / PAIRS_PER_QUERY))
     products = max(100, round(pairs * PRODUCTS_PER_PAIR))
@@ -150,6 +149,13 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool) -> list[dict]:
     rows.append({"pairs": pairs, "stage": "transform (Beam)", "rows": merged["rows"],
                  "seconds": transformed["beam_seconds"], "peak_rss_mb": rows[-1]["peak_rss_mb"],
                  "rows_per_s": merged["rows"] / transformed["beam_seconds"], "output_mb": 0.0})
+    if compare_compression:  # the default output is uncompressed: this row says what GZIP would cost
+        gzip = stage("transform GZIP", [str(ml_bin / "mmsearch"), "transform", "--merged-dir", str(run / "merged"),
+                                        "--out", str(run / "transform-gzip"), *settings,
+                                        "--set", 'tfrecord_compression="GZIP"'], merged["rows"], run / "transform-gzip")
+        if gzip["rows_out"] != transformed["rows_out"]:
+            raise RuntimeError(f"GZIP transform wrote {gzip['rows_out']} rows, uncompressed {transformed['rows_out']}")
+        shutil.rmtree(run / "transform-gzip")
     floor = numpy_transform(run / "merged", work / "numpy")
     rows.append({"pairs": pairs, "stage": "numpy floor", "rows": floor["rows"], "seconds": floor["seconds"],
                  "peak_rss_mb": 0.0, "rows_per_s": floor["rows"] / floor["seconds"], "output_mb": _size_mb(work / "numpy")})
@@ -179,8 +185,30 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool) -> list[dict]:
                      "peak_rss_mb": measured["peak_rss_mb"], "rows_per_s": n / measured["seconds"], "output_mb": 0.0,
                      "overhead": measured["seconds"] / direct})
         print(f"  dags test  {measured['seconds']:8.1f} s  overhead {measured['seconds'] / direct:.2f}x", flush=True)
+        rows.extend(_task_rows(pairs, n, rows, env))
     shutil.rmtree(work / "numpy", ignore_errors=True)
     return rows
+
+
+def _task_rows(pairs: int, n: int, rows: list[dict], env: dict) -> list[dict]:
+    """Where the DAG's time goes: each task's duration as Airflow recorded it, beside the same
+    stage run directly (the overhead column: task time / direct time)."""
+    from mmsearch.run_dag import latest_run, task_seconds
+
+    direct = {r["stage"]: r["seconds"] for r in rows if r["pairs"] == pairs}
+    tasks = task_seconds(latest_run(env)["run_id"], env)
+    out = []
+    for task_id, seconds in tasks.items():
+        stage = task_id.split(".")[-1]
+        row = {"pairs": pairs, "stage": f"task {task_id}", "rows": n, "seconds": seconds, "peak_rss_mb": 0.0,
+               "rows_per_s": n / seconds if seconds else 0.0, "output_mb": 0.0}
+        if stage in direct:
+            row["overhead"] = seconds / direct[stage]
+        out.append(row)
+    gaps = rows[-1]["seconds"] - sum(tasks.values())
+    out.append({"pairs": pairs, "stage": "dags test outside tasks", "rows": n, "seconds": gaps, "peak_rss_mb": 0.0,
+                "rows_per_s": 0.0, "output_mb": 0.0})
+    return out
 
 
 def write_report(rows: list[dict], out_dir: Path) -> Path:
@@ -202,7 +230,7 @@ def write_report(rows: list[dict], out_dir: Path) -> Path:
     return report
 
 
-def main(sizes: list[int], e2e: bool = True) -> dict:
+def main(sizes: list[int], e2e: bool = True, compare_compression: bool = False) -> dict:
     root = C.mmsearch_home() / "bench"
     env = {**os.environ, "MMSEARCH_HOME": str(root / "home"), "AIRFLOW_HOME": str(root / "home" / "airflow"),
            "AIRFLOW__CORE__DAGS_FOLDER": str(C.REPO_ROOT / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -211,20 +239,7 @@ def main(sizes: list[int], e2e: bool = True) -> dict:
     if e2e:
         subprocess.run([str(_venv_bin("airflow") / "airflow"), "db", "migrate"], env=env, check=True,
                        capture_output=True)
-    rows = [row for pairs in sizes for row in bench_size(pairs, root, env, e2e)]
+    rows = [row for pairs in sizes for row in bench_size(pairs, root, env, e2e, compare_compression)]
     report = write_report(rows, root)
     print(report.read_text())
     return {"report": str(report), "csv": str(root / "bench.csv")}
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="pairs, comma-separated")
-    parser.add_argument("--full", action="store_true", help=f"also {FULL_SIZE:,} pairs (the ESCI small version)")
-    parser.add_argument("--no-e2e", action="store_true", help="skip the airflow dags test run")
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",") if s] + ([FULL_SIZE] if args.full else [])
-    main(sizes, e2e=not args.no_e2e)
-    sys.exit(0)

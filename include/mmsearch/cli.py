@@ -104,7 +104,7 @@ def cmd_bench(args):
     from mmsearch import bench
 
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([bench.FULL_SIZE] if args.full else [])
-    return bench.main(sizes, e2e=not args.no_e2e)
+    return bench.main(sizes, e2e=not args.no_e2e, compare_compression=args.compression)
 
 
 def cmd_stack(args):
@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="10000,50000,182000", help="query-product pairs, comma-separated")
     p.add_argument("--full", action="store_true", help="also 1,100,000 pairs (the ESCI small version)")
     p.add_argument("--no-e2e", action="store_true", help="skip the airflow dags test run")
+    p.add_argument("--compression", action="store_true", help="also run the transform with GZIP output")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("stack", help="the local server stack: Airflow 3 and an MLflow server (make up / make down)")

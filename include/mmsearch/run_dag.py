@@ -18,15 +18,30 @@ def _airflow() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
 
-def latest_run() -> dict:
-    listed = subprocess.run([_airflow(), "dags", "list-runs", DAG_ID, "-o", "json"], capture_output=True, text=True,
-                            check=True)
+def _airflow_json(args: list[str], env: dict | None = None) -> list:
+    listed = subprocess.run([_airflow(), *args, "-o", "json"], capture_output=True, text=True, check=True, env=env)
     # Airflow may print warnings on stdout before the JSON: take the JSON line.
     lines = [line for line in listed.stdout.splitlines() if line.startswith("[")]
-    runs = json.loads(lines[-1]) if lines else []
+    return json.loads(lines[-1]) if lines else []
+
+
+def latest_run(env: dict | None = None) -> dict:
+    runs = _airflow_json(["dags", "list-runs", DAG_ID], env)
     if not runs:
         raise SystemExit(f"mmsearch run-dag: no run of {DAG_ID} was recorded")
     return max(runs, key=lambda run: run.get("run_after") or "")
+
+
+def task_seconds(run_id: str, env: dict | None = None) -> dict:
+    """Each task's duration in a recorded run, from Airflow's own start and end dates."""
+    from datetime import datetime
+
+    seconds = {}
+    for ti in _airflow_json(["tasks", "states-for-dag-run", DAG_ID, run_id], env):
+        if ti.get("start_date") and ti.get("end_date"):
+            start, end = (datetime.fromisoformat(ti[k]) for k in ("start_date", "end_date"))
+            seconds[ti["task_id"]] = (end - start).total_seconds()
+    return seconds
 
 
 def run_dag(conf: str = "{}") -> dict:
