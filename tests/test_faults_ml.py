@@ -61,6 +61,7 @@ def test_killed_training_resumes_from_its_last_epoch(transformed, tmp_path):
     assert first_epoch >= 4, epochs[:3]  # resumed after the epochs the killed process finished
     summary = json.loads((out / "train.json").read_text())
     assert summary["epochs_run"] == 12 - first_epoch + 1
+    assert first_epoch <= summary["best_epoch"] <= 12  # numbered as trained, not from 1 again
     statuses = _run_statuses(env, "kill-test")
     assert sorted(statuses) == ["FINISHED", "KILLED"]  # the abandoned attempt is closed, not left RUNNING
 

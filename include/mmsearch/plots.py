@@ -20,7 +20,7 @@ def plot_training_curves(history: dict, title: str, path: Path) -> None:
     """Loss and accuracy per epoch, training beside validation."""
     pyplot = _pyplot()
     figure, axes = pyplot.subplots(1, 2, figsize=(10, 4))
-    epochs = np.arange(1, len(history["loss"]) + 1)
+    epochs = history.get("epoch") or np.arange(1, len(history["loss"]) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, history[metric], marker="o", label=f"train {metric}")
         if f"val_{metric}" in history:

@@ -98,7 +98,8 @@ def _fit(feature_set: str, transform_manifest: dict, work_dir: Path, cfg: C.RunC
         callbacks=callbacks,
         verbose=2,
     )
-    return model, history.history
+    # epoch numbers, not positions: a run resumed by BackupAndRestore starts past epoch 1
+    return model, {**history.history, "epoch": [epoch + 1 for epoch in history.epoch]}
 
 
 def _emissions_tracker(output_dir: Path, cfg: C.RunConfig, project: str):
@@ -163,7 +164,7 @@ def train_and_log(feature_set: str, transform_manifest: dict, work_dir: Path, cf
         "feature_set": feature_set,
         "model_uri": info.model_uri,
         "epochs_run": len(history["loss"]),
-        "best_epoch": best + 1,
+        "best_epoch": history["epoch"][best],
         "best_val_loss": float(history["val_loss"][best]),
         "best_val_accuracy": float(history["val_accuracy"][best]),
         "emissions_kg": float(emissions_kg or 0.0),
