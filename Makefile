@@ -45,13 +45,13 @@ $(UV): requirements-tools.txt
 # One stamp per environment: rebuilt only when its lock file or the package changes.
 $(AIRFLOW_VENV)/.stamp: requirements.txt pyproject.toml | $(UV)
 	[ -x $(AIRFLOW_VENV)/bin/python ] || $(UV) venv --quiet --python $(PYTHON) $(AIRFLOW_VENV)
-	VIRTUAL_ENV=$(AIRFLOW_VENV) $(UV) pip sync --quiet requirements.txt
+	VIRTUAL_ENV=$(AIRFLOW_VENV) $(UV) pip sync --quiet --compile-bytecode requirements.txt
 	VIRTUAL_ENV=$(AIRFLOW_VENV) $(UV) pip install --quiet --no-deps -e .
 	touch $@
 
 $(ML_VENV)/.stamp: requirements-ml.txt pyproject.toml | $(UV)
 	[ -x $(ML_VENV)/bin/python ] || $(UV) venv --quiet --python $(PYTHON) $(ML_VENV)
-	VIRTUAL_ENV=$(ML_VENV) $(UV) pip sync --quiet requirements-ml.txt
+	VIRTUAL_ENV=$(ML_VENV) $(UV) pip sync --quiet --compile-bytecode requirements-ml.txt
 	VIRTUAL_ENV=$(ML_VENV) $(UV) pip install --quiet --no-deps -e .
 	touch $@
 
