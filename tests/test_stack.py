@@ -175,6 +175,14 @@ def test_airflow_ui_lists_the_successful_run(stack, airflow_api, triggered_run):
     assert (ARTIFACTS / "airflow-ui-dag-runs.png").stat().st_size > 10_000
 
 
+def test_a_second_stack_up_refuses_while_one_runs(stack):
+    result = subprocess.run([str(Path(sys.executable).parent / "mmsearch"), "stack", "up"], env=stack["env"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3
+    assert "the stack is already running" in result.stderr and "make down" in result.stderr
+    assert mmsearch(stack["env"], "stack", "status")["pids"] == stack["status"]["pids"]  # nothing replaced
+
+
 def test_stack_figures_are_recorded(stack, triggered_run):
     """Memory of the running stack after a run, and time from trigger to registered model."""
     status = mmsearch(stack["env"], "stack", "status")
