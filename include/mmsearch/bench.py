@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -113,7 +114,8 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
     return {"seconds": time.monotonic() - start, "rows": rows}
 
 
-def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression: bool = False) -> list[dict]:
+def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression: bool = False,
+               repeat: int = 1) -> list[dict]:
     airflow_bin, ml_bin = _venv_bin("airflow"), _venv_bin("ml")
     queries = max(10, round(pairs / PAIRS_PER_QUERY))
     products = max(100, round(pairs * PRODUCTS_PER_PAIR))
@@ -122,20 +124,24 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression
     raw, run = work / "raw", work / "run"
     rows: list[dict] = []
 
-    def stage(name, cmd, rows_in, out):
-        measured = run_measured(cmd, env)
-        result = json.loads(measured.pop("stdout")) if measured.get("stdout", "").strip() else {}
-        record = {"pairs": pairs, "stage": name, "rows": rows_in, **measured,
-                  "rows_per_s": rows_in / measured["seconds"], "output_mb": _size_mb(out) if out else 0.0}
+    def stage(name, cmd, rows_in, out, times: int = repeat):
+        """Run `cmd` `times` times (a callable gets the repeat's index): median wall time, highest peak."""
+        runs = [run_measured(cmd(i) if callable(cmd) else cmd, env) for i in range(times)]
+        results = [json.loads(r["stdout"]) if r["stdout"].strip() else {} for r in runs]
+        seconds = [r["seconds"] for r in runs]
+        record = {"pairs": pairs, "stage": name, "rows": rows_in, "seconds": statistics.median(seconds),
+                  "spread": f"{min(seconds):.1f}-{max(seconds):.1f}" if times > 1 else "",
+                  "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "output_mb": _size_mb(out) if out else 0.0}
+        record["rows_per_s"] = rows_in / record["seconds"]
         rows.append(record)
-        print(f"  {name:<10} {measured['seconds']:8.1f} s  {record['rows_per_s']:10.0f} rows/s  "
-              f"{measured['peak_rss_mb']:8.0f} MB", flush=True)
-        return result
+        print(f"  {name:<10} {record['seconds']:8.1f} s  {record['rows_per_s']:10.0f} rows/s  "
+              f"{record['peak_rss_mb']:8.0f} MB  {record['spread']}", flush=True)
+        return {**results[-1], "all": results}
 
     print(f"pairs={pairs}: queries={queries} products={products}", flush=True)
     generated = stage("generate", [str(airflow_bin / "mmsearch"), "sample-data", "--out", str(raw), "--queries",
                                    str(queries), "--products", str(products), "--mean-judgements",
-                                   str(round(PAIRS_PER_QUERY, 2))], 0, raw)
+                                   str(round(PAIRS_PER_QUERY, 2))], 0, raw, times=1)
     n = generated["working_set_judgements"]
     for record in rows:
         record.update(rows=n, rows_per_s=n / record["seconds"])
@@ -148,17 +154,20 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression
         shutil.rmtree(raw)
     transformed = stage("transform", [str(ml_bin / "mmsearch"), "transform", "--merged-dir", str(run / "merged"),
                                       "--out", str(run / "transform"), *settings], merged["rows"], run / "transform")
+    beam_seconds = statistics.median(result["beam_seconds"] for result in transformed["all"])
     rows.append({"pairs": pairs, "stage": "transform (Beam)", "rows": merged["rows"],
-                 "seconds": transformed["beam_seconds"], "peak_rss_mb": rows[-1]["peak_rss_mb"],
-                 "rows_per_s": merged["rows"] / transformed["beam_seconds"], "output_mb": 0.0})
+                 "seconds": beam_seconds, "peak_rss_mb": rows[-1]["peak_rss_mb"],
+                 "rows_per_s": merged["rows"] / beam_seconds, "output_mb": 0.0})
     if compare_compression:  # the default output is uncompressed: this row says what GZIP would cost
         gzip = stage("transform GZIP", [str(ml_bin / "mmsearch"), "transform", "--merged-dir", str(run / "merged"),
                                         "--out", str(run / "transform-gzip"), *settings,
-                                        "--set", 'tfrecord_compression="GZIP"'], merged["rows"], run / "transform-gzip")
+                                        "--set", 'tfrecord_compression="GZIP"'], merged["rows"], run / "transform-gzip",
+                     times=1)
         if gzip["rows_out"] != transformed["rows_out"]:
             raise RuntimeError(f"GZIP transform wrote {gzip['rows_out']} rows, uncompressed {transformed['rows_out']}")
         shutil.rmtree(run / "transform-gzip")
-    floor = numpy_transform(run / "merged", work / "numpy")
+    floors = [numpy_transform(run / "merged", work / "numpy") for _ in range(repeat)]
+    floor = {"rows": floors[-1]["rows"], "seconds": statistics.median(f["seconds"] for f in floors)}
     rows.append({"pairs": pairs, "stage": "numpy floor", "rows": floor["rows"], "seconds": floor["seconds"],
                  "peak_rss_mb": 0.0, "rows_per_s": floor["rows"] / floor["seconds"], "output_mb": _size_mb(work / "numpy")})
     trained = stage("train", [str(ml_bin / "mmsearch"), "train", "--transform-dir", str(run / "transform"), "--out",
@@ -166,9 +175,12 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression
     evaluated = stage("evaluate", [str(ml_bin / "mmsearch"), "evaluate", "--merged-dir", str(run / "merged"),
                                    "--train-summary", str(run / "train" / "train.json"), "--out", str(run / "evaluate"),
                                    *settings], merged["splits"]["test"]["rows"], run / "evaluate")
-    stage("register", [str(ml_bin / "mmsearch"), "register", "--merged-dir", str(run / "merged"), "--train-summary",
-                       str(run / "train" / "train.json"), "--metrics", str(run / "evaluate" / "metrics.json"),
-                       *settings], merged["splits"]["test"]["rows"], None)
+    # each repeat registers a model of its own: a champion left by the previous one would be re-scored
+    stage("register", lambda i: [str(ml_bin / "mmsearch"), "register", "--merged-dir", str(run / "merged"),
+                                 "--train-summary", str(run / "train" / "train.json"), "--metrics",
+                                 str(run / "evaluate" / "metrics.json"), *settings,
+                                 "--set", f"registered_model_name=bench-{pairs}-r{i}"],
+          merged["splits"]["test"]["rows"], None)
 
     counts = {"validate/merge": (n, merged["rows"]),
               "merge/transform": (merged["splits"], transformed["rows_out"]),
@@ -178,63 +190,67 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression
     if not ok:
         raise RuntimeError(f"row counts differ between stages: {counts}")
     if e2e:
-        # a registered model of its own: the direct register above found no champion, so this one
-        # must not find one either (re-scoring a champion is work the direct run did not do)
-        conf = json.dumps({"raw_data_dir": str(raw), "experiment_name": f"bench-{pairs}",
-                           "registered_model_name": f"bench-{pairs}-dag"})
-        measured = run_measured([str(airflow_bin / "airflow"), "dags", "test", "mmsearch_training", "--conf", conf], env)
-        direct = sum(r["seconds"] for r in rows if r["stage"] in ("validate", "merge", "transform", "train",
-                                                                   "evaluate", "register"))
-        rows.append({"pairs": pairs, "stage": "airflow dags test", "rows": n, "seconds": measured["seconds"],
-                     "peak_rss_mb": measured["peak_rss_mb"], "rows_per_s": n / measured["seconds"], "output_mb": 0.0,
-                     "overhead": measured["seconds"] / direct})
-        print(f"  dags test  {measured['seconds']:8.1f} s  overhead {measured['seconds'] / direct:.2f}x", flush=True)
-        rows.extend(_task_rows(pairs, n, rows, env))
+        rows.extend(_dags_test_rows(pairs, n, raw, rows, env, repeat))
     shutil.rmtree(work, ignore_errors=True)  # the figures are kept, the data are not
     return rows
 
 
-def _task_rows(pairs: int, n: int, rows: list[dict], env: dict) -> list[dict]:
-    """Where the DAG's time goes: each task's duration as Airflow recorded it, beside the same
-    stage run directly (the overhead column: task time / direct time)."""
+def _dags_test_rows(pairs: int, n: int, raw: Path, rows: list[dict], env: dict, repeat: int) -> list[dict]:
+    """The whole DAG through `airflow dags test` (median of `repeat` runs), its overhead over the
+    stages run directly, and where its time goes: each task's duration as Airflow recorded it,
+    beside the same stage run directly, and the time spent outside any task."""
     from mmsearch.run_dag import latest_run, task_seconds
 
+    runs, tasks = [], []
+    for i in range(repeat):
+        # a registered model of its own: the direct register found no champion, so this one must not
+        conf = json.dumps({"raw_data_dir": str(raw), "experiment_name": f"bench-{pairs}",
+                           "registered_model_name": f"bench-{pairs}-dag-r{i}"})
+        runs.append(run_measured([str(_venv_bin("airflow") / "airflow"), "dags", "test", "mmsearch_training",
+                                  "--conf", conf], env))
+        tasks.append(task_seconds(latest_run(env)["run_id"], env))
+    seconds = [r["seconds"] for r in runs]
     direct = {r["stage"]: r["seconds"] for r in rows if r["pairs"] == pairs}
-    tasks = task_seconds(latest_run(env)["run_id"], env)
-    out = []
-    for task_id, seconds in tasks.items():
-        stage = task_id.split(".")[-1]
-        row = {"pairs": pairs, "stage": f"task {task_id}", "rows": n, "seconds": seconds, "peak_rss_mb": 0.0,
-               "rows_per_s": n / seconds if seconds else 0.0, "output_mb": 0.0}
-        if stage in direct:
-            row["overhead"] = seconds / direct[stage]
+    total = statistics.median(seconds)
+    overhead = total / sum(direct[s] for s in ("validate", "merge", "transform", "train", "evaluate", "register"))
+    out = [{"pairs": pairs, "stage": "airflow dags test", "rows": n, "seconds": total,
+            "spread": f"{min(seconds):.1f}-{max(seconds):.1f}" if repeat > 1 else "",
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "rows_per_s": n / total, "output_mb": 0.0,
+            "overhead": overhead}]
+    print(f"  dags test  {total:8.1f} s  overhead {overhead:.2f}x", flush=True)
+    for task_id in tasks[0]:
+        task = statistics.median(t[task_id] for t in tasks)
+        row = {"pairs": pairs, "stage": f"task {task_id}", "rows": n, "seconds": task, "peak_rss_mb": 0.0,
+               "rows_per_s": n / task if task else 0.0, "output_mb": 0.0}
+        if task_id.split(".")[-1] in direct:
+            row["overhead"] = task / direct[task_id.split(".")[-1]]
         out.append(row)
-    gaps = rows[-1]["seconds"] - sum(tasks.values())
-    out.append({"pairs": pairs, "stage": "dags test outside tasks", "rows": n, "seconds": gaps, "peak_rss_mb": 0.0,
+    outside = statistics.median(run["seconds"] - sum(t.values()) for run, t in zip(runs, tasks))
+    out.append({"pairs": pairs, "stage": "dags test outside tasks", "rows": n, "seconds": outside, "peak_rss_mb": 0.0,
                 "rows_per_s": 0.0, "output_mb": 0.0})
     return out
 
 
 def write_report(rows: list[dict], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = ["pairs", "stage", "rows", "seconds", "rows_per_s", "peak_rss_mb", "output_mb", "overhead"]
+    fields = ["pairs", "stage", "rows", "seconds", "spread", "rows_per_s", "peak_rss_mb", "output_mb", "overhead"]
     with open(out_dir / "bench.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"cores: {os.cpu_count()}", "",
-             "| pairs | stage | rows | wall s | rows/s | peak RSS MB | output MB | overhead |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"cores: {os.cpu_count()}; wall s: the median of the repeats, min-max beside it", "",
+             "| pairs | stage | rows | wall s | min-max s | rows/s | peak RSS MB | output MB | overhead |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         overhead = f"{r['overhead']:.2f}" if "overhead" in r else ""
-        lines.append(f"| {r['pairs']:,} | {r['stage']} | {r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | "
-                     f"{r['peak_rss_mb']:,.0f} | {r['output_mb']:,.1f} | {overhead} |")
+        lines.append(f"| {r['pairs']:,} | {r['stage']} | {r['rows']:,} | {r['seconds']:.1f} | {r.get('spread', '')} | "
+                     f"{r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['output_mb']:,.1f} | {overhead} |")
     report = out_dir / "bench.md"
     report.write_text("\n".join(lines) + "\n")
     return report
 
 
-def main(sizes: list[int], e2e: bool = True, compare_compression: bool = False) -> dict:
+def main(sizes: list[int], e2e: bool = True, compare_compression: bool = False, repeat: int = 1) -> dict:
     root = C.mmsearch_home() / "bench"
     # a fresh Airflow and MLflow home: a champion left by an earlier bench would make register
     # re-score it, work the other sizes' runs do not do
@@ -246,7 +262,7 @@ def main(sizes: list[int], e2e: bool = True, compare_compression: bool = False) 
     if e2e:
         subprocess.run([str(_venv_bin("airflow") / "airflow"), "db", "migrate"], env=env, check=True,
                        capture_output=True)
-    rows = [row for pairs in sizes for row in bench_size(pairs, root, env, e2e, compare_compression)]
+    rows = [row for pairs in sizes for row in bench_size(pairs, root, env, e2e, compare_compression, repeat)]
     report = write_report(rows, root)
     print(report.read_text())
     return {"report": str(report), "csv": str(root / "bench.csv")}

@@ -104,7 +104,7 @@ def cmd_bench(args):
     from mmsearch import bench
 
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([bench.FULL_SIZE] if args.full else [])
-    return bench.main(sizes, e2e=not args.no_e2e, compare_compression=args.compression)
+    return bench.main(sizes, e2e=not args.no_e2e, compare_compression=args.compression, repeat=args.repeat)
 
 
 def cmd_stack(args):
@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="also 1,100,000 pairs (the ESCI small version)")
     p.add_argument("--no-e2e", action="store_true", help="skip the airflow dags test run")
     p.add_argument("--compression", action="store_true", help="also run the transform with GZIP output")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each stage and of the DAG; the median is reported")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("stack", help="the local server stack: Airflow 3 and an MLflow server (make up / make down)")
