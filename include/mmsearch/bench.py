@@ -114,121 +114,119 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
     return {"seconds": time.monotonic() - start, "rows": rows}
 
 
+DIRECT_STAGES = ("validate", "merge", "transform", "train", "evaluate", "register")
+
+
 def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression: bool = False,
                repeat: int = 1) -> list[dict]:
+    """Generate once, then `repeat` passes, each the stages run directly and then the DAG: passes
+    interleave so that a slow spell of the machine hits both sides, and the median is reported."""
     airflow_bin, ml_bin = _venv_bin("airflow"), _venv_bin("ml")
     queries = max(10, round(pairs / PAIRS_PER_QUERY))
     products = max(100, round(pairs * PRODUCTS_PER_PAIR))
     work = root / f"pairs-{pairs}"
     shutil.rmtree(work, ignore_errors=True)
     raw, run = work / "raw", work / "run"
-    rows: list[dict] = []
+    measured: dict[str, list[dict]] = {}  # stage -> one record per pass
 
-    def stage(name, cmd, rows_in, out, times: int = repeat):
-        """Run `cmd` `times` times (a callable gets the repeat's index): median wall time, highest peak."""
-        runs = [run_measured(cmd(i) if callable(cmd) else cmd, env) for i in range(times)]
-        results = [json.loads(r["stdout"]) if r["stdout"].strip() else {} for r in runs]
-        seconds = [r["seconds"] for r in runs]
-        record = {"pairs": pairs, "stage": name, "rows": rows_in, "seconds": statistics.median(seconds),
-                  "spread": f"{min(seconds):.1f}-{max(seconds):.1f}" if times > 1 else "",
-                  "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "output_mb": _size_mb(out) if out else 0.0}
-        record["rows_per_s"] = rows_in / record["seconds"]
-        rows.append(record)
-        print(f"  {name:<10} {record['seconds']:8.1f} s  {record['rows_per_s']:10.0f} rows/s  "
-              f"{record['peak_rss_mb']:8.0f} MB  {record['spread']}", flush=True)
-        return {**results[-1], "all": results}
+    def record(name, seconds, rows_in, peak_rss_mb=0.0, output_mb=0.0):
+        measured.setdefault(name, []).append({"seconds": seconds, "rows": rows_in, "peak_rss_mb": peak_rss_mb,
+                                              "output_mb": output_mb})
+
+    def stage(name, cmd, rows_in, out):
+        result = run_measured(cmd, env)
+        record(name, result["seconds"], rows_in, result["peak_rss_mb"], _size_mb(out) if out else 0.0)
+        print(f"  {name:<10} {result['seconds']:8.1f} s  {rows_in / result['seconds']:10.0f} rows/s  "
+              f"{result['peak_rss_mb']:8.0f} MB", flush=True)
+        return json.loads(result["stdout"]) if result["stdout"].strip() else {}
 
     print(f"pairs={pairs}: queries={queries} products={products}", flush=True)
     generated = stage("generate", [str(airflow_bin / "mmsearch"), "sample-data", "--out", str(raw), "--queries",
                                    str(queries), "--products", str(products), "--mean-judgements",
-                                   str(round(PAIRS_PER_QUERY, 2))], 0, raw, times=1)
+                                   str(round(PAIRS_PER_QUERY, 2))], 0, raw)
     n = generated["working_set_judgements"]
-    for record in rows:
-        record.update(rows=n, rows_per_s=n / record["seconds"])
-    settings = ["--set", f"experiment_name=bench-{pairs}", "--set", f"registered_model_name=bench-{pairs}"]
-    stage("validate", [str(airflow_bin / "mmsearch"), "validate", "--raw-dir", str(raw), "--out", str(run / "validate"),
-                       *settings], n, run / "validate")
-    merged = stage("merge", [str(airflow_bin / "mmsearch"), "merge", "--raw-dir", str(raw), "--out",
-                             str(run / "merged"), *settings], n, run / "merged")
-    if not e2e:  # disk: at 1.1M pairs raw, merged and transformed data are ~6, 10 and 10 GB
-        shutil.rmtree(raw)
-    transformed = stage("transform", [str(ml_bin / "mmsearch"), "transform", "--merged-dir", str(run / "merged"),
-                                      "--out", str(run / "transform"), *settings], merged["rows"], run / "transform")
-    beam_seconds = statistics.median(result["beam_seconds"] for result in transformed["all"])
-    rows.append({"pairs": pairs, "stage": "transform (Beam)", "rows": merged["rows"],
-                 "seconds": beam_seconds, "peak_rss_mb": rows[-1]["peak_rss_mb"],
-                 "rows_per_s": merged["rows"] / beam_seconds, "output_mb": 0.0})
-    if compare_compression:  # the default output is uncompressed: this row says what GZIP would cost
-        gzip = stage("transform GZIP", [str(ml_bin / "mmsearch"), "transform", "--merged-dir", str(run / "merged"),
-                                        "--out", str(run / "transform-gzip"), *settings,
-                                        "--set", 'tfrecord_compression="GZIP"'], merged["rows"], run / "transform-gzip",
-                     times=1)
-        if gzip["rows_out"] != transformed["rows_out"]:
-            raise RuntimeError(f"GZIP transform wrote {gzip['rows_out']} rows, uncompressed {transformed['rows_out']}")
-        shutil.rmtree(run / "transform-gzip")
-    floors = [numpy_transform(run / "merged", work / "numpy") for _ in range(repeat)]
-    floor = {"rows": floors[-1]["rows"], "seconds": statistics.median(f["seconds"] for f in floors)}
-    rows.append({"pairs": pairs, "stage": "numpy floor", "rows": floor["rows"], "seconds": floor["seconds"],
-                 "peak_rss_mb": 0.0, "rows_per_s": floor["rows"] / floor["seconds"], "output_mb": _size_mb(work / "numpy")})
-    trained = stage("train", [str(ml_bin / "mmsearch"), "train", "--transform-dir", str(run / "transform"), "--out",
-                              str(run / "train"), *settings], merged["splits"]["train"]["rows"], run / "train")
-    evaluated = stage("evaluate", [str(ml_bin / "mmsearch"), "evaluate", "--merged-dir", str(run / "merged"),
-                                   "--train-summary", str(run / "train" / "train.json"), "--out", str(run / "evaluate"),
-                                   *settings], merged["splits"]["test"]["rows"], run / "evaluate")
-    # each repeat registers a model of its own: a champion left by the previous one would be re-scored
-    stage("register", lambda i: [str(ml_bin / "mmsearch"), "register", "--merged-dir", str(run / "merged"),
-                                 "--train-summary", str(run / "train" / "train.json"), "--metrics",
-                                 str(run / "evaluate" / "metrics.json"), *settings,
-                                 "--set", f"registered_model_name=bench-{pairs}-r{i}"],
-          merged["splits"]["test"]["rows"], None)
+    measured["generate"][0]["rows"] = n
+    settings = ["--set", f"experiment_name=bench-{pairs}"]
 
-    counts = {"validate/merge": (n, merged["rows"]),
-              "merge/transform": (merged["splits"], transformed["rows_out"]),
-              "merge/evaluate": (merged["splits"]["test"]["rows"], evaluated["test_rows"])}
-    ok = (n == merged["rows"] and all(merged["splits"][s]["rows"] == transformed["rows_out"][s] for s in C.SPLITS)
-          and merged["splits"]["test"]["rows"] == evaluated["test_rows"])
-    if not ok:
-        raise RuntimeError(f"row counts differ between stages: {counts}")
-    if e2e:
-        rows.extend(_dags_test_rows(pairs, n, raw, rows, env, repeat))
-    shutil.rmtree(work, ignore_errors=True)  # the figures are kept, the data are not
-    return rows
+    def direct_pass(i: int) -> None:
+        # each pass registers a model of its own: a champion left by the previous one would be re-scored
+        model = ["--set", f"registered_model_name=bench-{pairs}-r{i}"]
+        stage("validate", [str(airflow_bin / "mmsearch"), "validate", "--raw-dir", str(raw), "--out",
+                           str(run / "validate"), *settings], n, run / "validate")
+        merged = stage("merge", [str(airflow_bin / "mmsearch"), "merge", "--raw-dir", str(raw), "--out",
+                                 str(run / "merged"), *settings], n, run / "merged")
+        if not e2e and repeat == 1:  # disk: at 1.1M pairs raw, merged and transformed data are ~6, 10 and 10 GB
+            shutil.rmtree(raw)
+        transformed = stage("transform", [str(ml_bin / "mmsearch"), "transform", "--merged-dir", str(run / "merged"),
+                                          "--out", str(run / "transform"), *settings], merged["rows"], run / "transform")
+        record("transform (Beam)", transformed["beam_seconds"], merged["rows"], measured["transform"][-1]["peak_rss_mb"])
+        if compare_compression and i == 0:  # the default output is uncompressed: what GZIP would cost
+            gzip = stage("transform GZIP", [str(ml_bin / "mmsearch"), "transform", "--merged-dir", str(run / "merged"),
+                                            "--out", str(run / "transform-gzip"), *settings,
+                                            "--set", 'tfrecord_compression="GZIP"'], merged["rows"],
+                         run / "transform-gzip")
+            if gzip["rows_out"] != transformed["rows_out"]:
+                raise RuntimeError(f"GZIP transform wrote {gzip['rows_out']} rows, uncompressed {transformed['rows_out']}")
+            shutil.rmtree(run / "transform-gzip")
+        floor = numpy_transform(run / "merged", work / "numpy")
+        record("numpy floor", floor["seconds"], floor["rows"], output_mb=_size_mb(work / "numpy"))
+        shutil.rmtree(work / "numpy")
+        stage("train", [str(ml_bin / "mmsearch"), "train", "--transform-dir", str(run / "transform"), "--out",
+                        str(run / "train"), *settings, *model], merged["splits"]["train"]["rows"], run / "train")
+        evaluated = stage("evaluate", [str(ml_bin / "mmsearch"), "evaluate", "--merged-dir", str(run / "merged"),
+                                       "--train-summary", str(run / "train" / "train.json"), "--out",
+                                       str(run / "evaluate"), *settings, *model], merged["splits"]["test"]["rows"],
+                          run / "evaluate")
+        stage("register", [str(ml_bin / "mmsearch"), "register", "--merged-dir", str(run / "merged"), "--train-summary",
+                           str(run / "train" / "train.json"), "--metrics", str(run / "evaluate" / "metrics.json"),
+                           *settings, *model], merged["splits"]["test"]["rows"], None)
+        counts = {"validate/merge": (n, merged["rows"]),
+                  "merge/transform": (merged["splits"], transformed["rows_out"]),
+                  "merge/evaluate": (merged["splits"]["test"]["rows"], evaluated["test_rows"])}
+        if not (n == merged["rows"] and all(merged["splits"][s]["rows"] == transformed["rows_out"][s] for s in C.SPLITS)
+                and merged["splits"]["test"]["rows"] == evaluated["test_rows"]):
+            raise RuntimeError(f"row counts differ between stages: {counts}")
 
+    def dag_pass(i: int) -> None:
+        from mmsearch.run_dag import latest_run, task_seconds
 
-def _dags_test_rows(pairs: int, n: int, raw: Path, rows: list[dict], env: dict, repeat: int) -> list[dict]:
-    """The whole DAG through `airflow dags test` (median of `repeat` runs), its overhead over the
-    stages run directly, and where its time goes: each task's duration as Airflow recorded it,
-    beside the same stage run directly, and the time spent outside any task."""
-    from mmsearch.run_dag import latest_run, task_seconds
-
-    runs, tasks = [], []
-    for i in range(repeat):
-        # a registered model of its own: the direct register found no champion, so this one must not
         conf = json.dumps({"raw_data_dir": str(raw), "experiment_name": f"bench-{pairs}",
                            "registered_model_name": f"bench-{pairs}-dag-r{i}"})
-        runs.append(run_measured([str(_venv_bin("airflow") / "airflow"), "dags", "test", "mmsearch_training",
-                                  "--conf", conf], env))
-        tasks.append(task_seconds(latest_run(env)["run_id"], env))
-    seconds = [r["seconds"] for r in runs]
-    direct = {r["stage"]: r["seconds"] for r in rows if r["pairs"] == pairs}
-    total = statistics.median(seconds)
-    overhead = total / sum(direct[s] for s in ("validate", "merge", "transform", "train", "evaluate", "register"))
-    out = [{"pairs": pairs, "stage": "airflow dags test", "rows": n, "seconds": total,
-            "spread": f"{min(seconds):.1f}-{max(seconds):.1f}" if repeat > 1 else "",
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "rows_per_s": n / total, "output_mb": 0.0,
-            "overhead": overhead}]
-    print(f"  dags test  {total:8.1f} s  overhead {overhead:.2f}x", flush=True)
-    for task_id in tasks[0]:
-        task = statistics.median(t[task_id] for t in tasks)
-        row = {"pairs": pairs, "stage": f"task {task_id}", "rows": n, "seconds": task, "peak_rss_mb": 0.0,
-               "rows_per_s": n / task if task else 0.0, "output_mb": 0.0}
-        if task_id.split(".")[-1] in direct:
-            row["overhead"] = task / direct[task_id.split(".")[-1]]
-        out.append(row)
-    outside = statistics.median(run["seconds"] - sum(t.values()) for run, t in zip(runs, tasks))
-    out.append({"pairs": pairs, "stage": "dags test outside tasks", "rows": n, "seconds": outside, "peak_rss_mb": 0.0,
-                "rows_per_s": 0.0, "output_mb": 0.0})
-    return out
+        result = run_measured([str(airflow_bin / "airflow"), "dags", "test", "mmsearch_training", "--conf", conf], env)
+        record("airflow dags test", result["seconds"], n, result["peak_rss_mb"])
+        tasks = task_seconds(latest_run(env)["run_id"], env)
+        for task_id, seconds in tasks.items():
+            record(f"task {task_id}", seconds, n)
+        record("dags test outside tasks", result["seconds"] - sum(tasks.values()), n)
+        print(f"  dags test  {result['seconds']:8.1f} s", flush=True)
+
+    for i in range(repeat):
+        direct_pass(i)
+        if e2e:
+            dag_pass(i)
+    shutil.rmtree(work, ignore_errors=True)  # the figures are kept, the data are not
+    return _summarise(pairs, measured)
+
+
+def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
+    """One row per stage: median wall time over the passes, min-max, highest peak; the overhead of
+    the DAG over the direct stages, and of each task over its stage."""
+    rows = []
+    for name, runs in measured.items():
+        seconds = [r["seconds"] for r in runs]
+        median = statistics.median(seconds)
+        rows.append({"pairs": pairs, "stage": name, "rows": runs[-1]["rows"], "seconds": median,
+                     "spread": f"{min(seconds):.1f}-{max(seconds):.1f}" if len(runs) > 1 else "",
+                     "rows_per_s": runs[-1]["rows"] / median if median > 0 else 0.0,
+                     "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "output_mb": runs[-1]["output_mb"]})
+    direct = {row["stage"]: row["seconds"] for row in rows}
+    for row in rows:
+        if row["stage"] == "airflow dags test":
+            row["overhead"] = row["seconds"] / sum(direct[s] for s in DIRECT_STAGES)
+            print(f"  dags test overhead {row['overhead']:.2f}x (median)", flush=True)
+        elif row["stage"].startswith("task ") and row["stage"].split(".")[-1] in direct:
+            row["overhead"] = row["seconds"] / direct[row["stage"].split(".")[-1]]
+    return rows
 
 
 def write_report(rows: list[dict], out_dir: Path) -> Path:
