@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,13 @@ if importlib.util.find_spec("tensorflow") is None:
 if importlib.util.find_spec("airflow") is None:
     collect_ignore += ["test_dag.py", "test_e2e.py", "test_pull.py", "test_stack.py"]
 SMALL = SampleSpec(queries=40, products=240, mean_judgements=12, topics=8, intents=3, dim=16, seed=3)
+
+
+def isolated_env(home: Path, **extra: str) -> dict:
+    """This process's environment without its Airflow and MLflow settings, writing under `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
+    env.update({"MMSEARCH_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), **extra})
+    return env
 
 
 def small_config(**overrides) -> C.RunConfig:

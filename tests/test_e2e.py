@@ -16,7 +16,7 @@ import pytest
 
 from mmsearch import config as C
 from mmsearch.sample_data import SampleSpec
-from tests.conftest import REPO_ROOT, make_dvc_repo
+from tests.conftest import REPO_ROOT, isolated_env, make_dvc_repo
 
 pytestmark = pytest.mark.e2e
 
@@ -29,15 +29,10 @@ ML_PYTHON = os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
-    env.update({
-        "MMSEARCH_HOME": str(root / "home"),
-        "AIRFLOW_HOME": str(root / "home" / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "MMSEARCH_ML_PYTHON": ML_PYTHON,
-        "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
-    })
+    env = isolated_env(
+        root / "home", AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        MMSEARCH_ML_PYTHON=ML_PYTHON, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     repo = make_dvc_repo(root, SAMPLE)
     (root / "cwd").mkdir()

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from mmsearch.sample_data import SampleSpec
-from tests.conftest import REPO_ROOT, make_dvc_repo
+from tests.conftest import REPO_ROOT, isolated_env, make_dvc_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -48,15 +48,11 @@ def mmsearch(env: dict, *args: str, timeout: float = 300) -> dict:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("stack")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
-    env.update({
-        "MMSEARCH_HOME": str(root / "home"),
-        "AIRFLOW_HOME": str(root / "home" / "airflow"),
-        "MMSEARCH_AIRFLOW_PORT": str(free_port()),
-        "MMSEARCH_MLFLOW_PORT": str(free_port()),
+    env = isolated_env(
+        root / "home", MMSEARCH_AIRFLOW_PORT=str(free_port()), MMSEARCH_MLFLOW_PORT=str(free_port()),
         # only the run this test triggers: unpausing would otherwise also start the latest nightly run
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-    })
+        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
+    )
     repo = make_dvc_repo(root, SAMPLE)
     started = time.monotonic()
     status = mmsearch(env, "stack", "up")
@@ -201,8 +197,7 @@ def test_stack_up_refuses_a_taken_port_and_starts_nothing(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ, "MMSEARCH_HOME": str(tmp_path / "home"), "AIRFLOW_HOME": str(tmp_path / "home" / "airflow"),
-               "MMSEARCH_AIRFLOW_PORT": str(port), "MMSEARCH_MLFLOW_PORT": str(free_port())}
+        env = isolated_env(tmp_path / "home", MMSEARCH_AIRFLOW_PORT=str(port), MMSEARCH_MLFLOW_PORT=str(free_port()))
         result = subprocess.run([str(Path(sys.executable).parent / "mmsearch"), "stack", "up"], env=env,
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 3
