@@ -236,12 +236,12 @@ def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
     return status(settings)
 
 
-def memory_mb(pids: dict) -> dict:
-    """Resident memory of each component's process tree, in MB."""
+def memory_mb(running: dict) -> dict:
+    """Resident memory of each running component's process tree, in MB."""
     import psutil
 
     usage = {}
-    for name, entry in _running(pids).items():
+    for name, entry in running.items():
         root = psutil.Process(entry["pid"])
         total = 0
         for process in [root, *root.children(recursive=True)]:
@@ -255,15 +255,15 @@ def memory_mb(pids: dict) -> dict:
 
 def status(settings: StackSettings | None = None) -> dict:
     settings = settings or StackSettings.from_env()
-    pids = _recorded()
-    memory = memory_mb(pids)
+    running = _running(_recorded())
+    memory = memory_mb(running)
     return {
         "airflow_url": settings.airflow_url,
         "mlflow_url": settings.mlflow_url,
         "admin_user": settings.admin_user,
         "admin_password_file": str(password_file()),
         "health": health(settings),
-        "pids": {name: entry["pid"] for name, entry in _running(pids).items()},
+        "pids": {name: entry["pid"] for name, entry in running.items()},
         "memory_mb": {**memory, "total": sum(memory.values())},
         "logs": str(stack_dir() / "logs"),
     }
