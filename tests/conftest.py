@@ -1,40 +1,17 @@
-"""Shared fixtures: small generated raw data, and real DVC repositories with local remotes."""
+"""Shared fixtures. `make test` runs the suite twice, selecting by marker: `-m "not ml"` in the
+Airflow environment (Airflow, DVC, data stages), `-m ml` in the ML environment (TensorFlow,
+TensorFlow Transform, MLflow). Test modules import only what both environments have at the
+top, and the heavy libraries inside the tests."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from mmsearch import config as C
-from mmsearch.sample_data import SampleSpec, generate
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# Two environments (see README): `make test` runs the suite in both. Each skips collecting the
-# modules that need the other's libraries; ML modules carry the `ml` marker.
-collect_ignore = []
-if importlib.util.find_spec("tensorflow") is None:
-    collect_ignore += ["test_transform.py", "test_model.py", "test_evaluate.py"]
-if importlib.util.find_spec("airflow") is None:
-    collect_ignore += ["test_dag.py", "test_e2e.py", "test_pull.py", "test_stack.py"]
-SMALL = SampleSpec(queries=40, products=240, mean_judgements=12, topics=8, intents=3, dim=16, seed=3)
-
-
-def isolated_env(home: Path, **extra: str) -> dict:
-    """This process's environment without its Airflow and MLflow settings, writing under `home`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
-    env.update({"MMSEARCH_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), **extra})
-    return env
-
-
-def small_config(**overrides) -> C.RunConfig:
-    return C.RunConfig(embedding_dim=SMALL.dim, **overrides)
+from mmsearch.tools.sample_data import generate
+from tests.helpers import SMALL
 
 
 @pytest.fixture(scope="session")
@@ -50,25 +27,3 @@ def raw_copy(small_raw, tmp_path) -> Path:
     target = tmp_path / "raw"
     shutil.copytree(small_raw, target)
     return target
-
-
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / "dvc"
-    return subprocess.run([str(exe), *args], cwd=repo, capture_output=True, text=True, check=False)
-
-
-def make_dvc_repo(root: Path, spec: SampleSpec) -> Path:
-    """A DVC repo (no git) whose data/raw was pushed to a local-directory remote, then removed
-    from the workspace and the cache, so that only a real `dvc pull` brings it back."""
-    repo, remote = root / "repo", root / "remote"
-    repo.mkdir(parents=True)
-    for args in (("init", "--no-scm", "-q"), ("config", "core.analytics", "false"),
-                 ("remote", "add", "-d", "local", str(remote))):
-        assert dvc(repo, *args).returncode == 0
-    generate(repo / "data" / "raw", spec)
-    for args in (("add", "data/raw", "-q"), ("push", "-q")):
-        result = dvc(repo, *args)
-        assert result.returncode == 0, result.stderr
-    shutil.rmtree(repo / "data" / "raw")
-    shutil.rmtree(repo / ".dvc" / "cache")
-    return repo

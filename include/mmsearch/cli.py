@@ -1,7 +1,9 @@
-"""`mmsearch`: every stage of the DAG from the command line.
+"""`mmsearch`: every stage of the DAG from the command line, and the developer tools.
 
-Each stage prints its result (the same small JSON the DAG passes through XCom) on
-stdout. Bad input exits 2 with one line on stderr naming the file, column and rows.
+Each stage takes its inputs, an output directory and the run configuration (`--config`,
+`--set key=value`), as its `run` function does, and prints its result (the small JSON the
+DAG passes on through XCom) on stdout. Bad input exits 2 with one line on stderr naming the
+file, column and rows; an unreachable remote (DVC, MLflow) exits 3.
 """
 
 from __future__ import annotations
@@ -36,22 +38,19 @@ def _config(args: argparse.Namespace) -> C.RunConfig:
     return C.RunConfig.from_mapping(values)
 
 
-def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--config", help="run configuration: a JSON file or a JSON string")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting (value parsed as JSON)")
-    return parser
-
-
-def cmd_sample_data(args):
-    from mmsearch import sample_data
-
-    return sample_data.run_from_args(args)
+def _json(text: str | None) -> dict:
+    """A JSON argument: inline, or the path of a JSON file."""
+    if not text:
+        return {}
+    return json.loads(text) if text.lstrip().startswith(("{", "[")) else read_json(Path(text))
 
 
 def cmd_pull(args):
-    from mmsearch.pull import pull
+    from mmsearch import pull
 
-    return pull(args.repo, target=args.target, remote=args.remote, attempts=args.attempts)
+    cfg = _config(args)
+    repo = args.repo or cfg.repo_dir
+    return pull.run(repo, args.out or (cfg.raw_dir if cfg.raw_data_dir else repo / "data" / "raw"), cfg)
 
 
 def cmd_validate(args):
@@ -63,54 +62,96 @@ def cmd_validate(args):
 def cmd_merge(args):
     from mmsearch import merge
 
-    return merge.merge(args.raw_dir, args.out, _config(args))
+    return merge.run(args.raw_dir, args.out, _config(args))
 
 
 def cmd_transform(args):
     from mmsearch import transform
 
-    return transform.transform(args.merged_dir, args.out, _config(args))
+    if args.child:  # the Beam pipeline itself, in the process `transform.run` starts
+        return transform.transform(args.merged_dir, args.out, _config(args))
+    return transform.run(args.merged_dir, args.out, _config(args))
+
+
+def cmd_candidates(args):
+    from mmsearch import train
+
+    return train.plan(_config(args), _json(args.tags))
 
 
 def cmd_train(args):
     from mmsearch import train
 
-    lineage = json.loads(args.lineage) if args.lineage else None
-    return train.train(args.transform_dir, args.out, _config(args), lineage)
+    candidate = _json(args.candidate) or {"index": 0, "overrides": {}, "parent_run_id": None}
+    return train.run(args.transform_dir, args.out, _config(args), candidate, _json(args.tags))
+
+
+def cmd_baselines(args):
+    from mmsearch import baselines
+
+    return baselines.run(args.transform_dir, args.out, _config(args), args.parent_run_id, _json(args.tags))
+
+
+def cmd_select(args):
+    from mmsearch import selection
+
+    return selection.run([read_json(path) for path in args.trained], args.out, _config(args))
 
 
 def cmd_evaluate(args):
     from mmsearch import evaluate
 
-    return evaluate.evaluate(args.merged_dir, read_json(args.train_summary), args.out, _config(args))
+    return evaluate.run(_json(args.model), _json(args.baselines), args.merged_dir, args.out, _config(args))
 
 
 def cmd_register(args):
-    from mmsearch import evaluate, register
+    from mmsearch import register
 
-    metrics = read_json(args.metrics)
-    evaluation = {"metrics": {"model": {k: metrics["model"][k] for k in evaluate.HEADLINE}}}
-    lineage = json.loads(args.lineage) if args.lineage else {}
-    return register.register(lineage, read_json(args.train_summary), evaluation, args.merged_dir, _config(args))
+    return register.run(_json(args.model), _json(args.scores), _json(args.lineage), args.out, _config(args),
+                        _json(args.tags))
+
+
+def cmd_sample_data(args):
+    from mmsearch.tools import sample_data
+
+    return sample_data.run_from_args(args)
+
+
+def cmd_ceiling(args):
+    from mmsearch.tools import sample_data
+
+    return sample_data.ceiling(args.raw_dir, args.merged_dir, args.split)
 
 
 def cmd_run_dag(args):
-    from mmsearch import run_dag
+    from mmsearch.tools import run_dag
 
-    return run_dag.run_dag(args.conf)
+    return run_dag.run_dag(args.conf, as_json=args.json)
 
 
 def cmd_bench(args):
-    from mmsearch import bench
+    from mmsearch.tools import bench
 
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([bench.FULL_SIZE] if args.full else [])
     return bench.main(sizes, e2e=not args.no_e2e, compare_compression=args.compression, repeat=args.repeat)
 
 
 def cmd_stack(args):
-    from mmsearch import stack
+    from mmsearch.tools import stack
 
     return {"up": stack.up, "down": stack.down, "status": stack.status}[args.action]()
+
+
+def _stage(sub, name: str, func, help_text: str, inputs: list[tuple]) -> argparse.ArgumentParser:
+    """A stage's command: its inputs, --out, then the run configuration."""
+    parser = sub.add_parser(name, help=help_text)
+    for flag, kwargs in inputs:
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("--out", type=Path, required=name not in ("pull",), help="output directory")
+    parser.add_argument("--config", help="run configuration: a JSON file or a JSON string")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting (value parsed as JSON)")
+    parser.set_defaults(func=func)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,55 +159,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mmsearch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
+    path = {"type": Path, "required": True}
+    tags = ("--tags", {"help": "JSON: the Airflow DAG run's dag_id, run_id, logical_date (MLflow tags)"})
 
-    from mmsearch import sample_data  # light: numpy and pyarrow only
+    _stage(sub, "pull", cmd_pull, "dvc pull the raw data and verify every file arrived (--out: the raw directory)",
+           [("--repo", {"type": Path, "help": "DVC repository (default: dvc_repo, else this project)"})])
+    _stage(sub, "validate", cmd_validate, "check the raw files against the data contract",
+           [("--raw-dir", {"type": Path, "default": C.default_raw_dir()})])
+    _stage(sub, "merge", cmd_merge, "join judgements with embeddings, split by query group",
+           [("--raw-dir", {"type": Path, "default": C.default_raw_dir()})])
+    _stage(sub, "transform", cmd_transform, "TensorFlow Transform on Beam over the merged data",
+           [("--merged-dir", path), ("--child", {"action": "store_true", "help": argparse.SUPPRESS})])
+    _stage(sub, "candidates", cmd_candidates, "open the parent MLflow run; list the candidates to train", [tags])
+    _stage(sub, "train", cmd_train, "train one candidate in a nested MLflow run",
+           [("--transform-dir", path), ("--candidate", {"help": "JSON from `mmsearch candidates` (default: #0)"}),
+            tags])
+    _stage(sub, "baselines", cmd_baselines, "fit the CLIP baseline, train the original design's query model",
+           [("--transform-dir", path), ("--parent-run-id", {"help": "MLflow run to nest the query model under"}),
+            tags])
+    _stage(sub, "select", cmd_select, "keep the best trained candidate by validation macro-F1",
+           [("--trained", {"nargs": "+", "type": Path, "required": True, "help": "train.json of each candidate"})])
+    _stage(sub, "evaluate", cmd_evaluate, "score the model, the baselines and the champion on the test queries",
+           [("--model", {"required": True, "help": "selection.json (or a train.json)"}),
+            ("--baselines", {"required": True, "help": "baselines.json"}), ("--merged-dir", path)])
+    _stage(sub, "register", cmd_register, "register the model in MLflow; the gate moves the aliases",
+           [("--model", {"required": True, "help": "selection.json"}),
+            ("--scores", {"required": True, "help": "scores.json written by evaluate"}),
+            ("--lineage", {"help": "JSON printed by `mmsearch pull` (the data's md5s)"}), tags])
+
+    from mmsearch.tools import sample_data  # light: numpy and pyarrow only
 
     p = sub.add_parser("sample-data", help="generate ESCI/SQID files with the real schemas")
     sample_data.add_arguments(p)
     p.set_defaults(func=cmd_sample_data)
 
-    p = sub.add_parser("pull", help="dvc pull the raw data and verify every file arrived")
-    p.add_argument("--repo", type=Path, default=C.REPO_ROOT, help="DVC repository (default: this project)")
-    p.add_argument("--target", default="data/raw.dvc")
-    p.add_argument("--remote", default="", help="DVC remote name (default: the repository's default)")
-    p.add_argument("--attempts", type=int, default=C.RunConfig.dvc_pull_attempts, help="tries, with backoff")
-    p.set_defaults(func=cmd_pull)
-
-    for name, func, help_text in (
-        ("validate", cmd_validate, "check the raw files against the data contract"),
-        ("merge", cmd_merge, "join judgements with embeddings, split by query group"),
-    ):
-        p = _with_config(sub.add_parser(name, help=help_text))
-        p.add_argument("--raw-dir", type=Path, default=C.default_raw_dir())
-        p.add_argument("--out", type=Path, required=True, help="output directory (written atomically)")
-        p.set_defaults(func=func)
-
-    p = _with_config(sub.add_parser("transform", help="TensorFlow Transform on Beam over the merged data"))
+    p = sub.add_parser("ceiling", help="the best possible scores on a split of generated data (its true p(label))")
+    p.add_argument("--raw-dir", type=Path, required=True)
     p.add_argument("--merged-dir", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=cmd_transform)
-
-    p = _with_config(sub.add_parser("train", help="train the Keras model, tracked in MLflow"))
-    p.add_argument("--transform-dir", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--lineage", help="JSON of Airflow lineage tags (dag_id, run_id)")
-    p.set_defaults(func=cmd_train)
-
-    p = _with_config(sub.add_parser("evaluate", help="score the trained model and the baselines on the test queries"))
-    p.add_argument("--merged-dir", type=Path, required=True)
-    p.add_argument("--train-summary", type=Path, required=True, help="train.json written by `mmsearch train`")
-    p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = _with_config(sub.add_parser("register", help="register the model in MLflow; move aliases"))
-    p.add_argument("--merged-dir", type=Path, required=True)
-    p.add_argument("--train-summary", type=Path, required=True, help="train.json written by `mmsearch train`")
-    p.add_argument("--metrics", type=Path, required=True, help="metrics.json written by `mmsearch evaluate`")
-    p.add_argument("--lineage", help="JSON: dag_id, run_id and the pull stage's dvc hashes")
-    p.set_defaults(func=cmd_register)
+    p.add_argument("--split", default="test", choices=C.SPLITS)
+    p.set_defaults(func=cmd_ceiling)
 
     p = sub.add_parser("run-dag", help="run mmsearch_training once with `airflow dags test`; print its summary")
     p.add_argument("--conf", default="{}", help="DAG run conf (JSON)")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     p.set_defaults(func=cmd_run_dag)
 
     p = sub.add_parser("bench", help="measure every stage at the real data's scale (make bench)")
@@ -185,26 +220,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     from mmsearch.io import DataError, RegistryError
     from mmsearch.pull import PullError
-    from mmsearch.stack import StackError
+    from mmsearch.tools.run_dag import RunFailed
+    from mmsearch.tools.stack import StackError
 
     try:
-        # stdout carries only the result JSON; libraries' chatter (Keras, MLflow) goes to stderr
+        # stdout carries only the result; libraries' chatter (Keras, MLflow) goes to stderr
         with contextlib.redirect_stdout(sys.stderr):
             result = args.func(args)
     except (DataError, C.ConfigError) as error:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunFailed as error:
+        print(f"mmsearch {args.command}: {error}", file=sys.stderr)
+        return 1
     except FileNotFoundError as error:  # e.g. a stage pointed at a directory an earlier stage never wrote
         print(f"mmsearch {args.command}: error: {error.strerror}: {error.filename}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (PullError, RegistryError, StackError) as error:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    print(json.dumps(result, indent=2, sort_keys=True, default=str))
-    if args.command == "transform":
+    print(result if isinstance(result, str) else json.dumps(result, indent=2, sort_keys=True, default=str))
+    if args.command == "transform" and args.child:
         # A process that ran Beam can crash at interpreter exit after writing everything.
         sys.stdout.flush()
         sys.stderr.flush()

@@ -11,32 +11,17 @@ import os
 import re
 from pathlib import Path
 
+from mmsearch.features import EMBEDDING_DIM, FEATURE_SETS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# ESCI label map kept from the original design, and the ESCI gains for ranking.
-LABEL_IDS = {"I": 0, "C": 1, "S": 2, "E": 3}
-LABELS_BY_ID = {v: k for k, v in LABEL_IDS.items()}
-ESCI_GAINS = {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
-NUM_CLASSES = len(LABEL_IDS)
-
-EMBEDDING_DIM = 768
 SPLITS = ("train", "val", "test")
-FEATURE_SETS = ("query", "query_product")
 
 # Raw file names, relative to the raw data directory (the public data's own names).
 ESCI_FILE = "shopping_queries_dataset_examples.parquet"
 QUERY_FEATURES_FILE = "sqid/query_features.parquet"
 PRODUCT_FEATURES_FILE = "sqid/product_features.parquet"
 LEGACY_QUERY_CSV = "query_features_with_timestamp.csv"
-
-# Merged-data column names.
-QUERY_EMBEDDING = "query_embedding"
-PRODUCT_TEXT_EMBEDDING = "product_text_embedding"
-PRODUCT_IMAGE_EMBEDDING = "product_image_embedding"
-EMBEDDING_COLUMNS = {
-    "query": (QUERY_EMBEDDING,),
-    "query_product": (QUERY_EMBEDDING, PRODUCT_TEXT_EMBEDDING, PRODUCT_IMAGE_EMBEDDING),
-}
 
 
 def mmsearch_home() -> Path:
@@ -90,88 +75,207 @@ def mlflow_artifact_root() -> str:
 
 
 class ConfigError(ValueError):
-    """A setting out of its range or of the wrong kind."""
+    """A setting unknown, out of its range or of the wrong kind: one line saying which."""
+
+
+# The trigger form's sections, in the order the form shows them (most used first).
+SECTIONS = ("Training", "Data", "Registry", "Transform")
+JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", tuple: "array", dict: "object"}
+KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list"}
+# JSON Schema keywords a setting may carry, as the DAG's Params and the config check read them.
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def setting(default, description: str, section: str, *, choices: tuple | None = None, optional: bool = False,
+            items: type = str, **bounds: float):
+    """A RunConfig field with its description and allowed values, written once: the DAG's Params
+    (the trigger form) and RunConfig.check are both built from this.
+
+    `optional`: an empty value means "not set" (the form shows the field as not required).
+    `items`: the type of a list setting's items (str or dict).
+    `bounds`: JSON Schema's minimum, maximum, exclusiveMinimum, exclusiveMaximum.
+    """
+    assert section in SECTIONS and set(bounds) <= set(BOUNDS), (section, bounds)
+    meta = {"description": description, "section": section, "choices": choices, "optional": optional,
+            "items": items, "bounds": bounds}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+FRACTION = {"exclusiveMinimum": 0, "exclusiveMaximum": 1}
+AT_LEAST_ONE = {"minimum": 1}
+# Two pair-model candidates, both started from the logistic regression on the cosines, with
+# larger batches and a higher, cosine-decayed learning rate for speed on CPU: wide and deep,
+# and the wide part alone (when the embeddings add nothing, validation says so).
+DEFAULT_CANDIDATES = (
+    {"batch_size": 256, "learning_rate": 0.003, "dropout": 0.2},
+    {"batch_size": 256, "learning_rate": 0.003, "hidden_units": 0},
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything a DAG run can change; the DAG's Params are built from these defaults."""
+    """Everything a DAG run can change: each field is a DAG param and a CLI `--set key=value`."""
 
-    feature_set: str = "query_product"
-    raw_data_dir: str = ""  # empty: the DVC-tracked data/raw of this repo
-    dvc_repo: str = ""  # empty: this repo
-    dvc_remote: str = ""  # empty: the repo's default remote
-    dvc_pull_attempts: int = 3  # in-task retries with exponential backoff, before Airflow's own
-    query_features_source: str = "sqid"  # "sqid" parquet, or the older "legacy_csv" export
-    embedding_dim: int = EMBEDDING_DIM
-    min_join_coverage: float = 0.95
-    # the SQID working set: the ESCI rows that SQID has embeddings for
-    esci_filter_locale: str = "us"
-    esci_filter_small_version: bool = True
-    esci_filter_split: str = "test"
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 42
-    # TensorFlow Transform / Beam
-    # The DirectRunner's own in-process engine, named outright: the DirectRunner first tries
-    # to download the Prism runner binary, which an offline machine cannot.
-    beam_pipeline_args: tuple[str, ...] = (
-        "--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner",
-        "--direct_num_workers=1",
-    )
-    tfrecord_compression: str = ""  # "" (none) or "GZIP"
-    transform_batch_rows: int = 2000
-    # training: the original design's defaults
-    batch_size: int = 32
-    epochs: int = 50
-    steps_per_epoch: int = 200
-    validation_steps: int = 0  # 0: the whole validation split
-    patience: int = 5
-    learning_rate: float = 0.001
-    dropout: float = 0.3
-    train_query_baseline: bool = True
-    codecarbon_country: str = "USA"
-    # registry
-    registered_model_name: str = "mmsearch-esci"
-    experiment_name: str = "mmsearch-esci"
-    promotion_metric: str = "macro_f1"
-    registry_attempts: int = 3  # register: retries with exponential backoff when MLflow is unreachable
+    # Training
+    feature_set: str = setting(
+        "query_product", "query_product: the pair model (query, product text and image embeddings, pair features). "
+        "query: the original design's model, on the query embedding only.", "Training", choices=FEATURE_SETS)
+    candidates: tuple[dict, ...] = setting(
+        DEFAULT_CANDIDATES, "Pair-model candidates, each trained as a mapped task and kept if best by validation "
+        "macro-F1: hyperparameter overrides (batch_size, learning_rate, dropout, projection_dim, hidden_units, l2, "
+        "class_weighting none|sqrt). An empty object trains the run's settings as they are.", "Training", items=dict)
+    decision_rule: str = setting(
+        "macro_f1", "macro_f1: per-class weights on the probabilities fitted on validation for macro-F1 (stored "
+        "with the model, applied when it serves). argmax: the most probable label.", "Training",
+        choices=("macro_f1", "argmax"))
+    epochs: int = setting(50, "Maximum epochs (early stopping on validation loss ends sooner).", "Training",
+                          **AT_LEAST_ONE)
+    batch_size: int = setting(32, "Training batch size (the original design's; a candidate may override it).",
+                              "Training", **AT_LEAST_ONE)
+    steps_per_epoch: int = setting(200, "Training steps per epoch.", "Training", **AT_LEAST_ONE)
+    patience: int = setting(5, "Early-stopping patience in epochs (best weights restored).", "Training",
+                            minimum=0)
+    learning_rate: float = setting(0.001, "Adam learning rate.", "Training", exclusiveMinimum=0, maximum=1)
+    dropout: float = setting(0.3, "Dropout after the first dense layer.", "Training", minimum=0, exclusiveMaximum=1)
+    validation_steps: int = setting(0, "Validation steps per epoch (0: the whole validation split).", "Training",
+                                    minimum=0)
+    train_query_baseline: bool = setting(
+        True, "In a query_product run, also train the original design's query model, scored as a baseline.",
+        "Training")
+    seed: int = setting(42, "Seed of the group split and of training.", "Training", minimum=0)
+    codecarbon_country: str = setting("USA", "ISO 3166 alpha-3 country code for CodeCarbon's offline carbon "
+                                      "intensity.", "Training")
+    # Data
+    raw_data_dir: str = setting("", "A raw ESCI/SQID directory used as it is, without DVC. Empty: pull data/raw "
+                                "of the DVC repository.", "Data", optional=True)
+    dvc_repo: str = setting("", "DVC repository to pull from. Empty: this project.", "Data", optional=True)
+    dvc_remote: str = setting("", "DVC remote name. Empty: the repository's default remote.", "Data", optional=True)
+    val_fraction: float = setting(0.15, "Share of queries held out for validation.", "Data", **FRACTION)
+    test_fraction: float = setting(0.15, "Share of queries held out for test.", "Data", **FRACTION)
+    esci_filter_locale: str = setting("us", "Working set: ESCI product_locale. Empty: every locale.", "Data",
+                                      optional=True)
+    esci_filter_small_version: bool = setting(True, "Working set: only ESCI small_version rows.", "Data")
+    esci_filter_split: str = setting("test", "Working set: the ESCI split SQID covers. Empty: both.", "Data",
+                                     choices=("train", "test"), optional=True)
+    min_join_coverage: float = setting(0.95, "Fail below this share of working-set judgements with every "
+                                       "feature.", "Data", minimum=0, maximum=1)
+    query_features_source: str = setting("sqid", "sqid: the SQID parquet. legacy_csv: the older export "
+                                         "query_features_with_timestamp.csv.", "Data", choices=("sqid", "legacy_csv"))
+    embedding_dim: int = setting(EMBEDDING_DIM, "Expected embedding width (CLIP ViT-L/14: 768).", "Data",
+                                 **AT_LEAST_ONE)
+    dvc_pull_attempts: int = setting(3, "Attempts at dvc pull, with exponential backoff, before the task fails.",
+                                     "Data", **AT_LEAST_ONE)
+    # Registry
+    registered_model_name: str = setting("mmsearch-esci", "MLflow registered model.", "Registry")
+    experiment_name: str = setting("mmsearch-esci", "MLflow experiment.", "Registry")
+    promotion_metric: str = setting("macro_f1", "Test metric a new version must beat the champion on.",
+                                    "Registry", choices=("macro_f1", "micro_f1", "accuracy", "ndcg"))
+    registry_attempts: int = setting(3, "Attempts at registering, with exponential backoff, while MLflow is "
+                                     "unreachable.", "Registry", **AT_LEAST_ONE)
+    # Transform
+    # The DirectRunner's own in-process engine, named outright: the DirectRunner first tries to
+    # download the Prism runner binary, which an offline machine cannot.
+    beam_pipeline_args: tuple[str, ...] = setting(
+        ("--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner", "--direct_num_workers=1"),
+        "Beam pipeline options, e.g. --runner=FlinkRunner --flink_master=host:8081.", "Transform")
+    tfrecord_compression: str = setting("none", "Transformed TFRecords: none, or GZIP (4-7x the write time for "
+                                        "~9 % smaller files).", "Transform", choices=("none", "GZIP"))
+    transform_batch_rows: int = setting(2000, "Rows per Arrow record batch fed to TensorFlow Transform.",
+                                        "Transform", **AT_LEAST_ONE)
 
     @classmethod
-    def from_mapping(cls, values: dict) -> "RunConfig":
+    def from_mapping(cls, values: dict) -> RunConfig:
         """Build from DAG params or CLI JSON: an unknown key is an error, None means the default."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ConfigError(f"unknown settings: {unknown}")
+        import difflib
+
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                raise ConfigError(f"unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         kwargs = {key: value for key, value in values.items() if value is not None}
         if isinstance(kwargs.get("beam_pipeline_args"), str):
             kwargs["beam_pipeline_args"] = kwargs["beam_pipeline_args"].split()
-        if "beam_pipeline_args" in kwargs:
-            kwargs["beam_pipeline_args"] = tuple(kwargs["beam_pipeline_args"])
+        for name in ("beam_pipeline_args", "candidates"):  # JSON lists, kept as tuples (frozen config)
+            if isinstance(kwargs.get(name), list):
+                kwargs[name] = tuple(kwargs[name])
+        for field in dataclasses.fields(cls):  # JSON has one number type: 1 is a valid float setting
+            if isinstance(field.default, float) and type(kwargs.get(field.name)) is int:
+                kwargs[field.name] = float(kwargs[field.name])
         config = cls(**kwargs)
         config.check()
         return config
 
     def check(self) -> None:
-        if self.feature_set not in FEATURE_SETS:
-            raise ConfigError(f"feature_set must be one of {FEATURE_SETS}, not {self.feature_set!r}")
-        if not 0 < self.val_fraction + self.test_fraction < 1:
-            raise ConfigError("val_fraction + test_fraction must lie strictly between 0 and 1")
-        if self.query_features_source not in ("sqid", "legacy_csv"):
-            raise ConfigError("query_features_source must be 'sqid' or 'legacy_csv'")
-        if self.tfrecord_compression not in ("", "GZIP"):
-            raise ConfigError("tfrecord_compression must be '' or 'GZIP'")
+        for field in dataclasses.fields(self):
+            check_setting(field, getattr(self, field.name))
+        from mmsearch.model import Hyperparameters  # light: dataclasses only
+
+        for overrides in self.candidates:
+            try:
+                Hyperparameters.for_candidate(overrides)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"candidates: {error}") from None
+        if not self.val_fraction + self.test_fraction < 1:
+            raise ConfigError(f"val_fraction + test_fraction must be below 1, not "
+                              f"{self.val_fraction} + {self.test_fraction}")
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["beam_pipeline_args"] = list(self.beam_pipeline_args)
+        data["candidates"] = [dict(c) for c in self.candidates]
         return data
 
     @property
     def raw_dir(self) -> Path:
-        return Path(self.raw_data_dir) if self.raw_data_dir else default_raw_dir()
+        """raw_data_dir when set, else the DVC-tracked data/raw of the DVC repository."""
+        return Path(self.raw_data_dir) if self.raw_data_dir else self.repo_dir / "data" / "raw"
 
     @property
     def repo_dir(self) -> Path:
         return Path(self.dvc_repo) if self.dvc_repo else REPO_ROOT
+
+
+def check_setting(field: dataclasses.Field, value) -> None:
+    """The type, choices and bounds a setting's metadata declares."""
+    meta, expected = field.metadata, type(field.default)
+    if type(value) is not expected:
+        raise ConfigError(f"{field.name} must be {KINDS[expected]}, not {value!r}")
+    if expected is tuple and not all(isinstance(item, meta["items"]) for item in value):
+        raise ConfigError(f"{field.name} must be a list of {JSON_TYPES[meta['items']]}s, not {list(value)!r}")
+    if meta["choices"] and value not in meta["choices"] and not (meta["optional"] and value == ""):
+        raise ConfigError(f"{field.name} must be one of {list(meta['choices'])}, not {value!r}")
+    tests = {"minimum": (float.__ge__, "≥"), "maximum": (float.__le__, "≤"),
+             "exclusiveMinimum": (float.__gt__, ">"), "exclusiveMaximum": (float.__lt__, "<")}
+    for key, bound in meta["bounds"].items():
+        holds, sign = tests[key]
+        if not holds(float(value), float(bound)):
+            raise ConfigError(f"{field.name} must be {sign} {bound}, not {value!r}")
+
+
+def param_schema(field: dataclasses.Field) -> dict:
+    """The JSON Schema of one setting, as Airflow's Param and trigger form take it."""
+    meta = field.metadata
+    json_type = JSON_TYPES[type(field.default)]
+    schema = {"type": [json_type, "null"] if meta["optional"] else json_type, "description": meta["description"],
+              "section": meta["section"], **meta["bounds"]}
+    if meta["choices"]:
+        schema["enum"] = list(meta["choices"]) + ([None] if meta["optional"] else [])
+    if json_type == "array":
+        schema["items"] = {"type": JSON_TYPES[meta["items"]]}
+    return schema
+
+
+def param_default(field: dataclasses.Field):
+    """The form's default: an optional setting left empty is null (not a missing string)."""
+    if field.metadata["optional"] and field.default == "":
+        return None
+    if isinstance(field.default, tuple):
+        return [dict(item) if isinstance(item, dict) else item for item in field.default]
+    return field.default
+
+
+def params_by_section() -> list[dataclasses.Field]:
+    """Every setting, ordered by the form's sections, declaration order within each."""
+    fields = dataclasses.fields(RunConfig)
+    return sorted(fields, key=lambda f: SECTIONS.index(f.metadata["section"]))

@@ -1,11 +1,14 @@
-"""Stage 6, evaluate: the logged model on the held-out test query groups, beside baselines.
+"""Stage 6, evaluate: the selected model, every baseline and the current champion, on the same
+held-out test query groups, in one pass over the test split (the only stage that reads it).
 
-The model is loaded back from MLflow as the pyfunc that will be registered and fed raw
-test rows, so the numbers are those of the served model (transform graph included).
-Metrics: accuracy, micro/macro F1, per-class precision/recall/F1, the confusion matrix,
-and mean nDCG over queries with the ESCI gains, products ranked by expected gain.
-Baselines on the same rows: the train split's majority label, and in a `query_product`
-run the `query` model (the original design's) trained in the same run.
+The model and the champion are loaded back from MLflow as the pyfuncs that serve, and fed
+raw test rows, so the numbers are those of the served model (transform graph and decision
+rule included). Baselines: the train split's majority label; the training-free CLIP
+baseline (ranking by the query-product cosines, labels from a logistic regression on them);
+the original design's query model. Metrics: accuracy, micro/macro F1, per-class precision,
+recall and F1, the confusion matrix, mean nDCG over queries with the ESCI gains, and the
+expected calibration error; figures: confusion matrices, a reliability diagram,
+per-class precision-recall curves.
 """
 
 from __future__ import annotations
@@ -16,120 +19,143 @@ from pathlib import Path
 import numpy as np
 
 from mmsearch import config as C
+from mmsearch import features as F
 from mmsearch.io import atomic_dir, read_json, write_json
-from mmsearch.plots import plot_confusion_matrix
+from mmsearch.metrics import classification_metrics, headline
 
 log = logging.getLogger(__name__)
 
-LABEL_ORDER = list(range(C.NUM_CLASSES))  # I, C, S, E
-GAIN_BY_ID = np.array([C.ESCI_GAINS[C.LABELS_BY_ID[i]] for i in LABEL_ORDER])
-HEADLINE = ("accuracy", "micro_f1", "macro_f1", "ndcg")
+MODEL, CHAMPION = "model", "champion"
+SCORES = "scores.json"  # what the DAG passes on to register
 
 
-def mean_ndcg(query_ids: np.ndarray, true_gain: np.ndarray, scores: np.ndarray) -> tuple[float, int]:
-    """Mean nDCG over queries (scikit-learn's ndcg_score per query), and how many queries counted.
+def _clip_scorer(fitted: dict):
+    from mmsearch.baselines import cosine_logistic_probabilities, cosines_of
+    from mmsearch.serving import raw_frame
 
-    Queries with one judged product, or with no product of positive gain, carry no
-    ranking information and are left out.
-    """
-    from sklearn.metrics import ndcg_score
+    columns = F.EMBEDDING_COLUMNS["query_product"]
 
-    order = np.argsort(query_ids, kind="stable")
-    sorted_ids = query_ids[order]
-    bounds = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1], True])
-    values = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        rows = order[start:stop]
-        if len(rows) < 2 or true_gain[rows].max() <= 0:
-            continue
-        values.append(ndcg_score(true_gain[rows][None, :], scores[rows][None, :]))
-    return (float(np.mean(values)) if values else float("nan")), len(values)
+    def score(table):
+        frame = raw_frame(table, columns)
+        cosines = cosines_of({name: np.stack(frame[name].to_numpy()) for name in columns})
+        probabilities = cosine_logistic_probabilities(fitted, cosines)
+        return probabilities, probabilities.argmax(axis=1), cosines.sum(axis=1)
+
+    return score
 
 
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, query_ids: np.ndarray) -> dict:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+def _champion_scorer(cfg: C.RunConfig, available: list[str]):
+    """The current champion as a scorer, or the reason it cannot score this data."""
+    from mmsearch import tracking
 
-    predicted = probabilities.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=LABEL_ORDER, zero_division=0
-    )
-    ndcg, ndcg_queries = mean_ndcg(query_ids, GAIN_BY_ID[labels], probabilities @ GAIN_BY_ID)
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "micro_f1": float(f1_score(labels, predicted, average="micro", labels=LABEL_ORDER, zero_division=0)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro", labels=LABEL_ORDER, zero_division=0)),
-        "ndcg": ndcg,
-        "ndcg_queries": ndcg_queries,
-        "per_class": {
-            C.LABELS_BY_ID[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                                "support": int(support[i])}
-            for i in LABEL_ORDER
-        },
-        "confusion_matrix": {
-            "labels": [C.LABELS_BY_ID[i] for i in LABEL_ORDER],
-            "matrix": confusion_matrix(labels, predicted, labels=LABEL_ORDER).tolist(),
-        },
-    }
+    version = tracking.champion(cfg)
+    if version is None:
+        return None, None, None
+    try:
+        scorer = tracking.PyfuncScorer(f"models:/{version.name}/{version.version}")
+    except Exception as error:  # any failure to load means "cannot be scored"
+        return version.version, None, f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+    missing = [c for c in scorer.columns if c not in available]
+    if missing:
+        return version.version, None, f"this run's data has no column(s) {missing}"
+    return version.version, scorer, None
 
 
-def majority_probabilities(train_label_counts: dict, rows: int) -> np.ndarray:
-    """Always the train split's majority label (a constant score: every ranking is a tie)."""
-    majority = max(train_label_counts, key=train_label_counts.get)
-    probabilities = np.zeros((rows, C.NUM_CLASSES))
-    probabilities[:, C.LABEL_IDS[majority]] = 1.0
-    return probabilities
+def _scorers(model: dict, baselines: dict, cfg: C.RunConfig, available: list[str]) -> tuple[dict, dict]:
+    from mmsearch import tracking
+
+    scorers = {MODEL: tracking.PyfuncScorer(model["model_uri"])}
+    if "clip_logistic" in baselines:
+        scorers["baseline_clip"] = _clip_scorer(read_json(baselines["clip_logistic"]))
+    if "query_model" in baselines:
+        scorers["baseline_query"] = tracking.PyfuncScorer(baselines["query_model"]["model_uri"])
+    version, champion, error = _champion_scorer(cfg, available)
+    if champion is not None:
+        scorers[CHAMPION] = champion
+    return scorers, {"version": version, "error": error}
 
 
-def score_model(model_uri: str, merged_dir: Path, columns, batch_rows: int = 2048):
-    """Labels, query ids and probabilities [n, 4] (label-id order) of an MLflow pyfunc over the
-    raw test split, read in record batches so memory does not grow with the split."""
-    import mlflow
+def score_test_split(merged_dir: Path, scorers: dict, batch_rows: int = 2048) -> dict:
+    """Every scorer over the test split, read once in record batches (memory flat in its size)."""
     import pyarrow as pa
 
     from mmsearch.raw import parquet_file
-    from mmsearch.serving import probabilities_of, raw_frame
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    labels, query_ids, probabilities = [], [], []
+    columns = list(F.EMBEDDING_COLUMNS[read_json(Path(merged_dir) / "manifest.json")["feature_set"]])
+    parts: dict = {"labels": [], "query_ids": [], **{name: [] for name in scorers}}
     for path in sorted((Path(merged_dir) / "test").glob("*.parquet")):
-        for batch in parquet_file(path).iter_batches(batch_size=batch_rows, columns=["query_id", "label", *columns]):
+        for batch in parquet_file(path).iter_batches(batch_size=batch_rows, columns=["query_id", F.LABEL, *columns]):
             table = pa.Table.from_batches([batch])
-            probabilities.append(probabilities_of(model.predict(raw_frame(table, columns))))
-            labels.append(batch.column("label").to_numpy())
-            query_ids.append(batch.column("query_id").to_numpy(zero_copy_only=False))
-    return np.concatenate(labels), np.concatenate(query_ids), np.vstack(probabilities)
+            parts["labels"].append(batch.column(F.LABEL).to_numpy())
+            parts["query_ids"].append(batch.column("query_id").to_numpy(zero_copy_only=False))
+            for name, scorer in scorers.items():
+                parts[name].append(scorer(table))
+    scored = {"labels": np.concatenate(parts["labels"]), "query_ids": np.concatenate(parts["query_ids"])}
+    for name in scorers:
+        scored[name] = tuple(np.concatenate(piece) for piece in zip(*parts[name]))
+    return scored
 
 
-def _flat(prefix: str, metrics: dict) -> dict:
-    flat = {f"{prefix}{k}": metrics[k] for k in HEADLINE if np.isfinite(metrics[k])}
-    for label, values in metrics["per_class"].items():
-        flat.update({f"{prefix}{name}_{label}": values[name] for name in ("precision", "recall", "f1")})
+def _majority(label: str, rows: int) -> np.ndarray:
+    """Always the train split's majority label (a constant score: every ranking is a tie)."""
+    probabilities = np.zeros((rows, F.NUM_CLASSES))
+    probabilities[:, F.LABEL_IDS[label]] = 1.0
+    return probabilities
+
+
+def _mlflow_metrics(results: dict) -> dict:
+    """Metric names that mean one thing each: `test/<metric>` for the model (its headline, first
+    in MLflow's charts), `test_<baseline>/<metric>` beside it, per-class under `test_per_class/`."""
+    flat = {f"test/{k}": v for k, v in headline(results[MODEL]).items() if np.isfinite(v)}
+    flat["test/ece"] = results[MODEL]["ece"]
+    for label, values in results[MODEL]["per_class"].items():
+        flat.update({f"test_per_class/{name}_{label}": values[name] for name in ("precision", "recall", "f1")})
+    for name, metrics in results.items():
+        if name != MODEL:
+            flat.update({f"test_{name}/{k}": v for k, v in headline(metrics).items() if np.isfinite(v)})
     return flat
 
 
-def evaluate(merged_dir: Path, train_summary: dict, out_dir: Path, cfg: C.RunConfig) -> dict:
-    from mmsearch.train import setup_mlflow
+def _figures(results: dict, scored: dict, out: Path, feature_set: str) -> None:
+    from mmsearch.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability
 
-    mlflow = setup_mlflow(cfg)
-    merged = read_json(Path(merged_dir) / "manifest.json")
-    columns = C.EMBEDDING_COLUMNS[train_summary["feature_set"]]
-    labels, query_ids, probabilities = score_model(train_summary["model_uri"], merged_dir, columns)
-    results = {"model": classification_metrics(labels, probabilities, query_ids)}
-    majority = majority_probabilities(merged["splits"]["train"]["labels"], len(labels))
-    results["baseline_majority"] = classification_metrics(labels, majority, query_ids)
-    if "query_baseline" in train_summary:
-        _, _, probabilities = score_model(train_summary["query_baseline"]["model_uri"], merged_dir,
-                                          C.EMBEDDING_COLUMNS["query"])
-        results["baseline_query"] = classification_metrics(labels, probabilities, query_ids)
+    for name, metrics in results.items():
+        plot_confusion_matrix(metrics, f"{name} ({feature_set})", out / f"confusion_{name}.png")
+    labels, probabilities = scored["labels"], scored[MODEL][0]
+    plot_reliability(labels, probabilities, f"model: reliability (ECE {results[MODEL]['ece']:.3f})",
+                     out / "reliability_model.png")
+    plot_precision_recall(labels, probabilities, "model: per-class precision-recall", out / "precision_recall_model.png")
 
+
+def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
+    """Score everything on the test split; log to the selected candidate's MLflow run."""
+    import pyarrow.dataset
+
+    from mmsearch import tracking
+
+    mlflow = tracking.setup(cfg)
+    available = pyarrow.dataset.dataset(Path(merged_dir) / "test").schema.names
+    scorers, champion = _scorers(model, baselines, cfg, available)
+    scored = score_test_split(merged_dir, scorers)
+    labels, query_ids = scored["labels"], scored["query_ids"]
+    results = {}
+    for name in scorers:
+        probabilities, served, *ranking = scored[name]
+        results[name] = classification_metrics(labels, probabilities, query_ids, served, *ranking)
+    results["baseline_majority"] = classification_metrics(labels, _majority(baselines["majority_label"], len(labels)),
+                                                          query_ids)
+    feature_set = model["feature_set"]
     with atomic_dir(out_dir) as tmp:
-        write_json(tmp / "metrics.json", {"test_rows": len(labels), **results})
-        for name, metrics in results.items():
-            plot_confusion_matrix(metrics, f"{name} ({train_summary['feature_set']})", tmp / f"confusion_{name}.png")
-    with mlflow.start_run(run_id=train_summary["mlflow_run_id"]):
-        for name, metrics in results.items():
-            mlflow.log_metrics(_flat("test_" if name == "model" else f"{name}_test_", metrics))
+        write_json(tmp / "metrics.json", {"test_rows": len(labels), "champion": champion, **results})
+        _figures(results, scored, tmp, feature_set)
+    with mlflow.start_run(run_id=model["mlflow_run_id"]):
+        mlflow.log_metrics(_mlflow_metrics(results))
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
-    short = {name: {k: metrics[k] for k in HEADLINE} for name, metrics in results.items()}
-    log.info("test metrics: %s", short)
-    return {"evaluation_dir": str(out_dir), "test_rows": len(labels), "metrics": short}
+    with mlflow.start_run(run_id=model["parent_run_id"]):
+        mlflow.log_metrics({f"test/{k}": v for k, v in headline(results[MODEL]).items() if np.isfinite(v)})
+        mlflow.set_tags({"selected_candidate": str(model["candidate"]), "selected_run_id": model["mlflow_run_id"]})
+    scores = {"evaluation_dir": str(out_dir), "test_rows": len(labels), "champion": champion,
+              "metrics": {name: headline(metrics) for name, metrics in results.items()}}
+    write_json(Path(out_dir) / SCORES, scores)
+    log.info("test metrics on %d rows: %s", len(labels), scores["metrics"])
+    return scores

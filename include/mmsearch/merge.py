@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmsearch import config as C
+from mmsearch import features as F
 from mmsearch import raw
 from mmsearch.io import DataError, atomic_dir, write_json
 
@@ -55,7 +56,7 @@ def _check_splits(counts: dict, esci_path: Path) -> None:
     for split in C.SPLITS:
         if counts[split]["rows"] == 0:
             raise DataError(esci_path, f"the {split} split is empty after the group split", column="query_id")
-    absent = [label for label in C.LABEL_IDS if counts["train"]["labels"].get(label, 0) == 0]
+    absent = [label for label in F.LABEL_IDS if counts["train"]["labels"].get(label, 0) == 0]
     if absent:
         raise DataError(esci_path, f"labels {absent} are absent from the train split", column="esci_label")
 
@@ -96,8 +97,15 @@ class _SplitWriter:
 
 def _schema(columns, dim: int) -> pa.Schema:
     fields = [("example_id", pa.int64()), ("query_id", pa.string()), ("product_id", pa.string()),
-              ("esci_label", pa.string()), ("label", pa.int64()), ("split", pa.string())]
+              ("esci_label", pa.string()), (F.LABEL, pa.int64()), ("split", pa.string())]
     return pa.schema(fields + [(name, pa.list_(pa.float32(), dim)) for name in columns])
+
+
+def run(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
+    """The stage: merge, then only what the DAG passes on (the full manifest is on disk)."""
+    manifest = merge(raw_dir, out_dir, cfg)
+    return {"merged_dir": manifest["merged_dir"], "rows": manifest["rows"],
+            "split_rows": {name: split["rows"] for name, split in manifest["splits"].items()}}
 
 
 def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
@@ -123,7 +131,7 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
         p_row = _lookup(products.keys, judgements["product_id"])
         joined &= p_row >= 0
         p_file_row = np.where(p_row >= 0, products.rows[np.maximum(p_row, 0)], -1)
-    columns = C.EMBEDDING_COLUMNS[cfg.feature_set]
+    columns = F.EMBEDDING_COLUMNS[cfg.feature_set]
     split_of = split_queries(judgements["query_id"][joined], cfg)
     split = np.array([split_of.get(q, "") for q in judgements["query_id"]])
 
@@ -140,15 +148,15 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
                 part = rows[lo:hi]
                 local = by_product[lo:hi] - first
                 _write_rows(writers, part, judgements, split, {
-                    C.QUERY_EMBEDDING: query_matrix[q_row[part]],
-                    C.PRODUCT_TEXT_EMBEDDING: matrices["clip_text_features"][local],
-                    C.PRODUCT_IMAGE_EMBEDDING: matrices["clip_image_features"][local],
+                    F.QUERY_EMBEDDING: query_matrix[q_row[part]],
+                    F.PRODUCT_TEXT_EMBEDDING: matrices["clip_text_features"][local],
+                    F.PRODUCT_IMAGE_EMBEDDING: matrices["clip_image_features"][local],
                 })
         else:
             rows = np.flatnonzero(joined)
             for start in range(0, len(rows), SHARD_ROWS):
                 part = rows[start : start + SHARD_ROWS]
-                _write_rows(writers, part, judgements, split, {C.QUERY_EMBEDDING: query_matrix[q_row[part]]})
+                _write_rows(writers, part, judgements, split, {F.QUERY_EMBEDDING: query_matrix[q_row[part]]})
         counts = {name: writer.close() for name, writer in writers.items()}
         _check_splits(counts, esci_path)
         manifest = {
@@ -181,7 +189,7 @@ def _write_rows(writers: dict, part: np.ndarray, judgements: dict, split: np.nda
             "query_id": pa.array(judgements["query_id"][rows], pa.string()),
             "product_id": pa.array(judgements["product_id"][rows], pa.string()),
             "esci_label": pa.array(labels, pa.string()),
-            "label": pa.array(np.vectorize(C.LABEL_IDS.get, otypes=[np.int64])(labels), pa.int64()),
+            F.LABEL: pa.array(np.vectorize(F.LABEL_IDS.get, otypes=[np.int64])(labels), pa.int64()),
             "split": pa.array(np.full(len(rows), name), pa.string()),
             **{column: fixed_size_list(matrix[chosen]) for column, matrix in embeddings.items()},
         }, schema=writer.schema))

@@ -1,15 +1,53 @@
-"""The Keras models. The `query` trunk is the original design's, kept for comparison.
+"""The Keras models.
 
-Original: Dense 256 relu, Dropout 0.3, Dense 128 relu, Dense 4 softmax; Adam;
-sparse categorical cross-entropy. `query_product` runs the same trunk on the query
-embedding, the product's text and image embeddings and the two query-product cosines.
+`query`: the original design, kept for comparison. Dense 256 relu, Dropout 0.3, Dense 128
+relu, Dense 4 softmax on the query embedding; Adam; sparse categorical cross-entropy.
+
+`query_product`: a wide-and-deep pair model. Wide: a linear model on the three z-scored pair
+cosines (query-text, query-image, text-image), started from a logistic regression fitted on
+the train split, so the model begins where the strongest baseline ends. Deep: one
+projection, shared by the three 768-wide embeddings (CLIP puts query text, product text and
+image in one space), replaces 2,304 raw inputs by three small vectors; their elementwise
+products and squared differences are the query-product interactions; a hidden layer adds
+its logits to the wide ones, starting from zero. `hidden_units: 0` is the wide part alone.
 """
 
 from __future__ import annotations
 
-from mmsearch import config as C
+from dataclasses import asdict, dataclass, fields, replace
 
-COS_FEATURES = ("cos_query_text", "cos_query_image")
+from mmsearch import features as F
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """One pair-model candidate. The first three default to the run's settings (batch_size,
+    learning_rate, dropout); a candidate in the DAG's `candidates` overrides any field."""
+
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    dropout: float = 0.3
+    projection_dim: int = 64
+    hidden_units: int = 128
+    l2: float = 1e-4
+    # Keras class weights: none, or sqrt (inverse square root of the train frequency)
+    class_weighting: str = "none"
+
+    @classmethod
+    def for_candidate(cls, overrides: dict, batch_size: int = 32, learning_rate: float = 0.001,
+                      dropout: float = 0.3) -> Hyperparameters:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown hyperparameters {unknown} in candidate {overrides}; known: {sorted(names)}")
+        hp = cls(batch_size=batch_size, learning_rate=learning_rate, dropout=dropout)
+        hp = replace(hp, **overrides)
+        if hp.class_weighting not in ("none", "sqrt"):
+            raise ValueError(f"class_weighting must be 'none' or 'sqrt', not {hp.class_weighting!r}")
+        return hp
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def keras():
@@ -18,8 +56,8 @@ def keras():
     Importing tensorflow_transform sets TF_USE_LEGACY_KERAS=1, but only before anything
     first touches tf.keras; the transform layer is a Keras 2 layer, so the model must be too.
     """
-    import tensorflow_transform  # noqa: F401
     import tensorflow as tf
+    import tensorflow_transform  # noqa: F401
 
     if not tf.keras.Model.__module__.startswith("tf_keras"):
         raise RuntimeError(
@@ -29,28 +67,65 @@ def keras():
     return tf.keras
 
 
-def feature_names(feature_set: str) -> tuple[str, ...]:
-    return C.EMBEDDING_COLUMNS[feature_set] + (COS_FEATURES if feature_set == "query_product" else ())
-
-
 def input_width(feature_set: str, dim: int) -> int:
-    return len(C.EMBEDDING_COLUMNS[feature_set]) * dim + (len(COS_FEATURES) if feature_set == "query_product" else 0)
+    return len(F.EMBEDDING_COLUMNS[feature_set]) * dim + len(F.pair_features(feature_set))
 
 
-def build_model(feature_set: str, dim: int, dropout: float = 0.3, learning_rate: float = 0.001):
+def _inputs(feature_set: str, dim: int) -> dict:
     k = keras()
-    inputs = {name: k.Input(shape=(dim,) if name in C.EMBEDDING_COLUMNS["query_product"] else (1,), name=name)
-              for name in feature_names(feature_set)}
-    x = list(inputs.values())
-    x = x[0] if len(x) == 1 else k.layers.Concatenate(name="features")(x)
-    x = k.layers.Dense(256, activation="relu", name="dense_256")(x)
+    return {name: k.Input(shape=(dim,) if name in F.EMBEDDING_COLUMNS["query_product"] else (1,), name=name)
+            for name in F.model_features(feature_set)}
+
+
+def build_query_model(dim: int, dropout: float = 0.3, learning_rate: float = 0.001):
+    """The original design, layer for layer."""
+    k = keras()
+    inputs = _inputs("query", dim)
+    x = k.layers.Dense(256, activation="relu", name="dense_256")(inputs[F.QUERY_EMBEDDING])
     x = k.layers.Dropout(dropout, name="dropout")(x)
     x = k.layers.Dense(128, activation="relu", name="dense_128")(x)
-    outputs = k.layers.Dense(C.NUM_CLASSES, activation="softmax", name="esci_probabilities")(x)
-    model = k.Model(inputs=inputs, outputs=outputs, name=f"esci_{feature_set}")
-    model.compile(
-        optimizer=k.optimizers.Adam(learning_rate=learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    outputs = k.layers.Dense(F.NUM_CLASSES, activation="softmax", name="esci_probabilities")(x)
+    model = k.Model(inputs=inputs, outputs=outputs, name="esci_query")
+    model.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def build_pair_model(dim: int, hp: Hyperparameters, decay_steps: int = 10_000, wide_init=None):
+    """Wide and deep: logits = wide(cosines) + deep(pair features), softmax.
+
+    `wide_init`: (kernel [3, 4], bias [4]) of a logistic regression on the z-scored cosines;
+    with the deep output layer starting at zero, the untrained model *is* that regression, and
+    training only moves it where validation loss says it should."""
+    k = keras()
+    inputs = _inputs("query_product", dim)
+    cosines = k.layers.Concatenate(name="pair_cosines")([inputs[name] for name in F.COSINES])
+    wide = k.layers.Dense(F.NUM_CLASSES, name="wide_logits")
+    logits = [wide(cosines)]
+    if hp.hidden_units:
+        regulariser = k.regularizers.l2(hp.l2) if hp.l2 else None
+        project = k.layers.Dense(hp.projection_dim, kernel_regularizer=regulariser, name="shared_projection")
+        query, text, image = (project(inputs[name]) for name in F.EMBEDDING_COLUMNS["query_product"])
+        interactions = []
+        for product, name in ((text, "text"), (image, "image")):
+            difference = k.layers.Subtract(name=f"query_minus_{name}")([query, product])
+            interactions += [k.layers.Multiply(name=f"query_x_{name}")([query, product]),
+                             k.layers.Multiply(name=f"squared_query_minus_{name}")([difference, difference])]
+        x = k.layers.Concatenate(name="pair_features")([query, text, image, *interactions, cosines])
+        x = k.layers.Dense(hp.hidden_units, activation="relu", kernel_regularizer=regulariser, name="hidden")(x)
+        x = k.layers.Dropout(hp.dropout, name="dropout")(x)
+        logits.append(k.layers.Dense(F.NUM_CLASSES, kernel_initializer="zeros", kernel_regularizer=regulariser,
+                                     name="deep_logits")(x))
+    x = k.layers.Add(name="logits")(logits) if len(logits) > 1 else logits[0]
+    # compiled with a `crossentropy` metric: the loss without the L2 penalty, what early
+    # stopping and the starting-point check compare (the penalty of a fresh projection is large)
+    outputs = k.layers.Softmax(name="esci_probabilities")(x)
+    model = k.Model(inputs=inputs, outputs=outputs, name="esci_query_product")
+    if wide_init is not None:
+        import numpy as np
+
+        wide.set_weights([np.asarray(w, dtype=np.float32) for w in wide_init])
+    schedule = k.optimizers.schedules.CosineDecay(hp.learning_rate, decay_steps=max(decay_steps, 1), alpha=0.1)
+    model.compile(optimizer=k.optimizers.Adam(learning_rate=schedule), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy", k.metrics.SparseCategoricalCrossentropy(name="crossentropy")])
     return model

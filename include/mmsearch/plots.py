@@ -46,3 +46,42 @@ def plot_confusion_matrix(metrics: dict, title: str, path: Path) -> None:
     display.figure_.tight_layout()
     display.figure_.savefig(path, dpi=100)
     pyplot.close(display.figure_)
+
+
+def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, title: str, path: Path) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin (top label)."""
+    from mmsearch.metrics import expected_calibration_error
+
+    pyplot = _pyplot()
+    curve = expected_calibration_error(labels, probabilities)
+    used = np.array(curve["count"]) > 0
+    figure, ax = pyplot.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    ax.plot(np.array(curve["confidence"])[used], np.array(curve["accuracy"])[used], marker="o", label="model")
+    ax.set_xlabel("confidence (top label)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def plot_precision_recall(labels: np.ndarray, probabilities: np.ndarray, title: str, path: Path) -> None:
+    """One-vs-rest precision-recall curve of each ESCI label, with its average precision."""
+    from sklearn.metrics import PrecisionRecallDisplay
+
+    from mmsearch import features as F
+
+    pyplot = _pyplot()
+    figure, ax = pyplot.subplots(figsize=(6, 5))
+    for label_id in range(F.NUM_CLASSES):
+        if np.any(labels == label_id):
+            PrecisionRecallDisplay.from_predictions(labels == label_id, probabilities[:, label_id], ax=ax,
+                                                    name=F.LABELS_BY_ID[label_id])
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from mmsearch import config as C
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = "data/raw.dvc"
@@ -161,3 +163,14 @@ def _pull_once(repo_dir: Path, target: str, remote: str) -> dict:
         "file_md5": hashes,
         "dvc_exit_code": result.returncode,
     }
+
+
+def run(repo_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
+    """The raw data in `out_dir` and its lineage (the md5 of every file): `dvc pull` of the DVC
+    repository's `out_dir`, or, with `raw_data_dir` set, that directory described as it is."""
+    repo_dir, out_dir = Path(repo_dir).resolve(), Path(out_dir).resolve()
+    if cfg.raw_data_dir:
+        return describe_untracked(out_dir)
+    target = str(out_dir.relative_to(repo_dir)) + ".dvc"
+    log.info("dvc pull %s in %s (remote %s)", target, repo_dir, cfg.dvc_remote or "default")
+    return pull(repo_dir, target=target, remote=cfg.dvc_remote, attempts=cfg.dvc_pull_attempts)

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmsearch import config as C
+from mmsearch import features as F
 from mmsearch.io import DataError
 
 BATCH_ROWS = 8192
@@ -52,7 +53,7 @@ PRODUCT_FEATURE_COLUMNS: dict[str, TypeCheck] = {
     "clip_text_features": FLOAT_LIST,
     "clip_image_features": FLOAT_LIST,
 }
-ESCI_LABELS = frozenset(C.LABEL_IDS)
+ESCI_LABELS = frozenset(F.LABEL_IDS)
 ESCI_SPLITS = frozenset({"train", "test"})
 
 
@@ -221,12 +222,17 @@ def read_legacy_query_csv(path: Path, dim: int) -> pa.Table:
         if not pa.types.is_floating(table.schema.field(name).type) and not pa.types.is_integer(table.schema.field(name).type):
             raise DataError(path, f"must be numeric, found {table.schema.field(name).type}", column=name)
     matrix = np.column_stack([table.column(n).to_numpy().astype(np.float32) for n in expected])
-    from mmsearch.sample_data import embedding_array
-
     return pa.table({"query_id": table.column("query_id"), "clip_text_features": embedding_array(matrix)})
 
 
-def feature_batches(ft: FeatureTable, source: str = "sqid", dim: int = C.EMBEDDING_DIM) -> Iterator[pa.RecordBatch]:
+def embedding_array(vectors: np.ndarray) -> pa.Array:
+    """A list<float32> column, as the public SQID files store embeddings."""
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    offsets = pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+def feature_batches(ft: FeatureTable, source: str = "sqid", dim: int = F.EMBEDDING_DIM) -> Iterator[pa.RecordBatch]:
     if source == "legacy_csv" and ft.key == "query_id":
         yield from read_legacy_query_csv(ft.path.parent.parent / C.LEGACY_QUERY_CSV, dim).to_batches(BATCH_ROWS)
         return

@@ -1,10 +1,10 @@
-"""Stage 7, register: the MLflow model registry, with aliases and lineage.
+"""Stage 7, register: the MLflow model registry, with aliases, lineage and a model card.
 
-Every new version gets the alias `challenger`. It also becomes `champion` only if
-there is no champion yet, or if it beats the champion on `promotion_metric` with both
-scored on this run's test split: the champion is loaded from the registry and scored
-afresh, since the data may have changed since it was trained. A champion that cannot
-be scored on this data keeps its alias, and the reason is logged.
+Every new version gets the alias `challenger`. The gate makes it `champion` only if, on this
+run's test split (scored by evaluate), it beats every baseline and the current champion on
+`promotion_metric`. A champion that could not be scored on this data keeps its alias. The
+reason is written to the version's tags, its description (a short model card), the task log
+and the run summary.
 
 Re-running the same DAG run finds the version it already registered and reuses it.
 """
@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mmsearch import config as C
-from mmsearch.io import RegistryError
+from mmsearch.io import RegistryError, write_json
+from mmsearch.tracking import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 RUN_TAG = "airflow_run_id"
 LOGICAL_DATE_TAG = "airflow_logical_date"
+SUMMARY = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -35,20 +36,24 @@ class Decision:
     champion_version: str | None = None
 
 
-def decide(metric: str, challenger_score: float, champion_score: float | None, champion_error: str | None = None,
-           champion_version: str | None = None) -> Decision:
-    """The promotion rule: no champion, or strictly better on this run's test split."""
+def decide(metric: str, scores: dict, champion_version: str | None = None, champion_error: str | None = None) -> Decision:
+    """The gate: strictly better than every baseline, then than the champion, on this test split.
+
+    `scores`: test metrics by name (`model`, `baseline_*`, `champion` when it was scored)."""
+    ours = scores["model"][metric]
+    losses = [f"{name} {scores[name][metric]:.4f}" for name in sorted(scores)
+              if name.startswith("baseline_") and not ours > scores[name][metric]]
+    if losses:
+        return Decision(False, f"{metric} {ours:.4f} does not beat {', '.join(losses)}", ours, None, champion_version)
     if champion_version is None:
-        return Decision(True, "no champion yet", challenger_score)
+        return Decision(True, f"no champion yet; {metric} {ours:.4f} beats every baseline", ours)
     if champion_error is not None:
         return Decision(False, f"champion v{champion_version} could not be scored on this data: {champion_error}",
-                        challenger_score, None, champion_version)
-    if challenger_score > champion_score:
-        verdict, promote = "beats", True
-    else:
-        verdict, promote = "does not beat", False
-    return Decision(promote, f"challenger {metric} {challenger_score:.4f} {verdict} champion v{champion_version} "
-                    f"{champion_score:.4f}", challenger_score, champion_score, champion_version)
+                        ours, None, champion_version)
+    theirs = scores["champion"][metric]
+    verdict = "beats" if ours > theirs else "does not beat"
+    return Decision(ours > theirs, f"{metric} {ours:.4f} {verdict} champion v{champion_version} {theirs:.4f}",
+                    ours, theirs, champion_version)
 
 
 def git_commit() -> str:
@@ -59,63 +64,52 @@ def git_commit() -> str:
         return "unknown"
 
 
-def lineage_tags(run: dict, feature_set: str, metrics: dict) -> dict:
-    tags = {
+def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict) -> dict:
+    found = {
         "git_commit": git_commit(),
-        "airflow_dag_id": run.get("dag_id", ""),
-        RUN_TAG: run.get("run_id", ""),
-        LOGICAL_DATE_TAG: run.get("logical_date") or "",
-        "feature_set": feature_set,
-        "dvc_md5.raw": run.get("dvc", {}).get("dvc_md5", ""),
+        "airflow_dag_id": tags.get("dag_id", ""),
+        RUN_TAG: tags.get("run_id", ""),
+        LOGICAL_DATE_TAG: tags.get("logical_date") or "",
+        "feature_set": model["feature_set"],
+        "candidate": str(model.get("candidate", "")),
+        "dvc_md5.raw": lineage.get("dvc_md5", ""),
     }
-    for path, md5 in run.get("dvc", {}).get("file_md5", {}).items():
-        tags[f"dvc_md5.{path}"] = md5
+    for path, md5 in lineage.get("file_md5", {}).items():
+        found[f"dvc_md5.{path}"] = md5
     for key, value in metrics.items():
-        tags[f"test_{key}"] = f"{value:.6f}"
-    return tags
+        found[f"test_{key}"] = f"{value:.6f}"
+    return found
 
 
-def _existing_version(client, name: str, run: dict):
+def model_card(model: dict, scores: dict, lineage: dict, decision: Decision, metric: str) -> str:
+    """The registered version's description: what it is, its data, its scores beside the baselines."""
+    rows = "\n".join(f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['ndcg']:.4f} |"
+                     for name, m in scores.items())
+    data = "\n".join(f"- `{path}`: md5 `{md5}`" for path, md5 in sorted(lineage.get("file_md5", {}).items()))
+    overrides = model.get("overrides") or {}
+    return (
+        f"**ESCI relevance model** ({model['feature_set']}), candidate {model.get('candidate', 0)} "
+        f"`{overrides}`, chosen by validation macro-F1 {model['validation']['macro_f1']:.4f}; "
+        f"best epoch {model['best_epoch']} of {model['epochs_run']}.\n\n"
+        f"**Test split** (query groups never seen in training or selection):\n\n"
+        f"| scorer | accuracy | macro-F1 | nDCG |\n| --- | --- | --- | --- |\n{rows}\n\n"
+        f"**Gate** ({metric}): {'promoted to champion' if decision.promote else 'stays challenger'}: "
+        f"{decision.reason}.\n\n**Data**: DVC `{lineage.get('dvc_md5', '')}`\n{data}\n"
+    )
+
+
+def _existing_version(client, name: str, tags: dict):
     """The version this DAG run registered already: the same run_id (a cleared task), or the same
     DAG and logical date (`airflow dags test` again for that date, which makes a new run_id)."""
-    if run.get("logical_date"):
-        query = (f"tags.airflow_dag_id = '{run.get('dag_id', '')}' and "
-                 f"tags.{LOGICAL_DATE_TAG} = '{run['logical_date']}'")
-    elif run.get("run_id"):
-        query = f"tags.{RUN_TAG} = '{run['run_id']}'"
+    if tags.get("logical_date"):
+        query = (f"tags.airflow_dag_id = '{tags.get('dag_id', '')}' and "
+                 f"tags.{LOGICAL_DATE_TAG} = '{tags['logical_date']}'")
+    elif tags.get("run_id"):
+        query = f"tags.{RUN_TAG} = '{tags['run_id']}'"
     else:
         return None
     found = client.search_model_versions(f"name = '{name}' and {query}")
     return max(found, key=lambda v: int(v.version)) if found else None
-
-
-def _champion(client, name: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-
-
-def score_champion(champion, merged_dir: Path, metric: str) -> tuple[float | None, str | None]:
-    """The champion's `metric` on this run's test split, or the reason it cannot be scored."""
-    import mlflow
-    import pyarrow.dataset
-
-    from mmsearch.evaluate import classification_metrics, score_model
-
-    try:
-        uri = f"models:/{champion.name}/{champion.version}"
-        columns = [spec.name for spec in mlflow.models.get_model_info(uri).signature.inputs.inputs]
-        available = pyarrow.dataset.dataset(Path(merged_dir) / "test").schema.names
-        missing = [c for c in columns if c not in available]
-        if missing:
-            return None, f"this run's data has no column(s) {missing}"
-        labels, query_ids, probabilities = score_model(uri, merged_dir, columns)
-        return float(classification_metrics(labels, probabilities, query_ids)[metric]), None
-    except Exception as error:  # any failure to load or score means "cannot be scored"
-        return None, f"{type(error).__name__}: {error}"
 
 
 def _unreachable(error: BaseException) -> bool:
@@ -128,12 +122,14 @@ def _unreachable(error: BaseException) -> bool:
     return isinstance(error, MlflowException) and ("API request to" in text or "Max retries exceeded" in text)
 
 
-def register(run: dict, train_summary: dict, evaluation: dict, merged_dir: Path, cfg: C.RunConfig,
-             wait_seconds: float = 5.0) -> dict:
-    """Register with retries and exponential backoff while MLflow is unreachable. Every step is
-    safe to repeat (the version is found again by its run tag), and the champion alias moves last."""
+def run(model: dict, scores: dict, lineage: dict, out_dir: Path, cfg: C.RunConfig, tags: dict | None = None,
+        wait_seconds: float = 5.0) -> dict:
+    """Register with retries and exponential backoff while MLflow is unreachable; write the run's
+    summary into `out_dir`. Every step is safe to repeat (the version is found again by its run
+    tag), and the champion alias moves last."""
     import tenacity
 
+    tags = tags or {}
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(max(1, cfg.registry_attempts)),
         wait=tenacity.wait_exponential(multiplier=wait_seconds, max=120),
@@ -143,7 +139,7 @@ def register(run: dict, train_summary: dict, evaluation: dict, merged_dir: Path,
         reraise=True,
     )
     try:
-        return retrying(_register_once, run, train_summary, evaluation, merged_dir, cfg)
+        registry = retrying(_register_once, model, scores, lineage, cfg, tags)
     except Exception as error:
         if not _unreachable(error):
             raise
@@ -151,56 +147,64 @@ def register(run: dict, train_summary: dict, evaluation: dict, merged_dir: Path,
             f"MLflow tracking server {C.redact_uri(C.mlflow_tracking_uri())} unreachable after "
             f"{cfg.registry_attempts} attempts; nothing was promoted: {str(error).splitlines()[0][:300]}"
         ) from None
+    summary = {"run_id": tags.get("run_id", ""), "run_dir": str(out_dir), "registry": registry,
+               "metrics": scores["metrics"], "test_rows": scores["test_rows"],
+               "model": {k: model[k] for k in ("candidate", "overrides", "epochs_run", "best_epoch", "validation")},
+               "candidates": model.get("selection", {}).get("candidates", [])}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(out_dir) / SUMMARY, summary)
+    return summary
 
 
-def _register_once(run: dict, train_summary: dict, evaluation: dict, merged_dir: Path, cfg: C.RunConfig) -> dict:
+def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, tags: dict) -> dict:
     from mlflow import MlflowClient
 
-    from mmsearch.train import setup_mlflow
+    from mmsearch import tracking
 
-    mlflow = setup_mlflow(cfg)
+    mlflow = tracking.setup(cfg)
     client = MlflowClient()
     name, metric = cfg.registered_model_name, cfg.promotion_metric
-    metrics = evaluation["metrics"]["model"]
-    version = _existing_version(client, name, run)
+    metrics = scores["metrics"]
+    version = _existing_version(client, name, tags)
     if version is not None:
-        log.info("this DAG run (%s) already registered %s v%s: reusing it", run.get("run_id"), name, version.version)
+        log.info("this DAG run (%s) already registered %s v%s: reusing it", tags.get("run_id"), name, version.version)
     else:
-        tags = lineage_tags(run, train_summary["feature_set"], metrics)
-        version = mlflow.register_model(train_summary["model_uri"], name, tags=tags)
+        version = mlflow.register_model(model["model_uri"], name,
+                                        tags=lineage_tags(lineage, tags, model, metrics["model"]))
     client.set_registered_model_alias(name, CHALLENGER, version.version)
 
-    champion = _champion(client, name)
+    champion = tracking.champion(cfg)
     if champion is not None and champion.version == version.version:
-        decision = Decision(False, f"v{version.version} is already the champion", metrics[metric])
+        decision = Decision(False, f"v{version.version} is already the champion", metrics["model"][metric])
+    elif champion is not None and str(champion.version) != str(scores["champion"]["version"]):
+        decision = Decision(False, f"the champion changed to v{champion.version} after evaluate scored "
+                            f"v{scores['champion']['version']}", metrics["model"][metric], None, champion.version)
     else:
-        champion_score, error = (None, None) if champion is None else score_champion(champion, merged_dir, metric)
-        decision = decide(metric, metrics[metric], champion_score, error, champion.version if champion else None)
+        decision = decide(metric, metrics, scores["champion"]["version"], scores["champion"]["error"])
         if decision.promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)
     client.set_model_version_tag(name, version.version, "promotion_decision", decision.reason)
-    with mlflow.start_run(run_id=train_summary["mlflow_run_id"]):
+    client.update_model_version(name, version.version, model_card(model, metrics, lineage, decision, metric))
+    with mlflow.start_run(run_id=model["mlflow_run_id"]):
         mlflow.set_tags({"registered_model": name, "registered_version": version.version,
                          "promotion_decision": decision.reason})
     aliases = sorted(client.get_model_version(name, version.version).aliases)
     log.info("registered %s v%s, aliases %s: %s", name, version.version, aliases, decision.reason)
-    return {
-        "registered_model": name,
-        "version": version.version,
-        "aliases": aliases,
-        "promotion_metric": metric,
-        "decision": asdict(decision),
-        "test_metrics": metrics,
-    }
+    return {"registered_model": name, "version": version.version, "aliases": aliases, "promotion_metric": metric,
+            "decision": asdict(decision)}
 
 
 def summary_text(summary: dict) -> str:
-    """The run in a few lines, for the register task's log: metrics, version, alias decision."""
-    registry = summary["registry"]
-    lines = [f"mmsearch run {summary['run_id']}: {summary['rows']:,} judgements",
+    """The run in a few lines, as a person reads it: test metrics beside the baselines, epochs,
+    the version, the gate's decision, where the outputs are."""
+    registry, model = summary["registry"], summary["model"]
+    lines = [f"mmsearch run {summary['run_id']}: {summary['test_rows']:,} test judgements",
              f"{'test split':<18} {'accuracy':>9} {'macro_f1':>9} {'ndcg':>7}"]
     for name, metrics in summary["metrics"].items():
         lines.append(f"{name:<18} {metrics['accuracy']:>9.4f} {metrics['macro_f1']:>9.4f} {metrics['ndcg']:>7.4f}")
+    lines.append(f"model: candidate {model['candidate']} {model['overrides'] or '{}'} of {len(summary['candidates'])}, "
+                 f"best epoch {model['best_epoch']} of {model['epochs_run']}, "
+                 f"validation macro_f1 {model['validation']['macro_f1']:.4f}")
     lines.append(f"registered {registry['registered_model']} v{registry['version']}, "
                  f"aliases {', '.join(registry['aliases'])}: {registry['decision']['reason']}")
     lines.append(f"outputs: {summary['run_dir']}")

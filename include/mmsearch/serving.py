@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsearch import config as C
+from mmsearch import features as F
 
 PROBABILITY_COLUMNS = {"E": "p_E", "S": "p_S", "C": "p_C", "I": "p_I"}
+# The pyfunc artifact holding the per-class weights fitted on validation (metrics.fit_decision_rule).
+DECISION_RULE = "decision_rule"
 
 
 def export_serving_model(model, transform_graph: Path, raw_columns, dim: int, export_dir: Path) -> None:
@@ -63,16 +65,19 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in names]
 
 
-def probabilities_frame(probabilities: np.ndarray) -> pd.DataFrame:
-    frame = pd.DataFrame({"esci_label": [C.LABELS_BY_ID[i] for i in probabilities.argmax(axis=1)]})
+def probabilities_frame(probabilities: np.ndarray, class_weights=None) -> pd.DataFrame:
+    """The pyfunc's output: the served label (the decision rule, argmax without one) and p_*."""
+    weights = np.ones(probabilities.shape[1]) if class_weights is None else np.asarray(class_weights)
+    labels = (probabilities * weights).argmax(axis=1)
+    frame = pd.DataFrame({"esci_label": [F.LABELS_BY_ID[i] for i in labels]})
     for label, column in PROBABILITY_COLUMNS.items():
-        frame[column] = probabilities[:, C.LABEL_IDS[label]].astype(np.float64)
+        frame[column] = probabilities[:, F.LABEL_IDS[label]].astype(np.float64)
     return frame
 
 
 def probabilities_of(predictions: pd.DataFrame) -> np.ndarray:
     """Back from the pyfunc output to an [n, 4] array in label-id order (I, C, S, E)."""
-    ordered = sorted(PROBABILITY_COLUMNS, key=C.LABEL_IDS.get)
+    ordered = sorted(PROBABILITY_COLUMNS, key=F.LABEL_IDS.get)
     return predictions[[PROBABILITY_COLUMNS[label] for label in ordered]].to_numpy()
 
 
@@ -85,7 +90,8 @@ except ImportError:  # the Airflow environment has no MLflow; only the ML one lo
 
 
 class EsciRelevanceModel(_PythonModel):
-    """Pyfunc: raw embeddings in, `esci_label` and `p_E, p_S, p_C, p_I` out."""
+    """Pyfunc: raw embeddings in, `esci_label` and `p_E, p_S, p_C, p_I` out. The label applies the
+    decision rule fitted on validation when the model carries one; the probabilities are the model's."""
 
     def __getstate__(self):
         # MLflow may call load_context (to check the input example) before pickling the
@@ -93,9 +99,13 @@ class EsciRelevanceModel(_PythonModel):
         return {}
 
     def load_context(self, context):
-        import tensorflow_transform  # noqa: F401  (registers what the transform graph needs)
-        import tensorflow as tf
+        import json
 
+        import tensorflow as tf
+        import tensorflow_transform  # noqa: F401  (registers what the transform graph needs)
+
+        rule = context.artifacts.get(DECISION_RULE)
+        self._class_weights = json.loads(Path(rule).read_text())["class_weights"] if rule else None
         self._model = tf.saved_model.load(context.artifacts["saved_model"])
         self._serve = self._model.signatures["serving_default"]
         self._inputs = {name: spec for name, spec in self._serve.structured_input_signature[1].items()}
@@ -113,4 +123,4 @@ class EsciRelevanceModel(_PythonModel):
                 raise ValueError(f"column '{name}' must hold {spec.shape[1]}-long arrays, found shape {matrix.shape}")
             feeds[name] = tf.constant(matrix)
         probabilities = self._serve(**feeds)["probabilities"].numpy()
-        return probabilities_frame(probabilities)
+        return probabilities_frame(probabilities, self._class_weights)

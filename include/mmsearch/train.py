@@ -1,20 +1,22 @@
 """Stage 5, train: Keras on the transformed TFRecords, tracked in MLflow, measured by CodeCarbon.
 
-One MLflow run per DAG run. A `query_product` run also trains the original design's
-`query` model on the same split, in a nested run, so evaluate can show what the
-product features add. Checkpoints are written every epoch; Keras' BackupAndRestore
-lets a retried task continue from the last finished epoch.
+`plan` opens the DAG run's parent MLflow run and lists the candidates (hyperparameter
+overrides); `run` trains one candidate in its own nested MLflow run, fits the decision rule
+on the validation split and logs the pyfunc (transform graph inside) with it. The DAG maps
+`run` over the candidates; `select` keeps the best by validation macro-F1. The test split
+is never read here. Checkpoints are written every epoch; Keras' BackupAndRestore lets a
+retried task continue from the last finished epoch.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from mmsearch import config as C
+from mmsearch import features as F
 from mmsearch import model as M
 from mmsearch.io import atomic_dir, read_json, write_json
 from mmsearch.plots import plot_training_curves
@@ -22,188 +24,267 @@ from mmsearch.plots import plot_training_curves
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
-BASELINE_RUN_NAME = "query-baseline"
-
-
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "crossentropy", "val_crossentropy")
 VALIDATION_BATCH_ROWS = 2048
 
 
-def make_dataset(transform_manifest: dict, split: str, feature_set: str, batch_size: int, training: bool, seed: int = 0):
+def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, training: bool, seed: int = 0):
     """Batches of (features, label) parsed from the transformed TFRecords, prefetched."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
     spec = tft.TFTransformOutput(transform_manifest["transform_graph"]).transformed_feature_spec()
-    names = M.feature_names(feature_set)
-    spec = {name: spec[name] for name in (*names, "label")}
+    spec = {name: spec[name] for name in (*names, F.LABEL)}
     files = sorted(str(p) for p in Path(transform_manifest["examples"][split]).glob("transformed_examples-*"))
     dataset = tf.data.TFRecordDataset(files, compression_type=transform_manifest["compression"] or None)
 
-    def parse(serialized):  # one example, or a batch of them
-        rank = serialized.shape.rank
-        parsed = (tf.io.parse_example if rank else tf.io.parse_single_example)(serialized, spec)
-        label = parsed.pop("label")
-        # scalar features (the cosines) become [1] for one example, [n, 1] for a batch
-        return {k: tf.expand_dims(v, -1) if v.shape.rank == rank else v for k, v in parsed.items()}, label
+    def parse(serialized):  # a batch of examples: one parse call a batch, not one a row
+        parsed = tf.io.parse_example(serialized, spec)
+        label = parsed.pop(F.LABEL)
+        # scalar features (the cosines) become [n, 1]
+        return {k: tf.expand_dims(v, -1) if v.shape.rank == 1 else v for k, v in parsed.items()}, label
 
-    if not training:
-        # the whole validation split every epoch: parse whole batches at once
-        return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
-    # Batch last: MLflow's autolog reads the batch size off the final BatchDataset (else it
-    # logs batch_size=None and clashes with ours); tf.data injects the prefetch after it.
-    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    if training:
+        dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
+    return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def setup_mlflow(cfg: C.RunConfig):
-    import mlflow
+def read_scalar_features(transform_manifest: dict, split: str, names) -> tuple[np.ndarray, np.ndarray]:
+    """Scalar transformed features [n, len(names)] and the labels of one split (parsing only those)."""
+    import tensorflow as tf
 
-    # Bound MLflow's own HTTP retries (its default waits minutes); callers retry on top.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-    default_store = not os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri sets it
-    mlflow.set_tracking_uri(C.mlflow_tracking_uri())
-    if mlflow.get_experiment_by_name(cfg.experiment_name) is None:
-        # the embedded default keeps artifacts under MMSEARCH_HOME, not in ./mlruns of the cwd
-        mlflow.create_experiment(cfg.experiment_name, artifact_location=C.mlflow_artifact_root() if default_store else None)
-    mlflow.set_experiment(cfg.experiment_name)
-    return mlflow
+    spec = {name: tf.io.FixedLenFeature([], tf.float32) for name in names}
+    spec[F.LABEL] = tf.io.FixedLenFeature([], tf.int64)
+    files = sorted(str(p) for p in Path(transform_manifest["examples"][split]).glob("transformed_examples-*"))
+    dataset = tf.data.TFRecordDataset(files, compression_type=transform_manifest["compression"] or None)
+    columns, labels = [], []
+    for batch in dataset.batch(4096).map(lambda s: tf.io.parse_example(s, spec)):
+        columns.append(np.column_stack([batch[name].numpy() for name in names]))
+        labels.append(batch[F.LABEL].numpy())
+    return np.vstack(columns), np.concatenate(labels)
 
 
-def _fit(feature_set: str, transform_manifest: dict, work_dir: Path, cfg: C.RunConfig):
+def wide_init(transform_manifest: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The wide part's starting weights: a multinomial logistic regression on the train split's
+    z-scored pair cosines (scikit-learn), as (kernel [3, 4], bias [4])."""
+    from sklearn.linear_model import LogisticRegression
+
+    cosines, labels = read_scalar_features(transform_manifest, "train", list(F.COSINES))
+    fitted = LogisticRegression(max_iter=1000).fit(cosines, labels)
+    kernel, bias = np.zeros((len(F.COSINES), F.NUM_CLASSES)), np.full(F.NUM_CLASSES, -10.0)
+    kernel[:, fitted.classes_] = fitted.coef_.T
+    bias[fitted.classes_] = fitted.intercept_
+    return kernel, bias
+
+
+def class_weights(label_counts: dict, weighting: str) -> dict | None:
+    """Keras class weights from the train split's label counts: none, or the inverse square root
+    of each label's frequency, normalised to a mean of one over the rows."""
+    if weighting == "none":
+        return None
+    counts = np.array([label_counts.get(F.LABELS_BY_ID[i], 0) for i in range(F.NUM_CLASSES)], dtype=float)
+    weights = 1.0 / np.sqrt(np.maximum(counts, 1.0))
+    weights /= np.sum(weights * counts) / counts.sum()
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def _fit(model, transform_manifest: dict, work_dir: Path, cfg: C.RunConfig, feature_set: str, batch_size: int,
+         weights: dict | None, steps_per_epoch: int, keep_start_if_better: bool):
+    """Fit with early stopping on validation loss (best weights restored). `keep_start_if_better`:
+    if no epoch beats the starting weights on validation loss, keep the starting weights."""
     import tensorflow as tf
 
     k = M.keras()
-    tf.keras.utils.set_random_seed(cfg.seed)
-    model = M.build_model(feature_set, transform_manifest["embedding_dim"], cfg.dropout, cfg.learning_rate)
-    train = make_dataset(transform_manifest, "train", feature_set, cfg.batch_size, training=True, seed=cfg.seed)
+    names = F.model_features(feature_set)
+    train = make_dataset(transform_manifest, "train", names, batch_size, training=True, seed=cfg.seed)
     # Scoring the whole validation split gives the same loss and accuracy at any batch size:
     # large batches make it ~10x faster. A step budget (validation_steps) keeps batch_size.
-    val_batch = cfg.batch_size if cfg.validation_steps else VALIDATION_BATCH_ROWS
-    val = make_dataset(transform_manifest, "val", feature_set, val_batch, training=False)
+    val_batch = batch_size if cfg.validation_steps else VALIDATION_BATCH_ROWS
+    val = make_dataset(transform_manifest, "val", names, val_batch, training=False)
     (work_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    # the pair model's loss carries an L2 penalty: it judges epochs by its cross-entropy alone
+    monitor = "val_crossentropy" if feature_set == "query_product" else "val_loss"
     callbacks = [
         k.callbacks.BackupAndRestore(str(work_dir / "backup")),
-        k.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+        k.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
         k.callbacks.ModelCheckpoint(str(work_dir / "checkpoints" / "epoch-{epoch:03d}"), save_weights_only=True),
     ]
-    history = model.fit(
-        train,
-        epochs=cfg.epochs,
-        steps_per_epoch=cfg.steps_per_epoch,
-        validation_data=val,
-        validation_steps=cfg.validation_steps or None,
-        callbacks=callbacks,
-        verbose=2,
-    )
+    tf.keras.utils.set_random_seed(cfg.seed)
+    start_loss = None
+    if keep_start_if_better:
+        start_loss = model.evaluate(val, steps=cfg.validation_steps or None, verbose=0, return_dict=True)[monitor[4:]]
+    start_weights = model.get_weights()
+    history = model.fit(train, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, validation_data=val,
+                        validation_steps=cfg.validation_steps or None, callbacks=callbacks, class_weight=weights,
+                        verbose=2)
     # epoch numbers, not positions: a run resumed by BackupAndRestore starts past epoch 1
-    return model, {**history.history, "epoch": [epoch + 1 for epoch in history.epoch]}
+    history = {**history.history, "epoch": [epoch + 1 for epoch in history.epoch]}
+    history["best_epoch"] = history["epoch"][int(np.argmin(history[monitor]))]
+    if start_loss is not None and start_loss <= min(history[monitor]):
+        log.info("no epoch beat the starting weights on validation loss (%.4f): keeping them", start_loss)
+        model.set_weights(start_weights)
+        history["best_epoch"] = 0
+    return history
+
+
+def predict_split(model, transform_manifest: dict, split: str, feature_set: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of a Keras model over one transformed split."""
+    names = F.model_features(feature_set)
+    labels, probabilities = [], []
+    for features, label in make_dataset(transform_manifest, split, names, VALIDATION_BATCH_ROWS, training=False):
+        probabilities.append(model(features, training=False).numpy())
+        labels.append(label.numpy())
+    return np.concatenate(labels), np.vstack(probabilities)
 
 
 def _emissions_tracker(output_dir: Path, cfg: C.RunConfig, project: str):
     from codecarbon import OfflineEmissionsTracker
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    return OfflineEmissionsTracker(
-        country_iso_code=cfg.codecarbon_country,
-        output_dir=str(output_dir),
-        output_file="emissions.csv",
-        project_name=project,
-        log_level="error",
-        save_to_file=True,
+    return OfflineEmissionsTracker(country_iso_code=cfg.codecarbon_country, output_dir=str(output_dir),
+                                   output_file="emissions.csv", project_name=project, log_level="error",
+                                   save_to_file=True)
+
+
+def _log_pyfunc(mlflow, keras_model, transform_manifest: dict, work_dir: Path, feature_set: str,
+                decision_rule: Path | None):
+    from mmsearch.raw import parquet_file
+    from mmsearch.serving import (
+        DECISION_RULE,
+        EsciRelevanceModel,
+        export_serving_model,
+        model_signature,
+        pip_requirements,
+        raw_frame,
+    )
+
+    dim = transform_manifest["embedding_dim"]
+    raw_columns = F.EMBEDDING_COLUMNS[feature_set]
+    with atomic_dir(work_dir / "serving_model") as export_dir:
+        export_serving_model(keras_model, transform_manifest["transform_graph"], raw_columns, dim, export_dir)
+    # two rows for the input example, from the validation split's first row group
+    first_shard = sorted((Path(transform_manifest["merged_dir"]) / "val").glob("*.parquet"))[0]
+    rows = parquet_file(first_shard).read_row_group(0, columns=list(raw_columns)).slice(0, 2)
+    artifacts = {"saved_model": str(work_dir / "serving_model")}
+    if decision_rule is not None:
+        artifacts[DECISION_RULE] = str(decision_rule)
+    return mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT, python_model=EsciRelevanceModel(), artifacts=artifacts,
+        code_paths=[str(Path(__file__).parent)], input_example=raw_frame(rows, raw_columns, np.float64),
+        signature=model_signature(raw_columns), pip_requirements=pip_requirements(),
     )
 
 
-def train_and_log(feature_set: str, transform_manifest: dict, work_dir: Path, cfg: C.RunConfig, mlflow) -> dict:
-    """Fit one model inside the active MLflow run; log params, emissions and the pyfunc model."""
-    from mmsearch.serving import EsciRelevanceModel, export_serving_model, model_signature, pip_requirements, raw_frame
-    from mmsearch.raw import parquet_file
+def train_and_log(model, feature_set: str, transform_manifest: dict, work_dir: Path, cfg: C.RunConfig, mlflow,
+                  params: dict, batch_size: int, weights: dict | None = None, fit_rule: bool = False,
+                  steps_per_epoch: int | None = None, keep_start_if_better: bool = False) -> dict:
+    """Fit one model inside the active MLflow run; log params, emissions, curves, the pyfunc, and
+    the validation metrics it is selected by."""
+    from mmsearch.metrics import apply_decision_rule, classification_metrics, fit_decision_rule, headline
 
     dim = transform_manifest["embedding_dim"]
-    raw_columns = C.EMBEDDING_COLUMNS[feature_set]
-    mlflow.log_params({
-        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "input_dim": M.input_width(feature_set, dim),
-        "optimizer": "Adam", "feature_set": feature_set, "steps_per_epoch": cfg.steps_per_epoch,
-        "patience": cfg.patience, "learning_rate": cfg.learning_rate, "dropout": cfg.dropout,
-    })
+    steps_per_epoch = steps_per_epoch or cfg.steps_per_epoch
+    mlflow.log_params({"batch_size": batch_size, "epochs": cfg.epochs, "input_dim": M.input_width(feature_set, dim),
+                       "optimizer": "Adam", "feature_set": feature_set, "steps_per_epoch": steps_per_epoch,
+                       "patience": cfg.patience, **params})
     tracker = _emissions_tracker(work_dir, cfg, f"mmsearch-{feature_set}")
     tracker.start()
     try:
-        keras_model, history = _fit(feature_set, transform_manifest, work_dir, cfg)
+        history = _fit(model, transform_manifest, work_dir, cfg, feature_set, batch_size, weights, steps_per_epoch,
+                       keep_start_if_better)
     finally:
         emissions_kg = tracker.stop()
     data = tracker.final_emissions_data
-    mlflow.log_metrics({
-        "codecarbon_emissions_kg": float(emissions_kg or 0.0),
-        "codecarbon_energy_kwh": float(data.energy_consumed),
-        "codecarbon_duration_s": float(data.duration),
-    })
+    # the per-epoch curves, logged from Keras' history rather than by MLflow's autolog, whose
+    # callback adds `validation_*` duplicates of `val_*` with other values (the last epoch's)
+    for i, epoch in enumerate(history["epoch"]):
+        mlflow.log_metrics({name: float(history[name][i]) for name in EPOCH_METRICS if name in history}, step=epoch)
+    mlflow.log_metrics({"codecarbon_emissions_kg": float(emissions_kg or 0.0),
+                        "codecarbon_energy_kwh": float(data.energy_consumed),
+                        "codecarbon_duration_s": float(data.duration)})
     mlflow.log_artifact(str(work_dir / "emissions.csv"))
     plot_training_curves(history, f"{feature_set}: loss and accuracy per epoch", work_dir / "training_curves.png")
     mlflow.log_artifact(str(work_dir / "training_curves.png"))
 
-    with atomic_dir(work_dir / "serving_model") as export_dir:
-        export_serving_model(keras_model, transform_manifest["transform_graph"], raw_columns, dim, export_dir)
-    # two rows for the input example, from the first row group only (not the whole test split)
-    first_shard = sorted((Path(transform_manifest["merged_dir"]) / "test").glob("*.parquet"))[0]
-    rows = parquet_file(first_shard).read_row_group(0, columns=list(raw_columns)).slice(0, 2)
-    example = raw_frame(rows, raw_columns, np.float64)
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_ARTIFACT,
-        python_model=EsciRelevanceModel(),
-        artifacts={"saved_model": str(work_dir / "serving_model")},
-        code_paths=[str(Path(__file__).parent)],
-        input_example=example,
-        signature=model_signature(raw_columns),
-        pip_requirements=pip_requirements(),
-    )
-    best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
+    labels, probabilities = predict_split(model, transform_manifest, "val", feature_set)
+    rule_path, predicted = None, None
+    if fit_rule:
+        rule = fit_decision_rule(labels, probabilities)
+        rule_path = work_dir / "decision_rule.json"
+        write_json(rule_path, rule)
+        mlflow.log_dict(rule, "decision_rule.json")
+        predicted = apply_decision_rule(probabilities, rule["class_weights"])
+    query_ids = np.arange(len(labels))  # nDCG needs the query groups: validation selects on labels only
+    validation = headline(classification_metrics(labels, probabilities, query_ids, predicted))
+    validation.pop("ndcg")
+    mlflow.log_metrics({f"selection/val_{name}": value for name, value in validation.items()})
+    info = _log_pyfunc(mlflow, model, transform_manifest, work_dir, feature_set, rule_path)
+    best = history["epoch"].index(history["best_epoch"]) if history["best_epoch"] else None
     return {
-        "feature_set": feature_set,
-        "model_uri": info.model_uri,
-        "epochs_run": len(history["loss"]),
-        "best_epoch": history["epoch"][best],
-        "best_val_loss": float(history["val_loss"][best]),
-        "best_val_accuracy": float(history["val_accuracy"][best]),
+        "feature_set": feature_set, "model_uri": info.model_uri, "validation": validation,
+        "epochs_run": len(history["loss"]), "best_epoch": history["best_epoch"],
+        "best_val_loss": float(history["val_loss"][best]) if best is not None else None,
         "emissions_kg": float(emissions_kg or 0.0),
-        "energy_kwh": float(data.energy_consumed),
-        "duration_s": float(data.duration),
+        "energy_kwh": float(data.energy_consumed), "duration_s": float(data.duration),
     }
 
 
-def _end_abandoned_runs(mlflow, cfg: C.RunConfig, lineage: dict) -> None:
-    """A killed attempt leaves its MLflow run RUNNING: mark it KILLED before the retry starts."""
-    if not lineage.get("run_id"):
-        return
-    stale = mlflow.search_runs(
-        experiment_names=[cfg.experiment_name], output_format="list",
-        filter_string=f"tags.`airflow.run_id` = '{lineage['run_id']}' and attributes.status = 'RUNNING'",
-    )
-    for run in stale:
-        log.warning("marking MLflow run %s of an earlier, killed attempt as KILLED", run.info.run_id)
-        mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
+def hyperparameters(cfg: C.RunConfig, overrides: dict) -> M.Hyperparameters:
+    return M.Hyperparameters.for_candidate(overrides, cfg.batch_size, cfg.learning_rate, cfg.dropout)
 
 
-def train(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, lineage: dict | None = None) -> dict:
-    M.keras()  # settle tf.keras as Keras 2 before MLflow's autolog touches it
+def plan(cfg: C.RunConfig, tags: dict) -> list[dict]:
+    """Open the parent MLflow run of this DAG run and list the candidates to train under it."""
+    from mmsearch import tracking
+
+    candidates = [dict(c) for c in cfg.candidates] or [{}]
+    for overrides in candidates:
+        hyperparameters(cfg, overrides)  # fail here, before any training, on a bad candidate
+    if cfg.feature_set == "query":
+        candidates = [{}]  # the original design has one model: nothing to choose
+    mlflow = tracking.setup(cfg)
+    tracking.end_abandoned_runs(mlflow, cfg, tags.get("run_id", ""))
+    with mlflow.start_run(run_name=tags.get("run_id") or "cli", tags=tracking.airflow_tags(tags)) as parent:
+        mlflow.log_params({"feature_set": cfg.feature_set, "candidates": len(candidates)})
+        mlflow.log_dict({"candidates": candidates}, "candidates.json")
+    return [{"index": i, "overrides": overrides, "parent_run_id": parent.info.run_id}
+            for i, overrides in enumerate(candidates)]
+
+
+def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, candidate: dict, tags: dict | None = None) -> dict:
+    """Train one candidate in a nested MLflow run under the DAG run's parent run."""
+    from mmsearch import tracking
+
+    M.keras()  # settle tf.keras as Keras 2 before anything else touches it
     transform_manifest = read_json(Path(transform_dir) / "manifest.json")
-    out_dir = Path(out_dir)
-    mlflow = setup_mlflow(cfg)
-    mlflow.tensorflow.autolog(log_models=False, log_datasets=False, silent=True)
-    lineage = lineage or {}
-    tags = {f"airflow.{k}": str(v) for k, v in lineage.items()}
-    _end_abandoned_runs(mlflow, cfg, lineage)
-    with mlflow.start_run(run_name=lineage.get("run_id", "cli"), tags=tags) as run:
-        result = train_and_log(cfg.feature_set, transform_manifest, out_dir / cfg.feature_set, cfg, mlflow)
-        result["mlflow_run_id"] = run.info.run_id
-        if cfg.feature_set == "query_product" and cfg.train_query_baseline:
-            with mlflow.start_run(run_name=BASELINE_RUN_NAME, nested=True, tags=tags) as child:
-                baseline = train_and_log("query", transform_manifest, out_dir / "query", cfg, mlflow)
-                baseline["mlflow_run_id"] = child.info.run_id
-            result["query_baseline"] = baseline
-    summary = {"train_dir": str(out_dir), "experiment": cfg.experiment_name, **result}
-    write_json(out_dir / "train.json", summary)
-    log.info("trained %s: best epoch %d, val_accuracy %.4f", cfg.feature_set, result["best_epoch"], result["best_val_accuracy"])
-    return summary
+    dim = transform_manifest["embedding_dim"]
+    merged = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")
+    name = f"candidate-{candidate['index']}"
+    work_dir = Path(out_dir) / name
+    log.info("training %s (%s) on %s", name, candidate["overrides"] or "defaults", transform_dir)
+    mlflow = tracking.setup(cfg)
+    tracking.end_abandoned_runs(mlflow, cfg, (tags or {}).get("run_id", ""), run_name=name)
+    with mlflow.start_run(run_name=name, parent_run_id=candidate["parent_run_id"], nested=True,
+                          tags={**tracking.airflow_tags(tags or {}), "candidate": str(candidate["index"])}) as child:
+        if cfg.feature_set == "query":
+            model = M.build_query_model(dim, cfg.dropout, cfg.learning_rate)
+            params = {"learning_rate": cfg.learning_rate, "dropout": cfg.dropout}
+            result = train_and_log(model, "query", transform_manifest, work_dir, cfg, mlflow, params, cfg.batch_size)
+        else:
+            hp = hyperparameters(cfg, candidate["overrides"])
+            # an epoch: one pass over the train split, or steps_per_epoch batches if that is less
+            steps = max(1, min(cfg.steps_per_epoch, -(-merged["splits"]["train"]["rows"] // hp.batch_size)))
+            weights = class_weights(merged["splits"]["train"]["labels"], hp.class_weighting)
+            # class weights change the loss the regression minimised: the wide part then starts at zero
+            start = wide_init(transform_manifest) if weights is None else None
+            model = M.build_pair_model(dim, hp, decay_steps=cfg.epochs * steps, wide_init=start)
+            result = train_and_log(model, "query_product", transform_manifest, work_dir, cfg, mlflow, hp.as_dict(),
+                                   hp.batch_size, weights, fit_rule=cfg.decision_rule == "macro_f1",
+                                   steps_per_epoch=steps, keep_start_if_better=start is not None)
+    result.update({"candidate": candidate["index"], "overrides": candidate["overrides"],
+                   "mlflow_run_id": child.info.run_id, "parent_run_id": candidate["parent_run_id"],
+                   "experiment": cfg.experiment_name, "train_dir": str(work_dir)})
+    write_json(work_dir / "train.json", result)
+    log.info("trained %s: best epoch %d of %d, validation %s", name, result["best_epoch"], result["epochs_run"],
+             result["validation"])
+    return result

@@ -25,43 +25,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from mmsearch import config as C
+from mmsearch import features as F
 from mmsearch.io import atomic_dir, read_json, write_json
 from mmsearch.raw import parquet_file
 
 log = logging.getLogger(__name__)
 
-LABEL = "label"
-COS_QUERY_TEXT = "cos_query_text"
-COS_QUERY_IMAGE = "cos_query_image"
 MANIFEST = "manifest.json"
-
-
-def raw_feature_spec(embedding_columns, dim: int) -> dict:
-    import tensorflow as tf
-
-    spec = {name: tf.io.FixedLenFeature([dim], tf.float32) for name in embedding_columns}
-    spec[LABEL] = tf.io.FixedLenFeature([], tf.int64)
-    return spec
-
-
-def preprocessing_fn(inputs: dict) -> dict:
-    """Elementwise z-scores of every embedding, z-scored query-product cosines, the label passed on."""
-    import tensorflow as tf
-    import tensorflow_transform as tft
-
-    outputs = {
-        name: tft.scale_to_z_score(inputs[name], elementwise=True)
-        for name in (C.QUERY_EMBEDDING, C.PRODUCT_TEXT_EMBEDDING, C.PRODUCT_IMAGE_EMBEDDING)
-        if name in inputs
-    }
-    if C.PRODUCT_TEXT_EMBEDDING in inputs:
-        query = tf.math.l2_normalize(inputs[C.QUERY_EMBEDDING], axis=1)
-        for name, column in ((COS_QUERY_TEXT, C.PRODUCT_TEXT_EMBEDDING), (COS_QUERY_IMAGE, C.PRODUCT_IMAGE_EMBEDDING)):
-            product = tf.math.l2_normalize(inputs[column], axis=1)
-            # z-scored too: two raw cosines in [-1, 1] would be drowned by 2,304 z-scored inputs
-            outputs[name] = tft.scale_to_z_score(tf.reduce_sum(query * product, axis=1))
-    outputs[LABEL] = inputs[LABEL]
-    return outputs
 
 
 def to_tfxio_batch(batch: pa.RecordBatch, columns) -> pa.RecordBatch:
@@ -80,13 +50,13 @@ def to_tfxio_batch(batch: pa.RecordBatch, columns) -> pa.RecordBatch:
 
 
 def tensor_adapter_config(embedding_columns, dim: int):
-    from tfx_bsl.tfxio import tensor_adapter
     from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx_bsl.tfxio import tensor_adapter
 
     fields = [pa.field(name, pa.list_(pa.float32())) for name in embedding_columns]
-    fields.append(pa.field(LABEL, pa.list_(pa.int64())))
+    fields.append(pa.field(F.LABEL, pa.list_(pa.int64())))
     representations = {}
-    for name, shape in [(n, [dim]) for n in embedding_columns] + [(LABEL, [])]:
+    for name, shape in [(n, [dim]) for n in embedding_columns] + [(F.LABEL, [])]:
         rep = schema_pb2.TensorRepresentation()
         rep.dense_tensor.column_name = name
         for size in shape:
@@ -111,7 +81,7 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
 
-    columns = [*embedding_columns, LABEL]
+    columns = [*embedding_columns, F.LABEL]
     adapter = tensor_adapter_config(embedding_columns, dim)
     suffix = ".gz" if cfg.tfrecord_compression == "GZIP" else ""
     compression = beam.io.filesystem.CompressionTypes.GZIP if suffix else beam.io.filesystem.CompressionTypes.UNCOMPRESSED
@@ -134,7 +104,7 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
             | f"Read{purpose}{split}" >> beam.ParDo(ReadRecordBatches(f"{purpose.lower()}_{split}"))
         )
 
-    transform_fn = (read("train", "Analyse"), adapter) | "Analyse" >> tft_beam.AnalyzeDataset(preprocessing_fn)
+    transform_fn = (read("train", "Analyse"), adapter) | "Analyse" >> tft_beam.AnalyzeDataset(F.preprocessing_fn)
     for split in C.SPLITS:
         transformed = ((read(split, "Transform"), adapter), transform_fn) | f"Transform{split}" >> tft_beam.TransformDataset(
             output_record_batches=True
@@ -176,7 +146,7 @@ def transform(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
             result = pipeline.run()
             result.wait_until_finish()
             beam_seconds = time.monotonic() - started
-        raw_schema = schema_utils.schema_from_feature_spec(raw_feature_spec(embedding_columns, dim))
+        raw_schema = schema_utils.schema_from_feature_spec(F.raw_feature_spec(embedding_columns, dim))
         metadata_io.write_metadata(dataset_metadata.DatasetMetadata(raw_schema), str(graph_dir(out) / "metadata"))
         counts = _counters(result)
         manifest = {
@@ -184,7 +154,7 @@ def transform(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
             "merged_dir": str(merged_dir),
             "transform_graph": str(graph_dir(out_dir)),
             "examples": {split: str(examples_dir(out_dir, split)) for split in C.SPLITS},
-            "compression": cfg.tfrecord_compression,
+            "compression": "GZIP" if cfg.tfrecord_compression == "GZIP" else "",
             "embedding_columns": embedding_columns,
             "embedding_dim": dim,
             "rows_in": {split: counts.get(f"rows_in_transform_{split}", 0) for split in C.SPLITS},
@@ -229,8 +199,9 @@ def complete_outputs(out_dir: Path) -> dict | None:
     return manifest
 
 
-def run_isolated(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
-    """Run `mmsearch transform` in a child process and judge it by its outputs.
+def run(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
+    """The stage: `transform` in a child process, judged by its outputs; returns the output
+    directory and its rows per split.
 
     A process that ran a Beam pipeline can crash at interpreter exit after writing
     everything: a complete, counted output is success whatever the exit code, and an
@@ -241,8 +212,8 @@ def run_isolated(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     finished = complete_outputs(out_dir)
     if finished is not None:
         log.info("transform outputs in %s are already complete: reusing them", out_dir)
-        return finished
-    cmd = [sys.executable, "-m", "mmsearch.cli", "transform", "--merged-dir", str(merged_dir), "--out", str(out_dir),
+        return _result(finished)
+    cmd = [sys.executable, "-m", "mmsearch.cli", "transform", "--child", "--merged-dir", str(merged_dir), "--out", str(out_dir),
            "--config", json.dumps(cfg.as_dict())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     log.info("transform child exited %d\n%s", proc.returncode, proc.stderr[-4000:])
@@ -252,4 +223,8 @@ def run_isolated(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
         raise RuntimeError(f"transform failed (exit code {proc.returncode}), outputs incomplete in {out_dir}:\n{tail}")
     if proc.returncode != 0:
         log.warning("transform exited %d after writing complete outputs; accepted by its outputs", proc.returncode)
-    return manifest
+    return _result(manifest)
+
+
+def _result(manifest: dict) -> dict:
+    return {"transform_dir": manifest["transform_dir"], "rows_out": manifest["rows_out"]}

@@ -12,7 +12,7 @@ import pytest
 from mmsearch import config as C
 from mmsearch import validate
 from mmsearch.io import DataError
-from tests.conftest import SMALL, small_config
+from tests.helpers import SMALL, small_config
 
 
 def test_good_input_reports_full_coverage(small_raw, tmp_path):
@@ -156,13 +156,15 @@ def test_cli_exits_2_with_one_line_on_stderr(raw_copy, tmp_path):
 
 def test_cli_help_lists_every_stage():
     result = subprocess.run([sys.executable, "-m", "mmsearch.cli", "--help"], capture_output=True, text=True)
-    for stage in ("sample-data", "pull", "validate", "merge", "transform", "train", "evaluate", "register"):
+    for stage in ("pull", "validate", "merge", "transform", "candidates", "train", "baselines", "select", "evaluate",
+                  "register", "sample-data", "ceiling", "run-dag", "bench", "stack"):
         assert stage in result.stdout
 
 
 def test_a_stage_pointed_at_a_missing_directory_fails_in_one_line(tmp_path):
+    missing = tmp_path / "none" / "selection.json"
     result = subprocess.run([sys.executable, "-m", "mmsearch.cli", "evaluate", "--merged-dir", str(tmp_path / "none"),
-                             "--train-summary", str(tmp_path / "none" / "train.json"), "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True)
+                             "--model", str(missing), "--baselines", str(tmp_path / "none" / "baselines.json"),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"mmsearch evaluate: error: No such file or directory: {tmp_path / 'none' / 'train.json'}"
+    assert result.stderr.strip() == f"mmsearch evaluate: error: No such file or directory: {missing}"

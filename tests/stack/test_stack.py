@@ -17,8 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from mmsearch.sample_data import SampleSpec
-from tests.conftest import REPO_ROOT, isolated_env, make_dvc_repo
+from mmsearch.tools.sample_data import SampleSpec
+from tests.helpers import REPO_ROOT, isolated_env, make_dvc_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

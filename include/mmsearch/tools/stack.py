@@ -41,7 +41,7 @@ class StackSettings:
     admin_password: str = field(default="", repr=False)
 
     @classmethod
-    def from_env(cls) -> "StackSettings":
+    def from_env(cls) -> StackSettings:
         env = os.environ
         return cls(
             airflow_port=int(env.get("MMSEARCH_AIRFLOW_PORT", cls.airflow_port)),

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from mmsearch import config as C
-from mmsearch.io import read_json
+from mmsearch import features as F
 
 # The real working set's proportions: 181,701 pairs, 8,956 queries, 164,900 products.
 PAIRS_PER_QUERY = 181_701 / 8_956
@@ -76,7 +76,7 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = list(C.EMBEDDING_COLUMNS["query_product"])
+    columns = list(F.EMBEDDING_COLUMNS["query_product"])
 
     def batches(split):
         for path in sorted((Path(merged_dir) / split).glob("*.parquet")):
@@ -84,13 +84,13 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
                 yield {c: batch.column(c).values.to_numpy().reshape(len(batch), -1) for c in columns}
 
     def cosines(m):
-        q = m[C.QUERY_EMBEDDING] / np.linalg.norm(m[C.QUERY_EMBEDDING], axis=1, keepdims=True)
+        q = m[F.QUERY_EMBEDDING] / np.linalg.norm(m[F.QUERY_EMBEDDING], axis=1, keepdims=True)
         return [(q * (m[c] / np.linalg.norm(m[c], axis=1, keepdims=True))).sum(1) for c in columns[1:]]
 
     start = time.monotonic()
     n, sums, squares = 0, {}, {}
     for m in batches("train"):
-        n += len(m[C.QUERY_EMBEDDING])
+        n += len(m[F.QUERY_EMBEDDING])
         for key, values in [*m.items(), *enumerate(cosines(m))]:
             sums[key] = sums.get(key, 0) + values.astype(np.float64).sum(0)
             squares[key] = squares.get(key, 0) + np.square(values, dtype=np.float64).sum(0)
@@ -188,7 +188,7 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression
             raise RuntimeError(f"row counts differ between stages: {counts}")
 
     def dag_pass(i: int) -> None:
-        from mmsearch.run_dag import latest_run, task_seconds
+        from mmsearch.tools.run_dag import latest_run, task_seconds
 
         conf = json.dumps({"raw_data_dir": str(raw), "experiment_name": f"bench-{pairs}",
                            "registered_model_name": f"bench-{pairs}-dag-r{i}"})

@@ -5,9 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
-from mmsearch import config as C
+from mmsearch import features as F
 from mmsearch import merge, transform
-from tests.conftest import small_config
+from mmsearch.io import read_json
+from tests.helpers import small_config
 
 pytestmark = pytest.mark.ml
 
@@ -17,8 +18,9 @@ def transformed(small_raw, tmp_path_factory):
     root = tmp_path_factory.mktemp("transform")
     cfg = small_config()
     merge.merge(small_raw, root / "merged", cfg)
-    manifest = transform.run_isolated(root / "merged", root / "transform", cfg)
-    return root, manifest
+    result = transform.run(root / "merged", root / "transform", cfg)
+    assert result == {"transform_dir": str(root / "transform"), "rows_out": result["rows_out"]}
+    return root, read_json(root / "transform" / "manifest.json")
 
 
 def _read_examples(manifest, split):
@@ -50,8 +52,8 @@ def test_tfx_layout_and_row_counts(transformed):
     assert not (root / "transform" / "tmp").exists()
 
 
-def _cosine(table, column):
-    x, y = _matrix(table, C.QUERY_EMBEDDING), _matrix(table, column)
+def _cosine(table, left, right):
+    x, y = _matrix(table, left), _matrix(table, right)
     return (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
 
 
@@ -66,12 +68,13 @@ def test_z_scores_and_cosines_match_numpy(transformed):
     train = merge.read_merged(root / "merged", "train")
     test = merge.read_merged(root / "merged", "test")
     examples = _read_examples(manifest, "test")
-    names = list(C.EMBEDDING_COLUMNS["query_product"])
-    cosines = (("cos_query_text", C.PRODUCT_TEXT_EMBEDDING), ("cos_query_image", C.PRODUCT_IMAGE_EMBEDDING))
+    names = list(F.EMBEDDING_COLUMNS["query_product"])
     expected = [_zscore(_matrix(test, n), _matrix(train, n)) for n in names]
-    expected += [_zscore(_cosine(test, column), _cosine(train, column)) for _, column in cosines]
-    expected.append(test.column("label").to_numpy())
-    got = [examples[n] for n in names] + [examples[n] for n, _ in cosines] + [examples["label"]]
+    for name, (left, right) in F.COSINES.items():
+        expected += [_zscore(_cosine(test, left, right), _cosine(train, left, right)), _cosine(test, left, right)]
+    expected.append(test.column(F.LABEL).to_numpy())
+    got = [examples[n] for n in names] + [examples[n] for name in F.COSINES for n in (name, F.raw_cosine(name))]
+    got.append(examples[F.LABEL])
     np.testing.assert_allclose(_rows_sorted(got), _rows_sorted(expected), rtol=1e-4, atol=1e-4)
 
 
@@ -80,7 +83,7 @@ def test_raw_schema_has_the_raw_features(transformed):
 
     _, manifest = transformed
     schema = metadata_io.read_metadata(f"{manifest['transform_graph']}/metadata").schema
-    assert {f.name for f in schema.feature} == {*C.EMBEDDING_COLUMNS["query_product"], "label"}
+    assert {f.name for f in schema.feature} == {*F.EMBEDDING_COLUMNS["query_product"], F.LABEL}
 
 
 def test_incomplete_outputs_are_not_complete(transformed, tmp_path):
@@ -95,5 +98,5 @@ def test_incomplete_outputs_are_not_complete(transformed, tmp_path):
 def test_a_failed_child_fails_the_stage_and_leaves_no_output(tmp_path):
     out = tmp_path / "transform"
     with pytest.raises(RuntimeError, match="transform failed .* outputs incomplete"):
-        transform.run_isolated(tmp_path / "no-such-merged-dir", out, small_config())
+        transform.run(tmp_path / "no-such-merged-dir", out, small_config())
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))

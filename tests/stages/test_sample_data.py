@@ -4,10 +4,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from mmsearch import config as C
-from mmsearch.sample_data import SampleSpec, generate
-from tests.conftest import SMALL
+from mmsearch.tools.sample_data import TRUTH_FILE, SampleSpec, generate
+from tests.helpers import SMALL, small_config
 
 
 def test_files_have_the_contract_schemas(small_raw):
@@ -42,6 +43,34 @@ def test_labels_vary_within_queries_with_esci_like_frequencies():
     assert share["E"] > share["S"] > share["I"] > share["C"] > 0.01
     labels_per_query = working.groupby("query_id").esci_label.nunique()
     assert (labels_per_query > 1).mean() > 0.8
+
+
+def test_truth_is_a_distribution_for_every_working_set_judgement_and_labels_follow_it(tmp_path):
+    generate_dir = tmp_path / "raw"
+    generate(generate_dir, SampleSpec(queries=300, products=1600, dim=8))
+    esci = pq.read_table(generate_dir / C.ESCI_FILE).to_pandas()
+    truth = pq.read_table(generate_dir / TRUTH_FILE).to_pandas().set_index("example_id")
+    working = esci[esci.small_version.eq(1) & esci.product_locale.eq("us") & esci.split.eq("test")]
+    assert set(truth.index) == set(working.example_id)
+    columns = ["p_E", "p_S", "p_I", "p_C"]
+    np.testing.assert_allclose(truth[columns].sum(axis=1), 1.0, atol=1e-9)
+    # the drawn labels agree with the known distribution: the mean p of the label drawn is what
+    # a draw from p gives in expectation (sum of p squared), within sampling noise
+    drawn = truth.loc[working.example_id, columns].to_numpy()
+    picked = drawn[np.arange(len(working)), working.esci_label.map({"E": 0, "S": 1, "I": 2, "C": 3}).to_numpy()]
+    assert picked.mean() == pytest.approx((drawn ** 2).sum(axis=1).mean(), abs=0.02)
+
+
+@pytest.mark.ml
+def test_ceiling_scores_the_true_distribution_on_a_merged_split(small_raw, tmp_path):
+    from mmsearch import merge
+    from mmsearch.tools.sample_data import ceiling
+
+    merge.merge(small_raw, tmp_path / "merged", small_config())
+    best = ceiling(small_raw, tmp_path / "merged", "test")
+    assert best["rows"] == merge.read_merged(tmp_path / "merged", "test").num_rows
+    assert 0.5 < best["accuracy"] <= 1.0 and 0.0 < best["macro_f1"] <= best["accuracy"] + 0.3
+    assert 0.0 < best["ndcg"] <= 1.0
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):

@@ -15,15 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmsearch import config as C
-from mmsearch.sample_data import SampleSpec
-from tests.conftest import REPO_ROOT, isolated_env, make_dvc_repo
+from mmsearch import features as F
+from mmsearch.tools.sample_data import SampleSpec
+from tests.helpers import ML_PYTHON, REPO_ROOT, isolated_env, make_dvc_repo
 
 pytestmark = pytest.mark.e2e
 
 SAMPLE = SampleSpec(queries=120, products=700, mean_judgements=16, topics=12, intents=3, seed=11)
 FAST = {"epochs": 6, "steps_per_epoch": 40, "patience": 3}
-WEAK = {"epochs": 1, "steps_per_epoch": 1, "patience": 1, "train_query_baseline": False}
-ML_PYTHON = os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
+# One step of one epoch, from scratch (class weights: the wide part does not start from the
+# regression), served by argmax: a model that learned nothing, which the gate must refuse.
+WEAK = {"epochs": 1, "steps_per_epoch": 1, "patience": 1, "train_query_baseline": False, "decision_rule": "argmax",
+        "candidates": [{"class_weighting": "sqrt"}]}
 
 
 @pytest.fixture(scope="module")
@@ -93,43 +96,66 @@ def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
     assert (stack["home"] / "mlflow" / "artifacts").is_dir()
     assert (stack["repo"] / "data" / "raw" / C.ESCI_FILE).exists()  # brought back by dvc pull
     merged = pq.read_table(run_dir / "merged" / "train")
-    assert {C.QUERY_EMBEDDING, C.PRODUCT_TEXT_EMBEDDING, C.PRODUCT_IMAGE_EMBEDDING} <= set(merged.schema.names)
+    assert {F.QUERY_EMBEDDING, F.PRODUCT_TEXT_EMBEDDING, F.PRODUCT_IMAGE_EMBEDDING} <= set(merged.schema.names)
     example_ids = [i for p in (run_dir / "merged").rglob("*.parquet")
                    for i in pq.read_table(p, columns=["example_id"]).column("example_id").to_pylist()]
-    assert len(example_ids) == len(set(example_ids)) == first_run["rows"]  # one row per judgement
+    merged_rows = json.loads((run_dir / "merged" / "manifest.json").read_text())["rows"]
+    assert len(example_ids) == len(set(example_ids)) == merged_rows  # one row per judgement
     for split in C.SPLITS:
         assert list((run_dir / "transform" / "transformed_examples" / f"Split-{split}").glob("*.tfrecord"))
     assert (run_dir / "transform" / "transform_graph" / "metadata" / "schema.pbtxt").exists()
     registry = first_run["registry"]
-    assert registry["aliases"] == ["challenger", "champion"]
-    assert registry["decision"]["reason"] == "no champion yet"
-    assert set(first_run["metrics"]) == {"model", "baseline_majority", "baseline_query"}
+    assert registry["aliases"] == ["challenger", "champion"], registry["decision"]
+    assert registry["decision"]["reason"].startswith("no champion yet; macro_f1 ")
+    assert set(first_run["metrics"]) == {"model", "baseline_majority", "baseline_clip", "baseline_query"}
+    for name, scores in first_run["metrics"].items():  # the gate's promise, checked on the summary
+        if name != "model":
+            assert first_run["metrics"]["model"]["macro_f1"] > scores["macro_f1"], name
+    assert len(first_run["candidates"]) == 2  # the default grid, chosen on validation
+    assert first_run["candidates"][0]["candidate"] == first_run["model"]["candidate"]
 
 
 def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_run):
-    found = in_ml_env(stack, f"""
+    found = in_ml_env(stack, """
         import json, mlflow
         client = mlflow.MlflowClient()
         version = client.get_model_version_by_alias("mmsearch-esci", "champion")
         run = client.get_run(version.run_id)
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+        children = client.search_runs([run.info.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
-        print(json.dumps({{"params": run.data.params, "metrics": sorted(run.data.metrics), "epochs": len(history),
-                          "artifacts": artifacts, "tags": version.tags}}))
+        evaluation = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
+        kind = client.get_experiment(run.info.experiment_id).tags.get("mlflow.experimentKind")
+        print(json.dumps({"params": run.data.params, "metrics": sorted(run.data.metrics), "epochs": len(history),
+                          "artifacts": artifacts + evaluation, "tags": version.tags, "card": version.description,
+                          "children": sorted(r.info.run_name for r in children), "kind": kind,
+                          "parent_tags": parent.data.tags}))
     """)
     for name in ("batch_size", "epochs", "input_dim", "optimizer", "feature_set", "steps_per_epoch", "patience"):
         assert name in found["params"]
-    assert found["params"]["input_dim"] == str(3 * 768 + 2) and found["params"]["batch_size"] == "32"
-    for name in ("accuracy", "val_accuracy", "loss", "val_loss", "codecarbon_emissions_kg", "test_macro_f1",
-                 "baseline_majority_test_macro_f1", "baseline_query_test_ndcg"):
+    assert found["params"]["input_dim"] == str(3 * 768 + 3)
+    for name in ("accuracy", "val_accuracy", "loss", "val_loss", "codecarbon_emissions_kg", "test/macro_f1",
+                 "test/ece", "test_baseline_majority/macro_f1", "test_baseline_clip/ndcg", "test_baseline_query/ndcg",
+                 "selection/val_macro_f1", "test_per_class/recall_C"):
         assert name in found["metrics"]
+    # one name, one meaning: no second spelling of the validation metrics
+    assert not [m for m in found["metrics"] if m.startswith("validation_")]
     assert found["epochs"] >= 2  # one point per epoch
-    assert "emissions.csv" in found["artifacts"] and "evaluation" in found["artifacts"]
+    assert "emissions.csv" in found["artifacts"] and "decision_rule.json" in found["artifacts"]
+    for figure in ("reliability_model.png", "precision_recall_model.png", "confusion_model.png"):
+        assert f"evaluation/{figure}" in found["artifacts"]
+    assert found["children"] == ["baseline-query", "candidate-0", "candidate-1"]  # nested under the DAG run's
+    assert found["parent_tags"]["selected_run_id"]
+    assert found["kind"] == "custom_model_development"  # MLflow's UI opens it on its training runs
+    assert "| baseline_clip |" in found["card"] and "promoted to champion" in found["card"]
     tags = found["tags"]
     assert tags["airflow_dag_id"] == "mmsearch_training" and tags["airflow_run_id"].startswith("manual__")
     assert tags["feature_set"] == "query_product" and len(tags["git_commit"]) in (40, 7) or tags["git_commit"] == "unknown"
     assert {"dvc_md5.raw", f"dvc_md5.{C.ESCI_FILE}", f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"} <= set(tags)
-    assert (Path(first_run["run_dir"]) / "train" / "query_product" / "emissions.csv").exists()
+    for candidate in ("candidate-0", "candidate-1"):
+        assert (Path(first_run["run_dir"]) / "train" / candidate / "emissions.csv").exists()
 
 
 def test_champion_predicts_raw_rows_from_another_process(stack, first_run):
@@ -157,7 +183,7 @@ def test_weaker_run_stays_challenger_and_champion_is_untouched(stack, first_run)
     assert registry["aliases"] == ["challenger"]
     decision = registry["decision"]
     assert decision["promote"] is False and decision["champion_version"] == champion
-    assert "does not beat" in decision["reason"]
+    assert "does not beat baseline_clip" in decision["reason"]  # refused by the baselines already
     found = in_ml_env(stack, """
         import json, mlflow
         client = mlflow.MlflowClient()
@@ -194,6 +220,9 @@ def test_bad_input_fails_validate_and_loses_nothing(stack, first_run, tmp_path):
     failed_run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
     failed_dir = C.run_dir_for(failed_run_id).relative_to(C.runs_root())
     assert not (stack["home"] / "runs" / failed_dir).exists()  # validate failed before writing anything
+    failures = json.loads((stack["home"] / "failures" / f"{failed_dir}.json").read_text())["failed"]
+    assert [f["task_id"] for f in failures] == ["data.validate"]  # what `make run` ends with
+    assert failures[0]["reason"].endswith("has NaN or infinite values (e.g. product_id 'B000000007' (row 7))")
     assert registry_state(stack) == before_registry
     assert tree_state(Path(first_run["run_dir"])) == before_tree
 
@@ -201,13 +230,22 @@ def test_bad_input_fails_validate_and_loses_nothing(stack, first_run, tmp_path):
 def test_registering_the_same_run_again_reuses_its_version(stack, first_run):
     before = registry_state(stack)
     run_dir = Path(first_run["run_dir"])
-    lineage = {"dag_id": "mmsearch_training", "run_id": first_run["run_id"]}
+    tags = {"dag_id": "mmsearch_training", "run_id": first_run["run_id"]}
     env = {**stack["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{stack['home'] / 'mlflow' / 'mlflow.db'}"}
     result = subprocess.run(
-        [str(Path(ML_PYTHON).parent / "mmsearch"), "register", "--merged-dir", str(run_dir / "merged"),
-         "--train-summary", str(run_dir / "train" / "train.json"), "--metrics", str(run_dir / "evaluate" / "metrics.json"),
-         "--lineage", json.dumps(lineage)], env=env, capture_output=True, text=True, timeout=300)
+        [str(Path(ML_PYTHON).parent / "mmsearch"), "register", "--model", str(run_dir / "select" / "selection.json"),
+         "--scores", str(run_dir / "evaluate" / "scores.json"), "--out", str(run_dir.parent / "re-register"),
+         "--tags", json.dumps(tags)], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    again = json.loads(result.stdout)
+    again = json.loads(result.stdout)["registry"]
     assert again["version"] == first_run["registry"]["version"]
     assert registry_state(stack) == before  # no new version, champion unchanged
+
+
+def test_a_bad_setting_fails_configure_at_once_in_one_line(stack):
+    result, log = run_dag(stack, {"epohcs": 5}, "2026-01-04T02:00:00+00:00")
+    assert "state=failed" in log
+    run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
+    failures = json.loads((stack["home"] / "failures" / f"{C.run_dir_for(run_id).name}.json").read_text())["failed"]
+    assert failures == [{"task_id": "configure", "reason": "unknown setting 'epohcs' (did you mean 'epochs'?)"}]
+    assert "[DAG TEST] starting task_id=data.pull_data" not in log  # nothing else ran, nothing was retried

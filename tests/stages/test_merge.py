@@ -8,9 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmsearch import config as C
+from mmsearch import features as F
 from mmsearch import merge
 from mmsearch.io import DataError
-from tests.conftest import SMALL, small_config
+from tests.helpers import SMALL, small_config
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_labels_that_differ_within_a_query_survive(small_raw, merged):
     got = frame.groupby("query_id").esci_label.apply(sorted)
     assert (got.loc[expected.index] == expected).all()
     assert (frame.groupby("query_id").esci_label.nunique() > 1).sum() > len(expected) // 2
-    assert (frame.label == frame.esci_label.map(C.LABEL_IDS)).all()  # I=0, C=1, S=2, E=3
+    assert (frame.label == frame.esci_label.map(F.LABEL_IDS)).all()  # I=0, C=1, S=2, E=3
 
 
 def test_splits_are_disjoint_query_groups(merged):
@@ -57,7 +58,7 @@ def test_splits_are_disjoint_query_groups(merged):
 def test_embeddings_are_fixed_size_lists_equal_to_the_sources(small_raw, merged):
     _, _, tables = merged
     table = tables["train"]
-    for name in C.EMBEDDING_COLUMNS["query_product"]:
+    for name in F.EMBEDDING_COLUMNS["query_product"]:
         assert table.schema.field(name).type == pa.list_(pa.float32(), SMALL.dim)
     products = pq.read_table(small_raw / C.PRODUCT_FEATURES_FILE).to_pandas().set_index("product_id")
     row = table.slice(5, 1).to_pylist()[0]
@@ -74,8 +75,8 @@ def test_split_is_deterministic_for_a_seed(small_raw, merged, tmp_path):
 
 def test_query_feature_set_leaves_product_columns_out(small_raw, tmp_path):
     manifest = merge.merge(small_raw, tmp_path / "m", small_config(feature_set="query"))
-    assert manifest["embedding_columns"] == [C.QUERY_EMBEDDING]
-    assert C.PRODUCT_TEXT_EMBEDDING not in merge.read_merged(tmp_path / "m", "test").schema.names
+    assert manifest["embedding_columns"] == [F.QUERY_EMBEDDING]
+    assert F.PRODUCT_TEXT_EMBEDDING not in merge.read_merged(tmp_path / "m", "test").schema.names
 
 
 def test_manifest_counts_per_split_and_label(merged):

@@ -8,13 +8,16 @@ The structure, so that relevance depends on the query-product *pair*:
   ``normalize(topic_center + 0.8 * intent_vector + noise)``; topic centres of a
   complementary pair share a component. Product image embeddings add a fixed modality
   offset and more noise than the text ones, as CLIP image vectors do.
-* Each query gets a handful of judged products. Its label is drawn with frequencies
+* Each query gets a handful of judged products. Their relation is drawn with frequencies
   near ESCI's (E 65 %, S 22 %, I 10 %, C 3 %) and the product is then drawn to fit it:
   E same topic and intent, S same topic other intent, C the complementary topic,
   I any unrelated topic. Every query so carries several labels, and only the pair
   tells them apart: a query-only model can do no better than the majority label.
-* ``label_noise`` of the judgements get a different label at random, as human
-  judgements do.
+* The judge's label is drawn from a known p(label | pair): the relation with probability
+  ``1 - label_noise``, else a nearby label (an exact match called a substitute, a
+  complement called irrelevant; `STRAY`), as ESCI's judges disagree. That distribution is
+  written beside the raw files (`generator_truth.parquet`, by example_id), so the best
+  possible scores on any split are known (`ceiling`): the honest yardstick of a model.
 
 Besides the working set (locale ``us``, ``small_version`` 1, split ``test``, the rows
 SQID has embeddings for), ESCI gets rows outside it (other locales, the train split,
@@ -33,7 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmsearch import config as C
+from mmsearch import features as F
 from mmsearch.io import atomic_dir
+from mmsearch.raw import embedding_array
 
 LABEL_FREQUENCIES = {"E": 0.65, "S": 0.22, "I": 0.10, "C": 0.03}
 TOPIC_WORDS = [
@@ -42,6 +47,8 @@ TOPIC_WORDS = [
     "razor", "blade", "drill", "drill bit", "dog leash", "dog collar", "pen", "notebook",
 ]
 PRODUCT_CHUNK = 8_192
+# The generator's own knowledge, beside the raw files: the pipeline never reads it.
+TRUTH_FILE = "generator_truth.parquet"
 INTENT_WORDS = ["cheap", "waterproof", "kids", "pro", "wireless", "large", "black", "vintage"]
 
 
@@ -52,9 +59,9 @@ class SampleSpec:
     mean_judgements: float = 24.0
     topics: int = 24
     intents: int = 4
-    label_noise: float = 0.08
+    label_noise: float = 0.2
     outside_fraction: float = 0.2
-    dim: int = C.EMBEDDING_DIM
+    dim: int = F.EMBEDDING_DIM
     seed: int = 7
 
 
@@ -79,13 +86,6 @@ class _Space:
         return _unit(noisy + offset * self.image_offset).astype(np.float32)
 
 
-def embedding_array(vectors: np.ndarray) -> pa.Array:
-    """A list<float32> column, as the public SQID files store embeddings."""
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
-    offsets = pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, flat)
-
-
 def _product_cells(spec, rng):
     """Each product's (topic, intent); the first products cover every cell, so every label is drawable."""
     topic = rng.integers(0, spec.topics, spec.products)
@@ -105,10 +105,10 @@ def _draw_judgements(spec, rng, q_topic, q_intent, p_topic, p_intent):
     """(query index, product index, label) arrays, vectorised: the label first, then a product
     drawn from the (topic, intent) cell that the label calls for."""
     labels = np.array(list(LABEL_FREQUENCIES))
-    freqs = np.array(list(LABEL_FREQUENCIES.values()))
+    freqs = relation_frequencies(spec.label_noise)
     per_query = np.maximum(2, rng.poisson(spec.mean_judgements, spec.queries))
     query = np.repeat(np.arange(spec.queries), per_query)
-    label = rng.choice(labels, size=len(query), p=freqs / freqs.sum())
+    label = rng.choice(labels, size=len(query), p=freqs)
     topic, intent = q_topic[query].copy(), q_intent[query].copy()
     substitute, complement, irrelevant = label == "S", label == "C", label == "I"
     intent[substitute] = (intent[substitute] + rng.integers(1, spec.intents, substitute.sum())) % spec.intents
@@ -129,16 +129,41 @@ def _draw_judgements(spec, rng, q_topic, q_intent, p_topic, p_intent):
 
     first = np.unique(query * spec.products + product, return_index=True)[1]  # one judgement per pair
     keep = np.sort(first)
-    query, product, label = query[keep], product[keep], label[keep]
-    noisy = rng.random(len(label)) < spec.label_noise
-    shift = rng.integers(1, len(labels), noisy.sum())
-    index_of = {name: i for i, name in enumerate(labels)}
-    label[noisy] = labels[(np.vectorize(index_of.get)(label[noisy]) + shift) % len(labels)]
-    return query, product, label
+    query, product, relation = query[keep], product[keep], label[keep]
+    truth = label_probabilities(relation, spec.label_noise)
+    drawn = (rng.random(len(relation))[:, None] > np.cumsum(truth, axis=1)).sum(axis=1)
+    return query, product, labels[np.minimum(drawn, len(labels) - 1)], truth
 
 
-def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> pa.Table:
-    query, product, label = judgements
+# Where a judge's label strays from the pair's relation, it strays as people do: an exact match
+# called a substitute, a complement called irrelevant. Rows: relation; columns: label (E, S, I, C).
+STRAY = {"E": {"S": 0.7, "I": 0.2, "C": 0.1}, "S": {"E": 0.6, "I": 0.3, "C": 0.1},
+         "I": {"C": 0.4, "S": 0.4, "E": 0.2}, "C": {"I": 0.6, "S": 0.2, "E": 0.2}}
+
+
+def _stray_table(label_noise: float) -> np.ndarray:
+    names = list(LABEL_FREQUENCIES)
+    return np.array([[1 - label_noise if label == rel else label_noise * STRAY[rel][label] for label in names]
+                     for rel in names])
+
+
+def relation_frequencies(label_noise: float) -> np.ndarray:
+    """How often to draw each relation so that the judged labels come out at ESCI's frequencies."""
+    target = np.array(list(LABEL_FREQUENCIES.values()))
+    frequencies = np.clip(np.linalg.solve(_stray_table(label_noise).T, target), 0.005, None)
+    return frequencies / frequencies.sum()
+
+
+def label_probabilities(relation: np.ndarray, label_noise: float) -> np.ndarray:
+    """The true p(label | pair) each label is drawn from, [n, 4] in LABEL_FREQUENCIES' order:
+    1 - label_noise on the pair's relation, the rest spread as STRAY says."""
+    names = list(LABEL_FREQUENCIES)
+    return _stray_table(label_noise)[np.vectorize(names.index, otypes=[np.int64])(relation)]
+
+
+def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> tuple[pa.Table, pa.Table]:
+    """The ESCI examples, and the true p(label | pair) of each working-set example (by example_id)."""
+    query, product, label, truth = judgements
     n_in = len(query)
     n_out = int(round(n_in * spec.outside_fraction / (1 - spec.outside_fraction)))
     # rows outside the working set: other locales, the train split, large-version only; no SQID features
@@ -159,7 +184,11 @@ def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> pa.Table:
         "large_version": np.ones(n_in + n_out, dtype=np.int64),
         "split": np.concatenate([np.full(n_in, "test"), np.array(["test", "train", "test"])[kind]])[order],
     }
-    return pa.table({name: pa.array(values) for name, values in columns.items()})
+    working = np.flatnonzero(order < n_in)  # example_id e is original row order[e]
+    truth_table = pa.table({"example_id": pa.array(working, pa.int64()),
+                            **{f"p_{name}": pa.array(truth[order[working], i])
+                               for i, name in enumerate(LABEL_FREQUENCIES)}})
+    return pa.table({name: pa.array(values) for name, values in columns.items()}), truth_table
 
 
 def _write_products(path: Path, spec, space, p_topic, p_intent) -> None:
@@ -200,11 +229,12 @@ def generate(out_dir: Path, spec: SampleSpec = SampleSpec(), legacy_csv: bool = 
     q_ids = rng.choice(np.arange(1, 10 * spec.queries + 1), spec.queries, replace=False).astype(np.int64)
     p_topic, p_intent = _product_cells(spec, rng)
     judgements = _draw_judgements(spec, rng, q_topic, q_intent, p_topic, p_intent)
-    esci = _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent)
+    esci, truth = _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent)
 
     with atomic_dir(Path(out_dir)) as tmp:
         (tmp / "sqid").mkdir()
         pq.write_table(esci, tmp / C.ESCI_FILE)
+        pq.write_table(truth, tmp / TRUTH_FILE)
         queries = pa.table({"query_id": pa.array(q_ids.astype(str)), "clip_text_features": embedding_array(q_vectors)})
         pq.write_table(queries, tmp / C.QUERY_FEATURES_FILE)
         _write_products(tmp / C.PRODUCT_FEATURES_FILE, spec, space, p_topic, p_intent)
@@ -235,3 +265,31 @@ def run_from_args(args: argparse.Namespace) -> dict:
     fields = SampleSpec.__dataclass_fields__
     spec = SampleSpec(**{name: getattr(args, name) for name in fields})
     return generate(args.out, spec, legacy_csv=args.legacy_csv)
+
+
+def true_probabilities(raw_dir: Path, merged_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, query ids and the true p(label | pair) [n, 4] (label-id order) of one merged split."""
+    truth = pq.read_table(Path(raw_dir) / TRUTH_FILE)
+    rows = pq.read_table(Path(merged_dir) / split, columns=["example_id", "query_id", F.LABEL])
+    position = {e: i for i, e in enumerate(truth.column("example_id").to_numpy())}
+    index = np.array([position[e] for e in rows.column("example_id").to_numpy()])
+    order = [F.LABELS_BY_ID[i] for i in range(F.NUM_CLASSES)]  # label-id order: I, C, S, E
+    probabilities = np.column_stack([truth.column(f"p_{name}").to_numpy()[index] for name in order])
+    return rows.column(F.LABEL).to_numpy(), rows.column("query_id").to_numpy(zero_copy_only=False), probabilities
+
+
+def ceiling(raw_dir: Path, merged_dir: Path, split: str = "test") -> dict:
+    """The best possible scores on one merged split of generated data, from the true p(label | pair):
+    accuracy and nDCG by its argmax and expected gain; macro-F1 also with the decision rule the
+    model gets (fitted on the validation split's true p), which argmax does not maximise.
+    Needs scikit-learn."""
+    from mmsearch.metrics import apply_decision_rule, classification_metrics, fit_decision_rule, headline
+
+    labels, query_ids, probabilities = true_probabilities(raw_dir, merged_dir, split)
+    best = headline(classification_metrics(labels, probabilities, query_ids))
+    rule = fit_decision_rule(*true_probabilities(raw_dir, merged_dir, "val")[::2])
+    served = apply_decision_rule(probabilities, rule["class_weights"])
+    ruled = classification_metrics(labels, probabilities, query_ids, served)
+    best["macro_f1_argmax"] = best["macro_f1"]
+    best["macro_f1"] = max(best["macro_f1"], ruled["macro_f1"])
+    return {"split": split, "rows": len(labels), **best}

@@ -6,8 +6,8 @@ import pytest
 
 from mmsearch import config as C
 from mmsearch.pull import PullError, describe_untracked, pull
-from mmsearch.sample_data import SampleSpec
-from tests.conftest import make_dvc_repo
+from mmsearch.tools.sample_data import TRUTH_FILE, SampleSpec
+from tests.helpers import make_dvc_repo
 
 TINY = SampleSpec(queries=8, products=40, topics=4, intents=2, dim=8)
 
@@ -21,7 +21,7 @@ def test_pull_restores_every_file_and_reports_hashes(repo):
     result = pull(repo)
     raw = repo / "data" / "raw"
     assert result["raw_dir"] == str(raw)
-    assert set(result["file_md5"]) == {C.ESCI_FILE, C.QUERY_FEATURES_FILE, C.PRODUCT_FEATURES_FILE}
+    assert set(result["file_md5"]) == {C.ESCI_FILE, C.QUERY_FEATURES_FILE, C.PRODUCT_FEATURES_FILE, TRUTH_FILE}
     assert all((raw / name).stat().st_size > 0 for name in result["file_md5"])
     assert result["dvc_md5"].endswith(".dir") and result["dvc_exit_code"] == 0
 
@@ -33,7 +33,7 @@ def test_missing_object_in_the_remote_names_the_missing_file(repo, tmp_path):
         pull(repo, attempts=1)
     message = str(error.value)
     # DVC checks out none of a directory with a missing object: all of it is missing, one is to blame
-    assert "did not restore data/raw/shopping_queries_dataset_examples.parquet, " in message
+    assert "did not restore data/raw/generator_truth.parquet, data/raw/shopping_queries_dataset_examples.parquet, " in message
     assert "(missing from the remote: sqid/product_features.parquet)" in message
     assert "dvc exit code 1" in message
 
@@ -45,7 +45,7 @@ def test_remote_gone_fails_even_if_dvc_says_up_to_date(repo, tmp_path):
 
 
 def test_unreachable_remote_is_retried_then_named(repo, caplog):
-    from tests.conftest import dvc
+    from tests.helpers import dvc
 
     assert dvc(repo, "remote", "add", "-f", "-d", "dead", "http://127.0.0.1:9/dvc").returncode == 0
     with pytest.raises(PullError, match=r"from remote 'default' did not restore data/raw .*dvc exit code 1"):
@@ -58,7 +58,7 @@ def test_concurrent_pulls_in_one_repo_both_succeed(repo):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "mmsearch.cli", "pull", "--repo", str(repo), "--attempts", "5"]
+    cmd = [sys.executable, "-m", "mmsearch.cli", "pull", "--repo", str(repo), "--set", "dvc_pull_attempts=5"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs

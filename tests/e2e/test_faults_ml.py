@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mmsearch import merge, transform
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 pytestmark = pytest.mark.ml
 
@@ -26,14 +26,17 @@ def transformed(small_raw, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     cfg = small_config()
     merge.merge(small_raw, root / "merged", cfg)
-    transform.run_isolated(root / "merged", root / "transform", cfg)
+    transform.run(root / "merged", root / "transform", cfg)
     return root
 
 
+def _tags(run_id: str) -> str:
+    return json.dumps({"dag_id": "mmsearch_training", "run_id": run_id})
+
+
 def _train_cmd(root, out, *settings, lineage="kill-test"):
-    cmd = [MMSEARCH, "train", "--transform-dir", str(root / "transform"), "--out", str(out),
-           "--lineage", json.dumps({"dag_id": "mmsearch_training", "run_id": lineage}),
-           "--set", "embedding_dim=16", "--set", "train_query_baseline=false"]
+    cmd = [MMSEARCH, "train", "--transform-dir", str(root / "transform"), "--out", str(out), "--tags", _tags(lineage),
+           "--set", "embedding_dim=16"]
     for setting in settings:
         cmd += ["--set", setting]
     return cmd
@@ -42,9 +45,10 @@ def _train_cmd(root, out, *settings, lineage="kill-test"):
 def test_killed_training_resumes_from_its_last_epoch(transformed, tmp_path):
     out = tmp_path / "train"
     env = {**os.environ, "MMSEARCH_HOME": str(tmp_path / "home")}
-    cmd = _train_cmd(transformed, out, "epochs=12", "steps_per_epoch=300", "patience=12")
+    # the original design's model: a fixed number of steps per epoch, long enough to kill it mid-way
+    cmd = _train_cmd(transformed, out, "feature_set=query", "epochs=12", "steps_per_epoch=300", "patience=12")
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    checkpoint = out / "query_product" / "checkpoints" / "epoch-003.index"
+    checkpoint = out / "candidate-0" / "checkpoints" / "epoch-003.index"
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -52,14 +56,14 @@ def test_killed_training_resumes_from_its_last_epoch(transformed, tmp_path):
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
     assert first.returncode == -signal.SIGKILL
-    assert not (out / "train.json").exists()
+    assert not (out / "candidate-0" / "train.json").exists()
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     epochs = [line for line in again.stdout.splitlines() + again.stderr.splitlines() if line.startswith("Epoch ")]
     first_epoch = int(epochs[0].split()[1].split("/")[0])
     assert first_epoch >= 4, epochs[:3]  # resumed after the epochs the killed process finished
-    summary = json.loads((out / "train.json").read_text())
+    summary = json.loads((out / "candidate-0" / "train.json").read_text())
     assert summary["epochs_run"] == 12 - first_epoch + 1
     assert first_epoch <= summary["best_epoch"] <= 12  # numbered as trained, not from 1 again
     statuses = _run_statuses(env, "kill-test")
@@ -128,24 +132,28 @@ def test_registry_down_retries_fails_clearly_and_never_moves_the_champion(transf
     env = {**os.environ, "MMSEARCH_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": mlflow_server.uri}
     small = ["--set", "embedding_dim=16", "--set", "registry_attempts=2"]
     merged = transformed / "merged"
-    for name, steps in (("strong", "60"), ("weak", "1")):
+    baselines = _stage(env, "baselines", "--transform-dir", str(transformed / "transform"), "--out",
+                       str(tmp_path / "baselines"), *small, "--set", "train_query_baseline=false")
+    assert baselines.returncode == 0, baselines.stderr[-3000:]
+    for name, settings in (("strong", ["epochs=20", "patience=5"]), ("weak", ["epochs=1", "steps_per_epoch=1"])):
         out = tmp_path / name
-        trained = _stage(env, *_train_cmd(transformed, out / "train", "epochs=3", f"steps_per_epoch={steps}",
-                                          lineage=name)[1:])
+        trained = _stage(env, *_train_cmd(transformed, out / "train", *settings, lineage=name)[1:])
         assert trained.returncode == 0, trained.stderr[-3000:]
-        evaluated = _stage(env, "evaluate", "--merged-dir", str(merged), "--train-summary", str(out / "train" / "train.json"),
-                           "--out", str(out / "evaluate"), *small)
+        evaluated = _stage(env, "evaluate", "--merged-dir", str(merged), "--model",
+                           str(out / "train" / "candidate-0" / "train.json"), "--baselines",
+                           str(tmp_path / "baselines" / "baselines.json"), "--out", str(out / "evaluate"), *small)
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
     def register(name):
-        return _stage(env, "register", "--merged-dir", str(merged), "--train-summary",
-                      str(tmp_path / name / "train" / "train.json"), "--metrics",
-                      str(tmp_path / name / "evaluate" / "metrics.json"),
-                      "--lineage", json.dumps({"dag_id": "mmsearch_training", "run_id": name}), *small)
+        return _stage(env, "register", "--model", str(tmp_path / name / "train" / "candidate-0" / "train.json"),
+                      "--scores", str(tmp_path / name / "evaluate" / "scores.json"), "--out", str(tmp_path / name),
+                      "--tags", _tags(name), *small)
 
     first = register("strong")
     assert first.returncode == 0, first.stderr[-3000:]
-    champion = json.loads(first.stdout)["version"]
+    registered = json.loads(first.stdout)["registry"]
+    assert registered["aliases"] == ["challenger", "champion"], registered["decision"]
+    champion = registered["version"]
 
     mlflow_server.stop()
     started = time.monotonic()
@@ -163,7 +171,7 @@ def test_registry_down_retries_fails_clearly_and_never_moves_the_champion(transf
     assert state["champion"] == str(champion) and state["versions"] == [int(champion)]
     retried = register("weak")  # the retry after the outage registers it, as a challenger only
     assert retried.returncode == 0, retried.stderr[-3000:]
-    result = json.loads(retried.stdout)
+    result = json.loads(retried.stdout)["registry"]
     assert result["aliases"] == ["challenger"] and not result["decision"]["promote"]
     assert _registry(env)["champion"] == str(champion)
 

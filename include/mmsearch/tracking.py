@@ -1,0 +1,93 @@
+"""MLflow, in one place: the tracking set-up every ML stage uses, and scoring a logged pyfunc
+over a merged split (what evaluate and the champion check in register both do)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from mmsearch import config as C
+
+log = logging.getLogger(__name__)
+
+SCORING_BATCH_ROWS = 2048
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def setup(cfg: C.RunConfig):
+    """mlflow, pointed at the tracking store and the run's experiment (created when missing)."""
+    import mlflow
+
+    # Bound MLflow's own HTTP retries (its default waits minutes); callers retry on top.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+    default_store = not os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri sets it
+    mlflow.set_tracking_uri(C.mlflow_tracking_uri())
+    if mlflow.get_experiment_by_name(cfg.experiment_name) is None:
+        # the embedded default keeps artifacts under MMSEARCH_HOME, not in ./mlruns of the cwd
+        mlflow.create_experiment(cfg.experiment_name, artifact_location=C.mlflow_artifact_root() if default_store else None)
+    experiment = mlflow.set_experiment(cfg.experiment_name)
+    # MLflow's UI opens an experiment of this kind on its training runs (not the GenAI traces view)
+    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    return mlflow
+
+
+def airflow_tags(tags: dict) -> dict:
+    """MLflow run tags naming the Airflow DAG run (dag_id, run_id, logical_date)."""
+    return {f"airflow.{k}": str(v) for k, v in tags.items() if v}
+
+
+def end_abandoned_runs(mlflow, cfg: C.RunConfig, airflow_run_id: str, run_name: str | None = None) -> None:
+    """A killed attempt leaves its MLflow run RUNNING: mark it KILLED before the retry starts."""
+    if not airflow_run_id:
+        return
+    named = f" and attributes.run_name = '{run_name}'" if run_name else ""
+    stale = mlflow.search_runs(
+        experiment_names=[cfg.experiment_name], output_format="list",
+        filter_string=f"tags.`airflow.run_id` = '{airflow_run_id}' and attributes.status = 'RUNNING'{named}",
+    )
+    for run in stale:
+        log.warning("marking MLflow run %s of an earlier, killed attempt as KILLED", run.info.run_id)
+        mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
+
+
+def input_columns(model_uri: str) -> list[str]:
+    """The raw columns a logged pyfunc's signature asks for."""
+    import mlflow
+
+    return [spec.name for spec in mlflow.models.get_model_info(model_uri).signature.inputs.inputs]
+
+
+class PyfuncScorer:
+    """A logged pyfunc, scoring Arrow tables of raw merged rows: probabilities [n, 4] in label-id
+    order, and the labels it serves (its decision rule applied)."""
+
+    def __init__(self, model_uri: str):
+        import mlflow
+
+        self.model_uri = model_uri
+        self.columns = input_columns(model_uri)
+        self.model = mlflow.pyfunc.load_model(model_uri)
+
+    def __call__(self, table) -> tuple[np.ndarray, np.ndarray]:
+        from mmsearch import features as F
+        from mmsearch.serving import probabilities_of, raw_frame
+
+        predictions = self.model.predict(raw_frame(table, self.columns))
+        served = predictions["esci_label"].map(F.LABEL_IDS).to_numpy()
+        return probabilities_of(predictions), served
+
+
+def champion(cfg: C.RunConfig):
+    """The registered model's version under the `champion` alias, or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(cfg.registered_model_name, CHAMPION)
+    except MlflowException:
+        return None

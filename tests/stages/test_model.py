@@ -1,0 +1,61 @@
+"""The Keras models: the `query` model is the original design, layer for layer; the pair model
+starts as the logistic regression it is given, and its deep part starts silent."""
+
+import numpy as np
+import pytest
+
+from mmsearch import features as F
+from mmsearch import model as M
+
+pytestmark = pytest.mark.ml
+
+
+def test_query_model_is_the_original_design():
+    model = M.build_query_model(768)
+    layers = [layer for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
+    assert [type(layer).__name__ for layer in layers] == ["Dense", "Dropout", "Dense", "Dense"]
+    assert [getattr(layer, "units", None) for layer in layers] == [256, None, 128, 4]
+    assert [layer.activation.__name__ for layer in layers if hasattr(layer, "activation")] == ["relu", "relu", "softmax"]
+    assert layers[1].rate == 0.3
+    assert model.count_params() == (768 * 256 + 256) + (256 * 128 + 128) + (128 * 4 + 4)
+    assert type(model.optimizer).__name__ == "Adam"
+    assert model.loss == "sparse_categorical_crossentropy"
+    assert M.input_width("query", 768) == 768
+
+
+def _random_inputs(rows: int, dim: int) -> dict:
+    rng = np.random.default_rng(0)
+    return {name: rng.standard_normal((rows, dim if name in F.EMBEDDING_COLUMNS["query_product"] else 1))
+            .astype(np.float32) for name in F.model_features("query_product")}
+
+
+def test_pair_model_starts_as_the_logistic_regression_it_is_given():
+    rng = np.random.default_rng(1)
+    kernel, bias = rng.standard_normal((len(F.COSINES), 4)), rng.standard_normal(4)
+    model = M.build_pair_model(16, M.Hyperparameters(projection_dim=8, hidden_units=16), wide_init=(kernel, bias))
+    inputs = _random_inputs(5, 16)
+    cosines = np.column_stack([inputs[name] for name in F.COSINES])
+    logits = cosines @ kernel + bias
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model(inputs, training=False).numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_pair_model_shares_one_projection_and_reads_the_pair_features():
+    model = M.build_pair_model(768, M.Hyperparameters(projection_dim=64, hidden_units=128))
+    assert sorted(model.input_names) == sorted(F.model_features("query_product"))
+    assert model.get_layer("shared_projection").count_params() == 768 * 64 + 64  # one, for all three
+    assert model.get_layer("pair_features").output_shape == (None, 7 * 64 + len(F.COSINES))
+    assert M.input_width("query_product", 768) == 3 * 768 + 3
+    wide_only = M.build_pair_model(768, M.Hyperparameters(hidden_units=0))
+    assert wide_only.count_params() == len(F.COSINES) * 4 + 4
+
+
+def test_candidate_overrides_are_checked():
+    hp = M.Hyperparameters.for_candidate({"hidden_units": 0}, batch_size=64)
+    assert hp.hidden_units == 0 and hp.batch_size == 64 and hp.learning_rate == 0.001
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        M.Hyperparameters.for_candidate({"hidden": 3})
+
+
+def test_keras_is_keras_2_as_the_transform_layer_needs():
+    assert M.keras().Model.__module__.startswith("tf_keras")
