@@ -23,14 +23,15 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(AIRFLOW_BIN):$(PATH)
 
-.PHONY: help envs system-deps run up down status test bench lock clean distclean sample-data
+.PHONY: help envs system-deps run up down status lint test bench lock clean distclean sample-data
 
 help:
 	@echo "make run         set up, pull the sample through DVC, run the DAG once (airflow dags test)"
 	@echo "make up          start Airflow (UI on :8080) and an MLflow server (:5000) on this machine"
 	@echo "make down        stop them (by PID)"
 	@echo "make status      health, PIDs and memory of the running stack"
-	@echo "make test        set up and run the test suite"
+	@echo "make test        set up and run the linter and the test suite"
+	@echo "make lint        ruff check and ruff format --check"
 	@echo "make bench       measure every stage at 10k, 50k and 182k pairs (BENCH_ARGS=--full adds 1.1M)"
 	@echo "make lock        re-resolve requirements*.txt from requirements*.in"
 	@echo "make sample-data regenerate the bundled sample and push it to the bundled DVC remote"
@@ -92,8 +93,15 @@ system-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# The suite runs in both environments: Airflow, DVC and data tests in one, TensorFlow in the other.
-test: envs system-deps
+RUFF := $(TOOLS_VENV)/bin/ruff
+
+# Style first (ruff, configured in pyproject.toml), then the suite in both environments,
+# selected by marker: Airflow, DVC and data tests in one, TensorFlow in the other.
+lint: | $(UV)
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+test: envs system-deps lint
 	$(AIRFLOW_BIN)/python -m pytest -m "not ml" tests
 	$(ML_VENV)/bin/python -m pytest -m "ml" tests
 

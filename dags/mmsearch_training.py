@@ -87,9 +87,16 @@ def configure() -> dict:
     except ConfigError as error:
         raise _fail_on_bad_input(error) from error
     dag_run = context["dag_run"]
-    return {"config": cfg.as_dict(), "run_dir": str(run_dir_for(dag_run.run_id)),
-            "tags": {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id,
-                     "logical_date": dag_run.logical_date.isoformat() if dag_run.logical_date else ""}}
+    return {
+        "config": cfg.as_dict(),
+        "run_dir": str(run_dir_for(dag_run.run_id)),
+        "tags": {
+            "dag_id": dag_run.dag_id,
+            "run_id": dag_run.run_id,
+            "logical_date": dag_run.logical_date.isoformat() if dag_run.logical_date else "",
+        },
+    }
+
 
 @task(execution_timeout=timedelta(minutes=30))
 def pull_data(settings: dict) -> dict:
@@ -101,6 +108,7 @@ def pull_data(settings: dict) -> dict:
     cfg = RunConfig.from_mapping(settings["config"])
     return pull.run(cfg.repo_dir, cfg.raw_dir, cfg)
 
+
 @task(execution_timeout=timedelta(minutes=30))
 def validate(lineage: dict, settings: dict) -> dict:
     """Schemas, dimensions, finite values, labels, unique keys, join coverage."""
@@ -109,10 +117,12 @@ def validate(lineage: dict, settings: dict) -> dict:
     from mmsearch.io import DataError
 
     try:
-        return stage.run(lineage["raw_dir"], Path(settings["run_dir"]) / "validate",
-                         RunConfig.from_mapping(settings["config"]))
+        return stage.run(
+            lineage["raw_dir"], Path(settings["run_dir"]) / "validate", RunConfig.from_mapping(settings["config"])
+        )
     except DataError as error:
         raise _fail_on_bad_input(error) from error
+
 
 @task(execution_timeout=timedelta(minutes=60))
 def merge(lineage: dict, settings: dict) -> dict:
@@ -122,10 +132,12 @@ def merge(lineage: dict, settings: dict) -> dict:
     from mmsearch.io import DataError
 
     try:
-        return stage.run(lineage["raw_dir"], Path(settings["run_dir"]) / "merged",
-                         RunConfig.from_mapping(settings["config"]))
+        return stage.run(
+            lineage["raw_dir"], Path(settings["run_dir"]) / "merged", RunConfig.from_mapping(settings["config"])
+        )
     except DataError as error:
         raise _fail_on_bad_input(error) from error
+
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=60))
 def transform(merged: dict, settings: dict) -> dict:
@@ -137,8 +149,10 @@ def transform(merged: dict, settings: dict) -> dict:
     from mmsearch.io import log_to_stderr
 
     log_to_stderr()
-    return stage.run(merged["merged_dir"], Path(settings["run_dir"]) / "transform",
-                     RunConfig.from_mapping(settings["config"]))
+    return stage.run(
+        merged["merged_dir"], Path(settings["run_dir"]) / "transform", RunConfig.from_mapping(settings["config"])
+    )
+
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=10))
 def candidates(settings: dict) -> list:
@@ -150,6 +164,7 @@ def candidates(settings: dict) -> list:
     log_to_stderr()
     return stage.plan(RunConfig.from_mapping(settings["config"]), settings["tags"])
 
+
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=120))
 def train(transformed: dict, candidate: dict, settings: dict) -> dict:
     """One candidate: Keras, a nested MLflow run, CodeCarbon; its validation metrics."""
@@ -160,8 +175,14 @@ def train(transformed: dict, candidate: dict, settings: dict) -> dict:
     from mmsearch.io import log_to_stderr
 
     log_to_stderr()
-    return stage.run(transformed["transform_dir"], Path(settings["run_dir"]) / "train",
-                     RunConfig.from_mapping(settings["config"]), candidate, settings["tags"])
+    return stage.run(
+        transformed["transform_dir"],
+        Path(settings["run_dir"]) / "train",
+        RunConfig.from_mapping(settings["config"]),
+        candidate,
+        settings["tags"],
+    )
+
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=120))
 def baselines(transformed: dict, planned: list, settings: dict) -> dict:
@@ -173,9 +194,14 @@ def baselines(transformed: dict, planned: list, settings: dict) -> dict:
     from mmsearch.io import log_to_stderr
 
     log_to_stderr()
-    return stage.run(transformed["transform_dir"], Path(settings["run_dir"]) / "baselines",
-                     RunConfig.from_mapping(settings["config"]), planned[0]["parent_run_id"],
-                     settings["tags"])
+    return stage.run(
+        transformed["transform_dir"],
+        Path(settings["run_dir"]) / "baselines",
+        RunConfig.from_mapping(settings["config"]),
+        planned[0]["parent_run_id"],
+        settings["tags"],
+    )
+
 
 @task(execution_timeout=timedelta(minutes=5))
 def select(trained: list, settings: dict) -> dict:
@@ -183,8 +209,8 @@ def select(trained: list, settings: dict) -> dict:
     from mmsearch import selection as stage
     from mmsearch.config import RunConfig
 
-    return stage.run(list(trained), Path(settings["run_dir"]) / "select",
-                     RunConfig.from_mapping(settings["config"]))
+    return stage.run(list(trained), Path(settings["run_dir"]) / "select", RunConfig.from_mapping(settings["config"]))
+
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=30))
 def evaluate(model: dict, baselines: dict, merged: dict, settings: dict) -> dict:
@@ -196,8 +222,14 @@ def evaluate(model: dict, baselines: dict, merged: dict, settings: dict) -> dict
     from mmsearch.io import log_to_stderr
 
     log_to_stderr()
-    return stage.run(model, baselines, merged["merged_dir"], Path(settings["run_dir"]) / "evaluate",
-                     RunConfig.from_mapping(settings["config"]))
+    return stage.run(
+        model,
+        baselines,
+        merged["merged_dir"],
+        Path(settings["run_dir"]) / "evaluate",
+        RunConfig.from_mapping(settings["config"]),
+    )
+
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=30))
 def register(model: dict, scores: dict, lineage: dict, settings: dict) -> dict:
@@ -207,8 +239,9 @@ def register(model: dict, scores: dict, lineage: dict, settings: dict) -> dict:
     from mmsearch.io import log_to_stderr
 
     log_to_stderr()
-    summary = stage.run(model, scores, lineage, settings["run_dir"], RunConfig.from_mapping(settings["config"]),
-                        settings["tags"])
+    summary = stage.run(
+        model, scores, lineage, settings["run_dir"], RunConfig.from_mapping(settings["config"]), settings["tags"]
+    )
     print(stage.summary_text(summary))  # relayed to this task's log
     return summary["registry"]
 
@@ -244,8 +277,11 @@ def mmsearch_training():
         planned = candidates(settings)
         report >> planned  # no MLflow run for data that failed validation
         # a mapped task takes its docs from its operator arguments, not from its docstring
-        trained = train.override(doc_md=train.function.__doc__).partial(transformed=transformed,
-                                                                        settings=settings).expand(candidate=planned)
+        trained = (
+            train.override(doc_md=train.function.__doc__)
+            .partial(transformed=transformed, settings=settings)
+            .expand(candidate=planned)
+        )
         fitted = baselines(transformed, planned, settings)
         model = select(trained, settings)
         scores = evaluate(model, fitted, merged, settings)

@@ -38,8 +38,11 @@ def make_dvc_repo(root: Path, spec: SampleSpec) -> Path:
     from the workspace and the cache, so that only a real `dvc pull` brings it back."""
     repo, remote = root / "repo", root / "remote"
     repo.mkdir(parents=True)
-    for args in (("init", "--no-scm", "-q"), ("config", "core.analytics", "false"),
-                 ("remote", "add", "-d", "local", str(remote))):
+    for args in (
+        ("init", "--no-scm", "-q"),
+        ("config", "core.analytics", "false"),
+        ("remote", "add", "-d", "local", str(remote)),
+    ):
         assert dvc(repo, *args).returncode == 0
     generate(repo / "data" / "raw", spec)
     for args in (("add", "data/raw", "-q"), ("push", "-q")):

@@ -27,6 +27,7 @@ CLIP_COSINES = (F.COS_QUERY_TEXT, F.COS_QUERY_IMAGE)
 
 def cosines_of(frame_columns: dict) -> np.ndarray:
     """The same two cosines from raw embedding matrices (evaluate's side), [n, 2]."""
+
     def unit(matrix):
         return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
@@ -38,8 +39,12 @@ def fit_cosine_logistic(cosines: np.ndarray, labels: np.ndarray) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(max_iter=1000).fit(cosines, labels)
-    return {"features": list(CLIP_COSINES), "classes": model.classes_.tolist(), "coef": model.coef_.tolist(),
-            "intercept": model.intercept_.tolist()}
+    return {
+        "features": list(CLIP_COSINES),
+        "classes": model.classes_.tolist(),
+        "coef": model.coef_.tolist(),
+        "intercept": model.intercept_.tolist(),
+    }
 
 
 def cosine_logistic_probabilities(fitted: dict, cosines: np.ndarray) -> np.ndarray:
@@ -74,12 +79,17 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, parent_run_id: str
         M.keras()
         mlflow = tracking.setup(cfg)
         tracking.end_abandoned_runs(mlflow, cfg, (tags or {}).get("run_id", ""), run_name="baseline-query")
-        with mlflow.start_run(run_name="baseline-query", parent_run_id=parent_run_id, nested=True,
-                              tags={**tracking.airflow_tags(tags or {}), "baseline": "query"}) as child:
+        with mlflow.start_run(
+            run_name="baseline-query",
+            parent_run_id=parent_run_id,
+            nested=True,
+            tags={**tracking.airflow_tags(tags or {}), "baseline": "query"},
+        ) as child:
             model = M.build_query_model(transform_manifest["embedding_dim"], cfg.dropout, cfg.learning_rate)
             params = {"learning_rate": cfg.learning_rate, "dropout": cfg.dropout}
-            trained = train_and_log(model, "query", transform_manifest, Path(out_dir) / "query", cfg, mlflow, params,
-                                    cfg.batch_size)
+            trained = train_and_log(
+                model, "query", transform_manifest, Path(out_dir) / "query", cfg, mlflow, params, cfg.batch_size
+            )
         result["query_model"] = {**trained, "mlflow_run_id": child.info.run_id}
     write_json(Path(out_dir) / "baselines.json", result)
     return result

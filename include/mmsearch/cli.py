@@ -107,8 +107,9 @@ def cmd_evaluate(args):
 def cmd_register(args):
     from mmsearch import register
 
-    return register.run(_json(args.model), _json(args.scores), _json(args.lineage), args.out, _config(args),
-                        _json(args.tags))
+    return register.run(
+        _json(args.model), _json(args.scores), _json(args.lineage), args.out, _config(args), _json(args.tags)
+    )
 
 
 def cmd_sample_data(args):
@@ -162,30 +163,79 @@ def build_parser() -> argparse.ArgumentParser:
     path = {"type": Path, "required": True}
     tags = ("--tags", {"help": "JSON: the Airflow DAG run's dag_id, run_id, logical_date (MLflow tags)"})
 
-    _stage(sub, "pull", cmd_pull, "dvc pull the raw data and verify every file arrived (--out: the raw directory)",
-           [("--repo", {"type": Path, "help": "DVC repository (default: dvc_repo, else this project)"})])
-    _stage(sub, "validate", cmd_validate, "check the raw files against the data contract",
-           [("--raw-dir", {"type": Path, "default": C.default_raw_dir()})])
-    _stage(sub, "merge", cmd_merge, "join judgements with embeddings, split by query group",
-           [("--raw-dir", {"type": Path, "default": C.default_raw_dir()})])
-    _stage(sub, "transform", cmd_transform, "TensorFlow Transform on Beam over the merged data",
-           [("--merged-dir", path), ("--child", {"action": "store_true", "help": argparse.SUPPRESS})])
+    _stage(
+        sub,
+        "pull",
+        cmd_pull,
+        "dvc pull the raw data and verify every file arrived (--out: the raw directory)",
+        [("--repo", {"type": Path, "help": "DVC repository (default: dvc_repo, else this project)"})],
+    )
+    _stage(
+        sub,
+        "validate",
+        cmd_validate,
+        "check the raw files against the data contract",
+        [("--raw-dir", {"type": Path, "default": C.default_raw_dir()})],
+    )
+    _stage(
+        sub,
+        "merge",
+        cmd_merge,
+        "join judgements with embeddings, split by query group",
+        [("--raw-dir", {"type": Path, "default": C.default_raw_dir()})],
+    )
+    _stage(
+        sub,
+        "transform",
+        cmd_transform,
+        "TensorFlow Transform on Beam over the merged data",
+        [("--merged-dir", path), ("--child", {"action": "store_true", "help": argparse.SUPPRESS})],
+    )
     _stage(sub, "candidates", cmd_candidates, "open the parent MLflow run; list the candidates to train", [tags])
-    _stage(sub, "train", cmd_train, "train one candidate in a nested MLflow run",
-           [("--transform-dir", path), ("--candidate", {"help": "JSON from `mmsearch candidates` (default: #0)"}),
-            tags])
-    _stage(sub, "baselines", cmd_baselines, "fit the CLIP baseline, train the original design's query model",
-           [("--transform-dir", path), ("--parent-run-id", {"help": "MLflow run to nest the query model under"}),
-            tags])
-    _stage(sub, "select", cmd_select, "keep the best trained candidate by validation macro-F1",
-           [("--trained", {"nargs": "+", "type": Path, "required": True, "help": "train.json of each candidate"})])
-    _stage(sub, "evaluate", cmd_evaluate, "score the model, the baselines and the champion on the test queries",
-           [("--model", {"required": True, "help": "selection.json (or a train.json)"}),
-            ("--baselines", {"required": True, "help": "baselines.json"}), ("--merged-dir", path)])
-    _stage(sub, "register", cmd_register, "register the model in MLflow; the gate moves the aliases",
-           [("--model", {"required": True, "help": "selection.json"}),
+    _stage(
+        sub,
+        "train",
+        cmd_train,
+        "train one candidate in a nested MLflow run",
+        [("--transform-dir", path), ("--candidate", {"help": "JSON from `mmsearch candidates` (default: #0)"}), tags],
+    )
+    _stage(
+        sub,
+        "baselines",
+        cmd_baselines,
+        "fit the CLIP baseline, train the original design's query model",
+        [("--transform-dir", path), ("--parent-run-id", {"help": "MLflow run to nest the query model under"}), tags],
+    )
+    _stage(
+        sub,
+        "select",
+        cmd_select,
+        "keep the best trained candidate by validation macro-F1",
+        [("--trained", {"nargs": "+", "type": Path, "required": True, "help": "train.json of each candidate"})],
+    )
+    _stage(
+        sub,
+        "evaluate",
+        cmd_evaluate,
+        "score the model, the baselines and the champion on the test queries",
+        [
+            ("--model", {"required": True, "help": "selection.json (or a train.json)"}),
+            ("--baselines", {"required": True, "help": "baselines.json"}),
+            ("--merged-dir", path),
+        ],
+    )
+    _stage(
+        sub,
+        "register",
+        cmd_register,
+        "register the model in MLflow; the gate moves the aliases",
+        [
+            ("--model", {"required": True, "help": "selection.json"}),
             ("--scores", {"required": True, "help": "scores.json written by evaluate"}),
-            ("--lineage", {"help": "JSON printed by `mmsearch pull` (the data's md5s)"}), tags])
+            ("--lineage", {"help": "JSON printed by `mmsearch pull` (the data's md5s)"}),
+            tags,
+        ],
+    )
 
     from mmsearch.tools import sample_data  # light: numpy and pyarrow only
 
@@ -220,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     from mmsearch.io import DataError, RegistryError
     from mmsearch.pull import PullError
     from mmsearch.tools.run_dag import RunFailed

@@ -65,8 +65,13 @@ def redact_uri(uri: str) -> str:
 
 # Environment variables whose values are secrets: masked in Airflow's task logs.
 SECRET_ENV_VARS = (
-    "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
 )
 
 
@@ -86,8 +91,16 @@ KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a st
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
-def setting(default, description: str, section: str, *, choices: tuple | None = None, optional: bool = False,
-            items: type = str, **bounds: float):
+def setting(
+    default,
+    description: str,
+    section: str,
+    *,
+    choices: tuple | None = None,
+    optional: bool = False,
+    items: type = str,
+    **bounds: float,
+):
     """A RunConfig field with its description and allowed values, written once: the DAG's Params
     (the trigger form) and RunConfig.check are both built from this.
 
@@ -96,8 +109,14 @@ def setting(default, description: str, section: str, *, choices: tuple | None = 
     `bounds`: JSON Schema's minimum, maximum, exclusiveMinimum, exclusiveMaximum.
     """
     assert section in SECTIONS and set(bounds) <= set(BOUNDS), (section, bounds)
-    meta = {"description": description, "section": section, "choices": choices, "optional": optional,
-            "items": items, "bounds": bounds}
+    meta = {
+        "description": description,
+        "section": section,
+        "choices": choices,
+        "optional": optional,
+        "items": items,
+        "bounds": bounds,
+    }
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -118,70 +137,113 @@ class RunConfig:
 
     # Training
     feature_set: str = setting(
-        "query_product", "query_product: the pair model (query, product text and image embeddings, pair features). "
-        "query: the original design's model, on the query embedding only.", "Training", choices=FEATURE_SETS)
+        "query_product",
+        "query_product: the pair model (query, product text and image embeddings, pair features). "
+        "query: the original design's model, on the query embedding only.",
+        "Training",
+        choices=FEATURE_SETS,
+    )
     candidates: tuple[dict, ...] = setting(
-        DEFAULT_CANDIDATES, "Pair-model candidates, each trained as a mapped task and kept if best by validation "
+        DEFAULT_CANDIDATES,
+        "Pair-model candidates, each trained as a mapped task and kept if best by validation "
         "macro-F1: hyperparameter overrides (batch_size, learning_rate, dropout, projection_dim, hidden_units, l2, "
-        "class_weighting none|sqrt). An empty object trains the run's settings as they are.", "Training", items=dict)
+        "class_weighting none|sqrt). An empty object trains the run's settings as they are.",
+        "Training",
+        items=dict,
+    )
     decision_rule: str = setting(
-        "macro_f1", "macro_f1: per-class weights on the probabilities fitted on validation for macro-F1 (stored "
-        "with the model, applied when it serves). argmax: the most probable label.", "Training",
-        choices=("macro_f1", "argmax"))
-    epochs: int = setting(50, "Maximum epochs (early stopping on validation loss ends sooner).", "Training",
-                          **AT_LEAST_ONE)
-    batch_size: int = setting(32, "Training batch size (the original design's; a candidate may override it).",
-                              "Training", **AT_LEAST_ONE)
+        "macro_f1",
+        "macro_f1: per-class weights on the probabilities fitted on validation for macro-F1 (stored "
+        "with the model, applied when it serves). argmax: the most probable label.",
+        "Training",
+        choices=("macro_f1", "argmax"),
+    )
+    epochs: int = setting(
+        50, "Maximum epochs (early stopping on validation loss ends sooner).", "Training", **AT_LEAST_ONE
+    )
+    batch_size: int = setting(
+        32, "Training batch size (the original design's; a candidate may override it).", "Training", **AT_LEAST_ONE
+    )
     steps_per_epoch: int = setting(200, "Training steps per epoch.", "Training", **AT_LEAST_ONE)
-    patience: int = setting(5, "Early-stopping patience in epochs (best weights restored).", "Training",
-                            minimum=0)
+    patience: int = setting(5, "Early-stopping patience in epochs (best weights restored).", "Training", minimum=0)
     learning_rate: float = setting(0.001, "Adam learning rate.", "Training", exclusiveMinimum=0, maximum=1)
     dropout: float = setting(0.3, "Dropout after the first dense layer.", "Training", minimum=0, exclusiveMaximum=1)
-    validation_steps: int = setting(0, "Validation steps per epoch (0: the whole validation split).", "Training",
-                                    minimum=0)
+    validation_steps: int = setting(
+        0, "Validation steps per epoch (0: the whole validation split).", "Training", minimum=0
+    )
     train_query_baseline: bool = setting(
-        True, "In a query_product run, also train the original design's query model, scored as a baseline.",
-        "Training")
+        True, "In a query_product run, also train the original design's query model, scored as a baseline.", "Training"
+    )
     seed: int = setting(42, "Seed of the group split and of training.", "Training", minimum=0)
-    codecarbon_country: str = setting("USA", "ISO 3166 alpha-3 country code for CodeCarbon's offline carbon "
-                                      "intensity.", "Training")
+    codecarbon_country: str = setting(
+        "USA", "ISO 3166 alpha-3 country code for CodeCarbon's offline carbon intensity.", "Training"
+    )
     # Data
-    raw_data_dir: str = setting("", "A raw ESCI/SQID directory used as it is, without DVC. Empty: pull data/raw "
-                                "of the DVC repository.", "Data", optional=True)
+    raw_data_dir: str = setting(
+        "",
+        "A raw ESCI/SQID directory used as it is, without DVC. Empty: pull data/raw of the DVC repository.",
+        "Data",
+        optional=True,
+    )
     dvc_repo: str = setting("", "DVC repository to pull from. Empty: this project.", "Data", optional=True)
     dvc_remote: str = setting("", "DVC remote name. Empty: the repository's default remote.", "Data", optional=True)
     val_fraction: float = setting(0.15, "Share of queries held out for validation.", "Data", **FRACTION)
     test_fraction: float = setting(0.15, "Share of queries held out for test.", "Data", **FRACTION)
-    esci_filter_locale: str = setting("us", "Working set: ESCI product_locale. Empty: every locale.", "Data",
-                                      optional=True)
+    esci_filter_locale: str = setting(
+        "us", "Working set: ESCI product_locale. Empty: every locale.", "Data", optional=True
+    )
     esci_filter_small_version: bool = setting(True, "Working set: only ESCI small_version rows.", "Data")
-    esci_filter_split: str = setting("test", "Working set: the ESCI split SQID covers. Empty: both.", "Data",
-                                     choices=("train", "test"), optional=True)
-    min_join_coverage: float = setting(0.95, "Fail below this share of working-set judgements with every "
-                                       "feature.", "Data", minimum=0, maximum=1)
-    query_features_source: str = setting("sqid", "sqid: the SQID parquet. legacy_csv: the older export "
-                                         "query_features_with_timestamp.csv.", "Data", choices=("sqid", "legacy_csv"))
-    embedding_dim: int = setting(EMBEDDING_DIM, "Expected embedding width (CLIP ViT-L/14: 768).", "Data",
-                                 **AT_LEAST_ONE)
-    dvc_pull_attempts: int = setting(3, "Attempts at dvc pull, with exponential backoff, before the task fails.",
-                                     "Data", **AT_LEAST_ONE)
+    esci_filter_split: str = setting(
+        "test",
+        "Working set: the ESCI split SQID covers. Empty: both.",
+        "Data",
+        choices=("train", "test"),
+        optional=True,
+    )
+    min_join_coverage: float = setting(
+        0.95, "Fail below this share of working-set judgements with every feature.", "Data", minimum=0, maximum=1
+    )
+    query_features_source: str = setting(
+        "sqid",
+        "sqid: the SQID parquet. legacy_csv: the older export query_features_with_timestamp.csv.",
+        "Data",
+        choices=("sqid", "legacy_csv"),
+    )
+    embedding_dim: int = setting(
+        EMBEDDING_DIM, "Expected embedding width (CLIP ViT-L/14: 768).", "Data", **AT_LEAST_ONE
+    )
+    dvc_pull_attempts: int = setting(
+        3, "Attempts at dvc pull, with exponential backoff, before the task fails.", "Data", **AT_LEAST_ONE
+    )
     # Registry
     registered_model_name: str = setting("mmsearch-esci", "MLflow registered model.", "Registry")
     experiment_name: str = setting("mmsearch-esci", "MLflow experiment.", "Registry")
-    promotion_metric: str = setting("macro_f1", "Test metric a new version must beat the champion on.",
-                                    "Registry", choices=("macro_f1", "micro_f1", "accuracy", "ndcg"))
-    registry_attempts: int = setting(3, "Attempts at registering, with exponential backoff, while MLflow is "
-                                     "unreachable.", "Registry", **AT_LEAST_ONE)
+    promotion_metric: str = setting(
+        "macro_f1",
+        "Test metric a new version must beat the champion on.",
+        "Registry",
+        choices=("macro_f1", "micro_f1", "accuracy", "ndcg"),
+    )
+    registry_attempts: int = setting(
+        3, "Attempts at registering, with exponential backoff, while MLflow is unreachable.", "Registry", **AT_LEAST_ONE
+    )
     # Transform
     # The DirectRunner's own in-process engine, named outright: the DirectRunner first tries to
     # download the Prism runner binary, which an offline machine cannot.
     beam_pipeline_args: tuple[str, ...] = setting(
         ("--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner", "--direct_num_workers=1"),
-        "Beam pipeline options, e.g. --runner=FlinkRunner --flink_master=host:8081.", "Transform")
-    tfrecord_compression: str = setting("none", "Transformed TFRecords: none, or GZIP (4-7x the write time for "
-                                        "~9 % smaller files).", "Transform", choices=("none", "GZIP"))
-    transform_batch_rows: int = setting(2000, "Rows per Arrow record batch fed to TensorFlow Transform.",
-                                        "Transform", **AT_LEAST_ONE)
+        "Beam pipeline options, e.g. --runner=FlinkRunner --flink_master=host:8081.",
+        "Transform",
+    )
+    tfrecord_compression: str = setting(
+        "none",
+        "Transformed TFRecords: none, or GZIP (4-7x the write time for ~9 % smaller files).",
+        "Transform",
+        choices=("none", "GZIP"),
+    )
+    transform_batch_rows: int = setting(
+        2000, "Rows per Arrow record batch fed to TensorFlow Transform.", "Transform", **AT_LEAST_ONE
+    )
 
     @classmethod
     def from_mapping(cls, values: dict) -> RunConfig:
@@ -217,8 +279,9 @@ class RunConfig:
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"candidates: {error}") from None
         if not self.val_fraction + self.test_fraction < 1:
-            raise ConfigError(f"val_fraction + test_fraction must be below 1, not "
-                              f"{self.val_fraction} + {self.test_fraction}")
+            raise ConfigError(
+                f"val_fraction + test_fraction must be below 1, not {self.val_fraction} + {self.test_fraction}"
+            )
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -245,8 +308,12 @@ def check_setting(field: dataclasses.Field, value) -> None:
         raise ConfigError(f"{field.name} must be a list of {JSON_TYPES[meta['items']]}s, not {list(value)!r}")
     if meta["choices"] and value not in meta["choices"] and not (meta["optional"] and value == ""):
         raise ConfigError(f"{field.name} must be one of {list(meta['choices'])}, not {value!r}")
-    tests = {"minimum": (float.__ge__, "≥"), "maximum": (float.__le__, "≤"),
-             "exclusiveMinimum": (float.__gt__, ">"), "exclusiveMaximum": (float.__lt__, "<")}
+    tests = {
+        "minimum": (float.__ge__, "≥"),
+        "maximum": (float.__le__, "≤"),
+        "exclusiveMinimum": (float.__gt__, ">"),
+        "exclusiveMaximum": (float.__lt__, "<"),
+    }
     for key, bound in meta["bounds"].items():
         holds, sign = tests[key]
         if not holds(float(value), float(bound)):
@@ -257,8 +324,12 @@ def param_schema(field: dataclasses.Field) -> dict:
     """The JSON Schema of one setting, as Airflow's Param and trigger form take it."""
     meta = field.metadata
     json_type = JSON_TYPES[type(field.default)]
-    schema = {"type": [json_type, "null"] if meta["optional"] else json_type, "description": meta["description"],
-              "section": meta["section"], **meta["bounds"]}
+    schema = {
+        "type": [json_type, "null"] if meta["optional"] else json_type,
+        "description": meta["description"],
+        "section": meta["section"],
+        **meta["bounds"],
+    }
     if meta["choices"]:
         schema["enum"] = list(meta["choices"]) + ([None] if meta["optional"] else [])
     if json_type == "array":

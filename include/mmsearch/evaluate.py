@@ -122,9 +122,12 @@ def _figures(results: dict, scored: dict, out: Path, feature_set: str) -> None:
     for name, metrics in results.items():
         plot_confusion_matrix(metrics, f"{name} ({feature_set})", out / f"confusion_{name}.png")
     labels, probabilities = scored["labels"], scored[MODEL][0]
-    plot_reliability(labels, probabilities, f"model: reliability (ECE {results[MODEL]['ece']:.3f})",
-                     out / "reliability_model.png")
-    plot_precision_recall(labels, probabilities, "model: per-class precision-recall", out / "precision_recall_model.png")
+    plot_reliability(
+        labels, probabilities, f"model: reliability (ECE {results[MODEL]['ece']:.3f})", out / "reliability_model.png"
+    )
+    plot_precision_recall(
+        labels, probabilities, "model: per-class precision-recall", out / "precision_recall_model.png"
+    )
 
 
 def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
@@ -142,8 +145,9 @@ def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.Ru
     for name in scorers:
         probabilities, served, *ranking = scored[name]
         results[name] = classification_metrics(labels, probabilities, query_ids, served, *ranking)
-    results["baseline_majority"] = classification_metrics(labels, _majority(baselines["majority_label"], len(labels)),
-                                                          query_ids)
+    results["baseline_majority"] = classification_metrics(
+        labels, _majority(baselines["majority_label"], len(labels)), query_ids
+    )
     feature_set = model["feature_set"]
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", {"test_rows": len(labels), "champion": champion, **results})
@@ -154,8 +158,12 @@ def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.Ru
     with mlflow.start_run(run_id=model["parent_run_id"]):
         mlflow.log_metrics({f"test/{k}": v for k, v in headline(results[MODEL]).items() if np.isfinite(v)})
         mlflow.set_tags({"selected_candidate": str(model["candidate"]), "selected_run_id": model["mlflow_run_id"]})
-    scores = {"evaluation_dir": str(out_dir), "test_rows": len(labels), "champion": champion,
-              "metrics": {name: headline(metrics) for name, metrics in results.items()}}
+    scores = {
+        "evaluation_dir": str(out_dir),
+        "test_rows": len(labels),
+        "champion": champion,
+        "metrics": {name: headline(metrics) for name, metrics in results.items()},
+    }
     write_json(Path(out_dir) / SCORES, scores)
     log.info("test metrics on %d rows: %s", len(labels), scores["metrics"])
     return scores

@@ -71,8 +71,11 @@ def preprocessing_fn(inputs: dict) -> dict:
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    outputs = {name: tft.scale_to_z_score(inputs[name], elementwise=True)
-               for name in EMBEDDING_COLUMNS["query_product"] if name in inputs}
+    outputs = {
+        name: tft.scale_to_z_score(inputs[name], elementwise=True)
+        for name in EMBEDDING_COLUMNS["query_product"]
+        if name in inputs
+    }
     if PRODUCT_TEXT_EMBEDDING in inputs:
         unit = {name: tf.math.l2_normalize(inputs[name], axis=1) for name in EMBEDDING_COLUMNS["query_product"]}
         for name, (left, right) in COSINES.items():

@@ -77,7 +77,9 @@ class _SplitWriter:
         self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         self.in_shard += table.num_rows
         self.rows += table.num_rows
-        for label, count in zip(*np.unique(table.column("esci_label").to_numpy(zero_copy_only=False), return_counts=True)):
+        for label, count in zip(
+            *np.unique(table.column("esci_label").to_numpy(zero_copy_only=False), return_counts=True)
+        ):
             self.labels[str(label)] = self.labels.get(str(label), 0) + int(count)
         self.queries.update(table.column("query_id").to_pylist())
 
@@ -96,16 +98,25 @@ class _SplitWriter:
 
 
 def _schema(columns, dim: int) -> pa.Schema:
-    fields = [("example_id", pa.int64()), ("query_id", pa.string()), ("product_id", pa.string()),
-              ("esci_label", pa.string()), (F.LABEL, pa.int64()), ("split", pa.string())]
+    fields = [
+        ("example_id", pa.int64()),
+        ("query_id", pa.string()),
+        ("product_id", pa.string()),
+        ("esci_label", pa.string()),
+        (F.LABEL, pa.int64()),
+        ("split", pa.string()),
+    ]
     return pa.schema(fields + [(name, pa.list_(pa.float32(), dim)) for name in columns])
 
 
 def run(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     """The stage: merge, then only what the DAG passes on (the full manifest is on disk)."""
     manifest = merge(raw_dir, out_dir, cfg)
-    return {"merged_dir": manifest["merged_dir"], "rows": manifest["rows"],
-            "split_rows": {name: split["rows"] for name, split in manifest["splits"].items()}}
+    return {
+        "merged_dir": manifest["merged_dir"],
+        "rows": manifest["rows"],
+        "split_rows": {name: split["rows"] for name, split in manifest["splits"].items()},
+    }
 
 
 def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
@@ -122,7 +133,9 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
         "esci_label": esci.column("esci_label").to_numpy(zero_copy_only=False)[mask].astype(str),
     }
     del esci
-    queries = raw.scan_features(raw.query_table(raw_dir), cfg.embedding_dim, keep=True, source=cfg.query_features_source)
+    queries = raw.scan_features(
+        raw.query_table(raw_dir), cfg.embedding_dim, keep=True, source=cfg.query_features_source
+    )
     q_row = _lookup(queries.keys, judgements["query_id"])
     joined = q_row >= 0
     product_table = raw.product_table(raw_dir)
@@ -147,11 +160,17 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
                 lo, hi = np.searchsorted(by_product, [first, first + len(matrices["clip_text_features"])])
                 part = rows[lo:hi]
                 local = by_product[lo:hi] - first
-                _write_rows(writers, part, judgements, split, {
-                    F.QUERY_EMBEDDING: query_matrix[q_row[part]],
-                    F.PRODUCT_TEXT_EMBEDDING: matrices["clip_text_features"][local],
-                    F.PRODUCT_IMAGE_EMBEDDING: matrices["clip_image_features"][local],
-                })
+                _write_rows(
+                    writers,
+                    part,
+                    judgements,
+                    split,
+                    {
+                        F.QUERY_EMBEDDING: query_matrix[q_row[part]],
+                        F.PRODUCT_TEXT_EMBEDDING: matrices["clip_text_features"][local],
+                        F.PRODUCT_IMAGE_EMBEDDING: matrices["clip_image_features"][local],
+                    },
+                )
         else:
             rows = np.flatnonzero(joined)
             for start in range(0, len(rows), SHARD_ROWS):
@@ -171,8 +190,7 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
             "seed": cfg.seed,
         }
         write_json(tmp / "manifest.json", manifest)
-    log.info("merged %d judgements into %s: %s", manifest["rows"], out_dir,
-             {k: v["rows"] for k, v in counts.items()})
+    log.info("merged %d judgements into %s: %s", manifest["rows"], out_dir, {k: v["rows"] for k, v in counts.items()})
     return manifest
 
 
@@ -184,15 +202,20 @@ def _write_rows(writers: dict, part: np.ndarray, judgements: dict, split: np.nda
             continue
         rows = part[chosen]
         labels = judgements["esci_label"][rows]
-        writer.write(pa.table({
-            "example_id": pa.array(judgements["example_id"][rows], pa.int64()),
-            "query_id": pa.array(judgements["query_id"][rows], pa.string()),
-            "product_id": pa.array(judgements["product_id"][rows], pa.string()),
-            "esci_label": pa.array(labels, pa.string()),
-            F.LABEL: pa.array(np.vectorize(F.LABEL_IDS.get, otypes=[np.int64])(labels), pa.int64()),
-            "split": pa.array(np.full(len(rows), name), pa.string()),
-            **{column: fixed_size_list(matrix[chosen]) for column, matrix in embeddings.items()},
-        }, schema=writer.schema))
+        writer.write(
+            pa.table(
+                {
+                    "example_id": pa.array(judgements["example_id"][rows], pa.int64()),
+                    "query_id": pa.array(judgements["query_id"][rows], pa.string()),
+                    "product_id": pa.array(judgements["product_id"][rows], pa.string()),
+                    "esci_label": pa.array(labels, pa.string()),
+                    F.LABEL: pa.array(np.vectorize(F.LABEL_IDS.get, otypes=[np.int64])(labels), pa.int64()),
+                    "split": pa.array(np.full(len(rows), name), pa.string()),
+                    **{column: fixed_size_list(matrix[chosen]) for column, matrix in embeddings.items()},
+                },
+                schema=writer.schema,
+            )
+        )
 
 
 def read_merged(merged_dir: Path, split: str, columns: list[str] | None = None) -> pa.Table:

@@ -48,12 +48,22 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
     mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / np.maximum(count, 1)
     accuracy = np.bincount(which, weights=correct, minlength=bins) / np.maximum(count, 1)
     ece = float(np.sum(count * np.abs(accuracy - mean_confidence)) / max(len(labels), 1))
-    return {"ece": ece, "bins": edges.tolist(), "count": count.tolist(), "confidence": mean_confidence.tolist(),
-            "accuracy": accuracy.tolist()}
+    return {
+        "ece": ece,
+        "bins": edges.tolist(),
+        "count": count.tolist(),
+        "confidence": mean_confidence.tolist(),
+        "accuracy": accuracy.tolist(),
+    }
 
 
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, query_ids: np.ndarray,
-                           predicted: np.ndarray | None = None, ranking_scores: np.ndarray | None = None) -> dict:
+def classification_metrics(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    query_ids: np.ndarray,
+    predicted: np.ndarray | None = None,
+    ranking_scores: np.ndarray | None = None,
+) -> dict:
     """Accuracy, F1, per-class precision/recall/F1, the confusion matrix, nDCG and calibration.
 
     `predicted`: the labels the model serves (its decision rule); argmax of `probabilities` if
@@ -63,8 +73,9 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, query_
 
     predicted = probabilities.argmax(axis=1) if predicted is None else predicted
     scores = probabilities @ GAIN_BY_ID if ranking_scores is None else ranking_scores
-    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=LABEL_ORDER,
-                                                                     zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=LABEL_ORDER, zero_division=0
+    )
     ndcg, ndcg_queries = mean_ndcg(query_ids, GAIN_BY_ID[labels], scores)
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
@@ -74,8 +85,12 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, query_
         "ndcg_queries": ndcg_queries,
         "ece": expected_calibration_error(labels, probabilities)["ece"],
         "per_class": {
-            F.LABELS_BY_ID[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                                "support": int(support[i])}
+            F.LABELS_BY_ID[i]: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i in LABEL_ORDER
         },
         "confusion_matrix": {
@@ -122,5 +137,8 @@ def fit_decision_rule(labels: np.ndarray, probabilities: np.ndarray, rounds: int
                 if score > best + 1e-9 and np.mean(predicted == labels) >= floor:
                     best, weights = score, trial
     weights = weights / weights[F.LABEL_IDS["E"]]
-    return {"class_weights": weights.tolist(), "validation_macro_f1": best,
-            "label_order": [F.LABELS_BY_ID[i] for i in LABEL_ORDER]}
+    return {
+        "class_weights": weights.tolist(),
+        "validation_macro_f1": best,
+        "label_order": [F.LABELS_BY_ID[i] for i in LABEL_ORDER],
+    }

@@ -34,8 +34,9 @@ class Hyperparameters:
     class_weighting: str = "none"
 
     @classmethod
-    def for_candidate(cls, overrides: dict, batch_size: int = 32, learning_rate: float = 0.001,
-                      dropout: float = 0.3) -> Hyperparameters:
+    def for_candidate(
+        cls, overrides: dict, batch_size: int = 32, learning_rate: float = 0.001, dropout: float = 0.3
+    ) -> Hyperparameters:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - names)
         if unknown:
@@ -73,8 +74,10 @@ def input_width(feature_set: str, dim: int) -> int:
 
 def _inputs(feature_set: str, dim: int) -> dict:
     k = keras()
-    return {name: k.Input(shape=(dim,) if name in F.EMBEDDING_COLUMNS["query_product"] else (1,), name=name)
-            for name in F.model_features(feature_set)}
+    return {
+        name: k.Input(shape=(dim,) if name in F.EMBEDDING_COLUMNS["query_product"] else (1,), name=name)
+        for name in F.model_features(feature_set)
+    }
 
 
 def build_query_model(dim: int, dropout: float = 0.3, learning_rate: float = 0.001):
@@ -86,8 +89,11 @@ def build_query_model(dim: int, dropout: float = 0.3, learning_rate: float = 0.0
     x = k.layers.Dense(128, activation="relu", name="dense_128")(x)
     outputs = k.layers.Dense(F.NUM_CLASSES, activation="softmax", name="esci_probabilities")(x)
     model = k.Model(inputs=inputs, outputs=outputs, name="esci_query")
-    model.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=k.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -109,13 +115,18 @@ def build_pair_model(dim: int, hp: Hyperparameters, decay_steps: int = 10_000, w
         interactions = []
         for product, name in ((text, "text"), (image, "image")):
             difference = k.layers.Subtract(name=f"query_minus_{name}")([query, product])
-            interactions += [k.layers.Multiply(name=f"query_x_{name}")([query, product]),
-                             k.layers.Multiply(name=f"squared_query_minus_{name}")([difference, difference])]
+            interactions += [
+                k.layers.Multiply(name=f"query_x_{name}")([query, product]),
+                k.layers.Multiply(name=f"squared_query_minus_{name}")([difference, difference]),
+            ]
         x = k.layers.Concatenate(name="pair_features")([query, text, image, *interactions, cosines])
         x = k.layers.Dense(hp.hidden_units, activation="relu", kernel_regularizer=regulariser, name="hidden")(x)
         x = k.layers.Dropout(hp.dropout, name="dropout")(x)
-        logits.append(k.layers.Dense(F.NUM_CLASSES, kernel_initializer="zeros", kernel_regularizer=regulariser,
-                                     name="deep_logits")(x))
+        logits.append(
+            k.layers.Dense(
+                F.NUM_CLASSES, kernel_initializer="zeros", kernel_regularizer=regulariser, name="deep_logits"
+            )(x)
+        )
     x = k.layers.Add(name="logits")(logits) if len(logits) > 1 else logits[0]
     # compiled with a `crossentropy` metric: the loss without the L2 penalty, what early
     # stopping and the starting-point check compare (the penalty of a fresh projection is large)
@@ -126,6 +137,9 @@ def build_pair_model(dim: int, hp: Hyperparameters, decay_steps: int = 10_000, w
 
         wide.set_weights([np.asarray(w, dtype=np.float32) for w in wide_init])
     schedule = k.optimizers.schedules.CosineDecay(hp.learning_rate, decay_steps=max(decay_steps, 1), alpha=0.1)
-    model.compile(optimizer=k.optimizers.Adam(learning_rate=schedule), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy", k.metrics.SparseCategoricalCrossentropy(name="crossentropy")])
+    model.compile(
+        optimizer=k.optimizers.Adam(learning_rate=schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy", k.metrics.SparseCategoricalCrossentropy(name="crossentropy")],
+    )
     return model

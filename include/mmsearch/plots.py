@@ -78,8 +78,9 @@ def plot_precision_recall(labels: np.ndarray, probabilities: np.ndarray, title: 
     figure, ax = pyplot.subplots(figsize=(6, 5))
     for label_id in range(F.NUM_CLASSES):
         if np.any(labels == label_id):
-            PrecisionRecallDisplay.from_predictions(labels == label_id, probabilities[:, label_id], ax=ax,
-                                                    name=F.LABELS_BY_ID[label_id])
+            PrecisionRecallDisplay.from_predictions(
+                labels == label_id, probabilities[:, label_id], ax=ax, name=F.LABELS_BY_ID[label_id]
+            )
     ax.set_title(title)
     ax.grid(alpha=0.3)
     figure.tight_layout()

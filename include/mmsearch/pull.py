@@ -114,12 +114,18 @@ def describe_untracked(raw_dir: Path) -> dict:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         hashes[str(path.relative_to(raw_dir))] = digest.hexdigest()
-    return {"raw_dir": str(raw_dir), "dvc_target": "", "dvc_md5": "not tracked by DVC (raw_data_dir)",
-            "file_md5": hashes, "dvc_exit_code": None}
+    return {
+        "raw_dir": str(raw_dir),
+        "dvc_target": "",
+        "dvc_md5": "not tracked by DVC (raw_data_dir)",
+        "file_md5": hashes,
+        "dvc_exit_code": None,
+    }
 
 
-def pull(repo_dir: Path, target: str = DEFAULT_TARGET, remote: str = "", attempts: int = 3,
-         wait_seconds: float = 2.0) -> dict:
+def pull(
+    repo_dir: Path, target: str = DEFAULT_TARGET, remote: str = "", attempts: int = 3, wait_seconds: float = 2.0
+) -> dict:
     """Pull with retries and exponential backoff (a flaky remote, another process holding
     DVC's lock), then fail naming what is missing."""
     import tenacity
@@ -131,8 +137,9 @@ def pull(repo_dir: Path, target: str = DEFAULT_TARGET, remote: str = "", attempt
         stop=tenacity.stop_after_attempt(max(1, attempts)),
         wait=tenacity.wait_exponential(multiplier=wait_seconds, max=60),
         retry=tenacity.retry_if_exception_type(PullError),
-        before_sleep=lambda state: log.warning("dvc pull attempt %d failed, retrying: %s",
-                                               state.attempt_number, state.outcome.exception()),
+        before_sleep=lambda state: log.warning(
+            "dvc pull attempt %d failed, retrying: %s", state.attempt_number, state.outcome.exception()
+        ),
         reraise=True,
     )
     return retrying(_pull_once, repo_dir, target, remote)

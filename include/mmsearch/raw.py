@@ -68,7 +68,9 @@ class FeatureTable:
 
 
 def query_table(raw_dir: Path) -> FeatureTable:
-    return FeatureTable(Path(raw_dir) / C.QUERY_FEATURES_FILE, "query_id", ("clip_text_features",), QUERY_FEATURE_COLUMNS)
+    return FeatureTable(
+        Path(raw_dir) / C.QUERY_FEATURES_FILE, "query_id", ("clip_text_features",), QUERY_FEATURE_COLUMNS
+    )
 
 
 def product_table(raw_dir: Path) -> FeatureTable:
@@ -164,7 +166,7 @@ def working_set_mask(table: pa.Table, cfg: C.RunConfig) -> np.ndarray:
     """The ESCI rows SQID covers: us locale, small version, test split (configurable)."""
     mask = np.ones(table.num_rows, dtype=bool)
     if cfg.esci_filter_locale:
-        mask &= (table.column("product_locale").to_numpy(zero_copy_only=False) == cfg.esci_filter_locale)
+        mask &= table.column("product_locale").to_numpy(zero_copy_only=False) == cfg.esci_filter_locale
     if cfg.esci_filter_small_version:
         mask &= table.column("small_version").to_numpy() == 1
     if cfg.esci_filter_split:
@@ -213,13 +215,19 @@ def read_legacy_query_csv(path: Path, dim: int) -> pa.Table:
         if name not in table.column_names:
             raise DataError(path, "required column is missing", column=name)
     if missing:
-        raise DataError(path, f"feature columns f0..f{dim - 1} expected, {len(missing)} missing", column=missing[0], rows=missing)
+        raise DataError(
+            path, f"feature columns f0..f{dim - 1} expected, {len(missing)} missing", column=missing[0], rows=missing
+        )
     if extra:
-        raise DataError(path, f"feature columns f0..f{dim - 1} expected, {len(extra)} extra", column=extra[0], rows=extra)
+        raise DataError(
+            path, f"feature columns f0..f{dim - 1} expected, {len(extra)} extra", column=extra[0], rows=extra
+        )
     if table.num_rows == 0:
         raise DataError(path, "has no rows")
     for name in expected:
-        if not pa.types.is_floating(table.schema.field(name).type) and not pa.types.is_integer(table.schema.field(name).type):
+        if not pa.types.is_floating(table.schema.field(name).type) and not pa.types.is_integer(
+            table.schema.field(name).type
+        ):
             raise DataError(path, f"must be numeric, found {table.schema.field(name).type}", column=name)
     matrix = np.column_stack([table.column(n).to_numpy().astype(np.float32) for n in expected])
     return pa.table({"query_id": table.column("query_id"), "clip_text_features": embedding_array(matrix)})
@@ -257,7 +265,11 @@ def embedding_batches(ft: FeatureTable, dim: int, source: str = "sqid") -> Itera
             rows = np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False)) + offset
             raise DataError(path, "has null keys", column=ft.key, rows=[f"row {r}" for r in rows])
         names = _RowNames(ft.key, ids, offset)
-        yield offset, ids, {name: embedding_matrix(batch.column(name), dim, path, name, names) for name in ft.embeddings}
+        yield (
+            offset,
+            ids,
+            {name: embedding_matrix(batch.column(name), dim, path, name, names) for name in ft.embeddings},
+        )
         offset += batch.num_rows
 
 
@@ -292,5 +304,7 @@ def _first_of_duplicates(path, key, keys, prints) -> tuple[np.ndarray, int]:
         if not np.allclose(prints[rows], prints[rows[0]], rtol=0, atol=1e-6):
             conflicting.append(f"{key} '{uniq[group]}' (rows {', '.join(map(str, rows[:3]))})")
     if conflicting:
-        raise DataError(path, f"{len(conflicting)} duplicate keys with different embeddings", column=key, rows=conflicting)
+        raise DataError(
+            path, f"{len(conflicting)} duplicate keys with different embeddings", column=key, rows=conflicting
+        )
     return np.sort(first), int(len(keys) - len(uniq))

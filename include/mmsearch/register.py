@@ -36,24 +36,39 @@ class Decision:
     champion_version: str | None = None
 
 
-def decide(metric: str, scores: dict, champion_version: str | None = None, champion_error: str | None = None) -> Decision:
+def decide(
+    metric: str, scores: dict, champion_version: str | None = None, champion_error: str | None = None
+) -> Decision:
     """The gate: strictly better than every baseline, then than the champion, on this test split.
 
     `scores`: test metrics by name (`model`, `baseline_*`, `champion` when it was scored)."""
     ours = scores["model"][metric]
-    losses = [f"{name} {scores[name][metric]:.4f}" for name in sorted(scores)
-              if name.startswith("baseline_") and not ours > scores[name][metric]]
+    losses = [
+        f"{name} {scores[name][metric]:.4f}"
+        for name in sorted(scores)
+        if name.startswith("baseline_") and not ours > scores[name][metric]
+    ]
     if losses:
         return Decision(False, f"{metric} {ours:.4f} does not beat {', '.join(losses)}", ours, None, champion_version)
     if champion_version is None:
         return Decision(True, f"no champion yet; {metric} {ours:.4f} beats every baseline", ours)
     if champion_error is not None:
-        return Decision(False, f"champion v{champion_version} could not be scored on this data: {champion_error}",
-                        ours, None, champion_version)
+        return Decision(
+            False,
+            f"champion v{champion_version} could not be scored on this data: {champion_error}",
+            ours,
+            None,
+            champion_version,
+        )
     theirs = scores["champion"][metric]
     verdict = "beats" if ours > theirs else "does not beat"
-    return Decision(ours > theirs, f"{metric} {ours:.4f} {verdict} champion v{champion_version} {theirs:.4f}",
-                    ours, theirs, champion_version)
+    return Decision(
+        ours > theirs,
+        f"{metric} {ours:.4f} {verdict} champion v{champion_version} {theirs:.4f}",
+        ours,
+        theirs,
+        champion_version,
+    )
 
 
 def git_commit() -> str:
@@ -83,8 +98,9 @@ def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict) -> dict:
 
 def model_card(model: dict, scores: dict, lineage: dict, decision: Decision, metric: str) -> str:
     """The registered version's description: what it is, its data, its scores beside the baselines."""
-    rows = "\n".join(f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['ndcg']:.4f} |"
-                     for name, m in scores.items())
+    rows = "\n".join(
+        f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['ndcg']:.4f} |" for name, m in scores.items()
+    )
     data = "\n".join(f"- `{path}`: md5 `{md5}`" for path, md5 in sorted(lineage.get("file_md5", {}).items()))
     overrides = model.get("overrides") or {}
     return (
@@ -102,8 +118,9 @@ def _existing_version(client, name: str, tags: dict):
     """The version this DAG run registered already: the same run_id (a cleared task), or the same
     DAG and logical date (`airflow dags test` again for that date, which makes a new run_id)."""
     if tags.get("logical_date"):
-        query = (f"tags.airflow_dag_id = '{tags.get('dag_id', '')}' and "
-                 f"tags.{LOGICAL_DATE_TAG} = '{tags['logical_date']}'")
+        query = (
+            f"tags.airflow_dag_id = '{tags.get('dag_id', '')}' and tags.{LOGICAL_DATE_TAG} = '{tags['logical_date']}'"
+        )
     elif tags.get("run_id"):
         query = f"tags.{RUN_TAG} = '{tags['run_id']}'"
     else:
@@ -122,8 +139,15 @@ def _unreachable(error: BaseException) -> bool:
     return isinstance(error, MlflowException) and ("API request to" in text or "Max retries exceeded" in text)
 
 
-def run(model: dict, scores: dict, lineage: dict, out_dir: Path, cfg: C.RunConfig, tags: dict | None = None,
-        wait_seconds: float = 5.0) -> dict:
+def run(
+    model: dict,
+    scores: dict,
+    lineage: dict,
+    out_dir: Path,
+    cfg: C.RunConfig,
+    tags: dict | None = None,
+    wait_seconds: float = 5.0,
+) -> dict:
     """Register with retries and exponential backoff while MLflow is unreachable; write the run's
     summary into `out_dir`. Every step is safe to repeat (the version is found again by its run
     tag), and the champion alias moves last."""
@@ -134,8 +158,11 @@ def run(model: dict, scores: dict, lineage: dict, out_dir: Path, cfg: C.RunConfi
         stop=tenacity.stop_after_attempt(max(1, cfg.registry_attempts)),
         wait=tenacity.wait_exponential(multiplier=wait_seconds, max=120),
         retry=tenacity.retry_if_exception(_unreachable),
-        before_sleep=lambda state: log.warning("MLflow unreachable (attempt %d): %s", state.attempt_number,
-                                               str(state.outcome.exception()).splitlines()[0][:300]),
+        before_sleep=lambda state: log.warning(
+            "MLflow unreachable (attempt %d): %s",
+            state.attempt_number,
+            str(state.outcome.exception()).splitlines()[0][:300],
+        ),
         reraise=True,
     )
     try:
@@ -147,10 +174,15 @@ def run(model: dict, scores: dict, lineage: dict, out_dir: Path, cfg: C.RunConfi
             f"MLflow tracking server {C.redact_uri(C.mlflow_tracking_uri())} unreachable after "
             f"{cfg.registry_attempts} attempts; nothing was promoted: {str(error).splitlines()[0][:300]}"
         ) from None
-    summary = {"run_id": tags.get("run_id", ""), "run_dir": str(out_dir), "registry": registry,
-               "metrics": scores["metrics"], "test_rows": scores["test_rows"],
-               "model": {k: model[k] for k in ("candidate", "overrides", "epochs_run", "best_epoch", "validation")},
-               "candidates": model.get("selection", {}).get("candidates", [])}
+    summary = {
+        "run_id": tags.get("run_id", ""),
+        "run_dir": str(out_dir),
+        "registry": registry,
+        "metrics": scores["metrics"],
+        "test_rows": scores["test_rows"],
+        "model": {k: model[k] for k in ("candidate", "overrides", "epochs_run", "best_epoch", "validation")},
+        "candidates": model.get("selection", {}).get("candidates", []),
+    }
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(out_dir) / SUMMARY, summary)
     return summary
@@ -169,16 +201,22 @@ def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, t
     if version is not None:
         log.info("this DAG run (%s) already registered %s v%s: reusing it", tags.get("run_id"), name, version.version)
     else:
-        version = mlflow.register_model(model["model_uri"], name,
-                                        tags=lineage_tags(lineage, tags, model, metrics["model"]))
+        version = mlflow.register_model(
+            model["model_uri"], name, tags=lineage_tags(lineage, tags, model, metrics["model"])
+        )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
 
     champion = tracking.champion(cfg)
     if champion is not None and champion.version == version.version:
         decision = Decision(False, f"v{version.version} is already the champion", metrics["model"][metric])
     elif champion is not None and str(champion.version) != str(scores["champion"]["version"]):
-        decision = Decision(False, f"the champion changed to v{champion.version} after evaluate scored "
-                            f"v{scores['champion']['version']}", metrics["model"][metric], None, champion.version)
+        decision = Decision(
+            False,
+            f"the champion changed to v{champion.version} after evaluate scored v{scores['champion']['version']}",
+            metrics["model"][metric],
+            None,
+            champion.version,
+        )
     else:
         decision = decide(metric, metrics, scores["champion"]["version"], scores["champion"]["error"])
         if decision.promote:
@@ -186,26 +224,38 @@ def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, t
     client.set_model_version_tag(name, version.version, "promotion_decision", decision.reason)
     client.update_model_version(name, version.version, model_card(model, metrics, lineage, decision, metric))
     with mlflow.start_run(run_id=model["mlflow_run_id"]):
-        mlflow.set_tags({"registered_model": name, "registered_version": version.version,
-                         "promotion_decision": decision.reason})
+        mlflow.set_tags(
+            {"registered_model": name, "registered_version": version.version, "promotion_decision": decision.reason}
+        )
     aliases = sorted(client.get_model_version(name, version.version).aliases)
     log.info("registered %s v%s, aliases %s: %s", name, version.version, aliases, decision.reason)
-    return {"registered_model": name, "version": version.version, "aliases": aliases, "promotion_metric": metric,
-            "decision": asdict(decision)}
+    return {
+        "registered_model": name,
+        "version": version.version,
+        "aliases": aliases,
+        "promotion_metric": metric,
+        "decision": asdict(decision),
+    }
 
 
 def summary_text(summary: dict) -> str:
     """The run in a few lines, as a person reads it: test metrics beside the baselines, epochs,
     the version, the gate's decision, where the outputs are."""
     registry, model = summary["registry"], summary["model"]
-    lines = [f"mmsearch run {summary['run_id']}: {summary['test_rows']:,} test judgements",
-             f"{'test split':<18} {'accuracy':>9} {'macro_f1':>9} {'ndcg':>7}"]
+    lines = [
+        f"mmsearch run {summary['run_id']}: {summary['test_rows']:,} test judgements",
+        f"{'test split':<18} {'accuracy':>9} {'macro_f1':>9} {'ndcg':>7}",
+    ]
     for name, metrics in summary["metrics"].items():
         lines.append(f"{name:<18} {metrics['accuracy']:>9.4f} {metrics['macro_f1']:>9.4f} {metrics['ndcg']:>7.4f}")
-    lines.append(f"model: candidate {model['candidate']} {model['overrides'] or '{}'} of {len(summary['candidates'])}, "
-                 f"best epoch {model['best_epoch']} of {model['epochs_run']}, "
-                 f"validation macro_f1 {model['validation']['macro_f1']:.4f}")
-    lines.append(f"registered {registry['registered_model']} v{registry['version']}, "
-                 f"aliases {', '.join(registry['aliases'])}: {registry['decision']['reason']}")
+    lines.append(
+        f"model: candidate {model['candidate']} {model['overrides'] or '{}'} of {len(summary['candidates'])}, "
+        f"best epoch {model['best_epoch']} of {model['epochs_run']}, "
+        f"validation macro_f1 {model['validation']['macro_f1']:.4f}"
+    )
+    lines.append(
+        f"registered {registry['registered_model']} v{registry['version']}, "
+        f"aliases {', '.join(registry['aliases'])}: {registry['decision']['reason']}"
+    )
     lines.append(f"outputs: {summary['run_dir']}")
     return "\n".join(lines)

@@ -19,13 +19,25 @@ def run(trained: list[dict], out_dir: Path, cfg: C.RunConfig) -> dict:
     if not trained:
         raise ValueError("no candidate was trained")
     ranked = sorted(trained, key=lambda t: (-t["validation"][SELECTION_METRIC], t["candidate"]))
-    table = [{"candidate": t["candidate"], "overrides": t["overrides"], "mlflow_run_id": t["mlflow_run_id"],
-              **{f"val_{k}": v for k, v in t["validation"].items()}} for t in ranked]
+    table = [
+        {
+            "candidate": t["candidate"],
+            "overrides": t["overrides"],
+            "mlflow_run_id": t["mlflow_run_id"],
+            **{f"val_{k}": v for k, v in t["validation"].items()},
+        }
+        for t in ranked
+    ]
     best = {**ranked[0], "selection": {"metric": f"val_{SELECTION_METRIC}", "candidates": table}}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(out_dir) / "selection.json", best)
     for row in table:
-        log.info("candidate %d %s: val macro_f1 %.4f, accuracy %.4f", row["candidate"], row["overrides"] or "{}",
-                 row["val_macro_f1"], row["val_accuracy"])
+        log.info(
+            "candidate %d %s: val macro_f1 %.4f, accuracy %.4f",
+            row["candidate"],
+            row["overrides"] or "{}",
+            row["val_macro_f1"],
+            row["val_accuracy"],
+        )
     log.info("selected candidate %d", best["candidate"])
     return best

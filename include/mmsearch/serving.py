@@ -30,8 +30,10 @@ def export_serving_model(model, transform_graph: Path, raw_columns, dim: int, ex
     @tf.function(input_signature=[signature])
     def serve(raw_features):
         transformed = model.tft_layer(raw_features)
-        inputs = {name: tf.reshape(transformed[name], [-1, 1]) if transformed[name].shape.rank == 1 else transformed[name]
-                  for name in names}
+        inputs = {
+            name: tf.reshape(transformed[name], [-1, 1]) if transformed[name].shape.rank == 1 else transformed[name]
+            for name in names
+        }
         return {"probabilities": model(inputs, training=False)}
 
     tf.saved_model.save(model, str(export_dir), signatures={"serving_default": serve.get_concrete_function()})
@@ -54,7 +56,9 @@ def model_signature(raw_columns):
     from mlflow.types.schema import Array
 
     inputs = Schema([ColSpec(Array(DataType.double), name) for name in raw_columns])
-    outputs = Schema([ColSpec(DataType.string, "esci_label")] + [ColSpec(DataType.double, c) for c in PROBABILITY_COLUMNS.values()])
+    outputs = Schema(
+        [ColSpec(DataType.string, "esci_label")] + [ColSpec(DataType.double, c) for c in PROBABILITY_COLUMNS.values()]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -108,7 +112,7 @@ class EsciRelevanceModel(_PythonModel):
         self._class_weights = json.loads(Path(rule).read_text())["class_weights"] if rule else None
         self._model = tf.saved_model.load(context.artifacts["saved_model"])
         self._serve = self._model.signatures["serving_default"]
-        self._inputs = {name: spec for name, spec in self._serve.structured_input_signature[1].items()}
+        self._inputs = dict(self._serve.structured_input_signature[1].items())
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import tensorflow as tf

@@ -29,10 +29,14 @@ def setup(cfg: C.RunConfig):
     mlflow.set_tracking_uri(C.mlflow_tracking_uri())
     if mlflow.get_experiment_by_name(cfg.experiment_name) is None:
         # the embedded default keeps artifacts under MMSEARCH_HOME, not in ./mlruns of the cwd
-        mlflow.create_experiment(cfg.experiment_name, artifact_location=C.mlflow_artifact_root() if default_store else None)
+        mlflow.create_experiment(
+            cfg.experiment_name, artifact_location=C.mlflow_artifact_root() if default_store else None
+        )
     experiment = mlflow.set_experiment(cfg.experiment_name)
     # MLflow's UI opens an experiment of this kind on its training runs (not the GenAI traces view)
-    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    mlflow.MlflowClient().set_experiment_tag(
+        experiment.experiment_id, "mlflow.experimentKind", "custom_model_development"
+    )
     return mlflow
 
 
@@ -47,7 +51,8 @@ def end_abandoned_runs(mlflow, cfg: C.RunConfig, airflow_run_id: str, run_name: 
         return
     named = f" and attributes.run_name = '{run_name}'" if run_name else ""
     stale = mlflow.search_runs(
-        experiment_names=[cfg.experiment_name], output_format="list",
+        experiment_names=[cfg.experiment_name],
+        output_format="list",
         filter_string=f"tags.`airflow.run_id` = '{airflow_run_id}' and attributes.status = 'RUNNING'{named}",
     )
     for run in stale:

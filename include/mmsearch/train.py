@@ -88,8 +88,17 @@ def class_weights(label_counts: dict, weighting: str) -> dict | None:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def _fit(model, transform_manifest: dict, work_dir: Path, cfg: C.RunConfig, feature_set: str, batch_size: int,
-         weights: dict | None, steps_per_epoch: int, keep_start_if_better: bool):
+def _fit(
+    model,
+    transform_manifest: dict,
+    work_dir: Path,
+    cfg: C.RunConfig,
+    feature_set: str,
+    batch_size: int,
+    weights: dict | None,
+    steps_per_epoch: int,
+    keep_start_if_better: bool,
+):
     """Fit with early stopping on validation loss (best weights restored). `keep_start_if_better`:
     if no epoch beats the starting weights on validation loss, keep the starting weights."""
     import tensorflow as tf
@@ -114,9 +123,16 @@ def _fit(model, transform_manifest: dict, work_dir: Path, cfg: C.RunConfig, feat
     if keep_start_if_better:
         start_loss = model.evaluate(val, steps=cfg.validation_steps or None, verbose=0, return_dict=True)[monitor[4:]]
     start_weights = model.get_weights()
-    history = model.fit(train, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, validation_data=val,
-                        validation_steps=cfg.validation_steps or None, callbacks=callbacks, class_weight=weights,
-                        verbose=2)
+    history = model.fit(
+        train,
+        epochs=cfg.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=val,
+        validation_steps=cfg.validation_steps or None,
+        callbacks=callbacks,
+        class_weight=weights,
+        verbose=2,
+    )
     # epoch numbers, not positions: a run resumed by BackupAndRestore starts past epoch 1
     history = {**history.history, "epoch": [epoch + 1 for epoch in history.epoch]}
     history["best_epoch"] = history["epoch"][int(np.argmin(history[monitor]))]
@@ -141,13 +157,19 @@ def _emissions_tracker(output_dir: Path, cfg: C.RunConfig, project: str):
     from codecarbon import OfflineEmissionsTracker
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    return OfflineEmissionsTracker(country_iso_code=cfg.codecarbon_country, output_dir=str(output_dir),
-                                   output_file="emissions.csv", project_name=project, log_level="error",
-                                   save_to_file=True)
+    return OfflineEmissionsTracker(
+        country_iso_code=cfg.codecarbon_country,
+        output_dir=str(output_dir),
+        output_file="emissions.csv",
+        project_name=project,
+        log_level="error",
+        save_to_file=True,
+    )
 
 
-def _log_pyfunc(mlflow, keras_model, transform_manifest: dict, work_dir: Path, feature_set: str,
-                decision_rule: Path | None):
+def _log_pyfunc(
+    mlflow, keras_model, transform_manifest: dict, work_dir: Path, feature_set: str, decision_rule: Path | None
+):
     from mmsearch.raw import parquet_file
     from mmsearch.serving import (
         DECISION_RULE,
@@ -169,29 +191,62 @@ def _log_pyfunc(mlflow, keras_model, transform_manifest: dict, work_dir: Path, f
     if decision_rule is not None:
         artifacts[DECISION_RULE] = str(decision_rule)
     return mlflow.pyfunc.log_model(
-        name=MODEL_ARTIFACT, python_model=EsciRelevanceModel(), artifacts=artifacts,
-        code_paths=[str(Path(__file__).parent)], input_example=raw_frame(rows, raw_columns, np.float64),
-        signature=model_signature(raw_columns), pip_requirements=pip_requirements(),
+        name=MODEL_ARTIFACT,
+        python_model=EsciRelevanceModel(),
+        artifacts=artifacts,
+        code_paths=[str(Path(__file__).parent)],
+        input_example=raw_frame(rows, raw_columns, np.float64),
+        signature=model_signature(raw_columns),
+        pip_requirements=pip_requirements(),
     )
 
 
-def train_and_log(model, feature_set: str, transform_manifest: dict, work_dir: Path, cfg: C.RunConfig, mlflow,
-                  params: dict, batch_size: int, weights: dict | None = None, fit_rule: bool = False,
-                  steps_per_epoch: int | None = None, keep_start_if_better: bool = False) -> dict:
+def train_and_log(
+    model,
+    feature_set: str,
+    transform_manifest: dict,
+    work_dir: Path,
+    cfg: C.RunConfig,
+    mlflow,
+    params: dict,
+    batch_size: int,
+    weights: dict | None = None,
+    fit_rule: bool = False,
+    steps_per_epoch: int | None = None,
+    keep_start_if_better: bool = False,
+) -> dict:
     """Fit one model inside the active MLflow run; log params, emissions, curves, the pyfunc, and
     the validation metrics it is selected by."""
     from mmsearch.metrics import apply_decision_rule, classification_metrics, fit_decision_rule, headline
 
     dim = transform_manifest["embedding_dim"]
     steps_per_epoch = steps_per_epoch or cfg.steps_per_epoch
-    mlflow.log_params({"batch_size": batch_size, "epochs": cfg.epochs, "input_dim": M.input_width(feature_set, dim),
-                       "optimizer": "Adam", "feature_set": feature_set, "steps_per_epoch": steps_per_epoch,
-                       "patience": cfg.patience, **params})
+    mlflow.log_params(
+        {
+            "batch_size": batch_size,
+            "epochs": cfg.epochs,
+            "input_dim": M.input_width(feature_set, dim),
+            "optimizer": "Adam",
+            "feature_set": feature_set,
+            "steps_per_epoch": steps_per_epoch,
+            "patience": cfg.patience,
+            **params,
+        }
+    )
     tracker = _emissions_tracker(work_dir, cfg, f"mmsearch-{feature_set}")
     tracker.start()
     try:
-        history = _fit(model, transform_manifest, work_dir, cfg, feature_set, batch_size, weights, steps_per_epoch,
-                       keep_start_if_better)
+        history = _fit(
+            model,
+            transform_manifest,
+            work_dir,
+            cfg,
+            feature_set,
+            batch_size,
+            weights,
+            steps_per_epoch,
+            keep_start_if_better,
+        )
     finally:
         emissions_kg = tracker.stop()
     data = tracker.final_emissions_data
@@ -199,9 +254,13 @@ def train_and_log(model, feature_set: str, transform_manifest: dict, work_dir: P
     # callback adds `validation_*` duplicates of `val_*` with other values (the last epoch's)
     for i, epoch in enumerate(history["epoch"]):
         mlflow.log_metrics({name: float(history[name][i]) for name in EPOCH_METRICS if name in history}, step=epoch)
-    mlflow.log_metrics({"codecarbon_emissions_kg": float(emissions_kg or 0.0),
-                        "codecarbon_energy_kwh": float(data.energy_consumed),
-                        "codecarbon_duration_s": float(data.duration)})
+    mlflow.log_metrics(
+        {
+            "codecarbon_emissions_kg": float(emissions_kg or 0.0),
+            "codecarbon_energy_kwh": float(data.energy_consumed),
+            "codecarbon_duration_s": float(data.duration),
+        }
+    )
     mlflow.log_artifact(str(work_dir / "emissions.csv"))
     plot_training_curves(history, f"{feature_set}: loss and accuracy per epoch", work_dir / "training_curves.png")
     mlflow.log_artifact(str(work_dir / "training_curves.png"))
@@ -221,11 +280,15 @@ def train_and_log(model, feature_set: str, transform_manifest: dict, work_dir: P
     info = _log_pyfunc(mlflow, model, transform_manifest, work_dir, feature_set, rule_path)
     best = history["epoch"].index(history["best_epoch"]) if history["best_epoch"] else None
     return {
-        "feature_set": feature_set, "model_uri": info.model_uri, "validation": validation,
-        "epochs_run": len(history["loss"]), "best_epoch": history["best_epoch"],
+        "feature_set": feature_set,
+        "model_uri": info.model_uri,
+        "validation": validation,
+        "epochs_run": len(history["loss"]),
+        "best_epoch": history["best_epoch"],
         "best_val_loss": float(history["val_loss"][best]) if best is not None else None,
         "emissions_kg": float(emissions_kg or 0.0),
-        "energy_kwh": float(data.energy_consumed), "duration_s": float(data.duration),
+        "energy_kwh": float(data.energy_consumed),
+        "duration_s": float(data.duration),
     }
 
 
@@ -247,8 +310,10 @@ def plan(cfg: C.RunConfig, tags: dict) -> list[dict]:
     with mlflow.start_run(run_name=tags.get("run_id") or "cli", tags=tracking.airflow_tags(tags)) as parent:
         mlflow.log_params({"feature_set": cfg.feature_set, "candidates": len(candidates)})
         mlflow.log_dict({"candidates": candidates}, "candidates.json")
-    return [{"index": i, "overrides": overrides, "parent_run_id": parent.info.run_id}
-            for i, overrides in enumerate(candidates)]
+    return [
+        {"index": i, "overrides": overrides, "parent_run_id": parent.info.run_id}
+        for i, overrides in enumerate(candidates)
+    ]
 
 
 def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, candidate: dict, tags: dict | None = None) -> dict:
@@ -264,8 +329,12 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, candidate: dict, t
     log.info("training %s (%s) on %s", name, candidate["overrides"] or "defaults", transform_dir)
     mlflow = tracking.setup(cfg)
     tracking.end_abandoned_runs(mlflow, cfg, (tags or {}).get("run_id", ""), run_name=name)
-    with mlflow.start_run(run_name=name, parent_run_id=candidate["parent_run_id"], nested=True,
-                          tags={**tracking.airflow_tags(tags or {}), "candidate": str(candidate["index"])}) as child:
+    with mlflow.start_run(
+        run_name=name,
+        parent_run_id=candidate["parent_run_id"],
+        nested=True,
+        tags={**tracking.airflow_tags(tags or {}), "candidate": str(candidate["index"])},
+    ) as child:
         if cfg.feature_set == "query":
             model = M.build_query_model(dim, cfg.dropout, cfg.learning_rate)
             params = {"learning_rate": cfg.learning_rate, "dropout": cfg.dropout}
@@ -278,13 +347,36 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, candidate: dict, t
             # class weights change the loss the regression minimised: the wide part then starts at zero
             start = wide_init(transform_manifest) if weights is None else None
             model = M.build_pair_model(dim, hp, decay_steps=cfg.epochs * steps, wide_init=start)
-            result = train_and_log(model, "query_product", transform_manifest, work_dir, cfg, mlflow, hp.as_dict(),
-                                   hp.batch_size, weights, fit_rule=cfg.decision_rule == "macro_f1",
-                                   steps_per_epoch=steps, keep_start_if_better=start is not None)
-    result.update({"candidate": candidate["index"], "overrides": candidate["overrides"],
-                   "mlflow_run_id": child.info.run_id, "parent_run_id": candidate["parent_run_id"],
-                   "experiment": cfg.experiment_name, "train_dir": str(work_dir)})
+            result = train_and_log(
+                model,
+                "query_product",
+                transform_manifest,
+                work_dir,
+                cfg,
+                mlflow,
+                hp.as_dict(),
+                hp.batch_size,
+                weights,
+                fit_rule=cfg.decision_rule == "macro_f1",
+                steps_per_epoch=steps,
+                keep_start_if_better=start is not None,
+            )
+    result.update(
+        {
+            "candidate": candidate["index"],
+            "overrides": candidate["overrides"],
+            "mlflow_run_id": child.info.run_id,
+            "parent_run_id": candidate["parent_run_id"],
+            "experiment": cfg.experiment_name,
+            "train_dir": str(work_dir),
+        }
+    )
     write_json(work_dir / "train.json", result)
-    log.info("trained %s: best epoch %d of %d, validation %s", name, result["best_epoch"], result["epochs_run"],
-             result["validation"])
+    log.info(
+        "trained %s: best epoch %d of %d, validation %s",
+        name,
+        result["best_epoch"],
+        result["epochs_run"],
+        result["validation"],
+    )
     return result

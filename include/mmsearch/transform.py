@@ -84,7 +84,9 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
     columns = [*embedding_columns, F.LABEL]
     adapter = tensor_adapter_config(embedding_columns, dim)
     suffix = ".gz" if cfg.tfrecord_compression == "GZIP" else ""
-    compression = beam.io.filesystem.CompressionTypes.GZIP if suffix else beam.io.filesystem.CompressionTypes.UNCOMPRESSED
+    compression = (
+        beam.io.filesystem.CompressionTypes.GZIP if suffix else beam.io.filesystem.CompressionTypes.UNCOMPRESSED
+    )
 
     class ReadRecordBatches(beam.DoFn):
         """Parquet row groups straight to Arrow record batches (no per-row Python objects)."""
@@ -106,9 +108,10 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
 
     transform_fn = (read("train", "Analyse"), adapter) | "Analyse" >> tft_beam.AnalyzeDataset(F.preprocessing_fn)
     for split in C.SPLITS:
-        transformed = ((read(split, "Transform"), adapter), transform_fn) | f"Transform{split}" >> tft_beam.TransformDataset(
-            output_record_batches=True
-        )
+        transformed = (
+            (read(split, "Transform"), adapter),
+            transform_fn,
+        ) | f"Transform{split}" >> tft_beam.TransformDataset(output_record_batches=True)
         rows_out = beam.metrics.Metrics.counter("mmsearch", f"rows_out_{split}")
 
         def count(example, counter=rows_out):
@@ -119,7 +122,8 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
             transformed
             | f"Encode{split}" >> tft_beam.EncodeTransformedDataset()
             | f"Count{split}" >> beam.Map(count)
-            | f"Write{split}" >> beam.io.WriteToTFRecord(
+            | f"Write{split}"
+            >> beam.io.WriteToTFRecord(
                 str(examples_dir(out, split) / "transformed_examples"),
                 file_name_suffix=".tfrecord" + suffix,
                 compression_type=compression,
@@ -181,7 +185,9 @@ def check_counts(manifest: dict) -> None:
         expected = manifest["rows_expected"][split]
         got_in, got_out = manifest["rows_in"][split], manifest["rows_out"][split]
         if got_in != expected or got_out != expected:
-            raise RuntimeError(f"transform lost rows in split {split}: merged {expected}, read {got_in}, wrote {got_out}")
+            raise RuntimeError(
+                f"transform lost rows in split {split}: merged {expected}, read {got_in}, wrote {got_out}"
+            )
 
 
 def complete_outputs(out_dir: Path) -> dict | None:
@@ -213,8 +219,19 @@ def run(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     if finished is not None:
         log.info("transform outputs in %s are already complete: reusing them", out_dir)
         return _result(finished)
-    cmd = [sys.executable, "-m", "mmsearch.cli", "transform", "--child", "--merged-dir", str(merged_dir), "--out", str(out_dir),
-           "--config", json.dumps(cfg.as_dict())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmsearch.cli",
+        "transform",
+        "--child",
+        "--merged-dir",
+        str(merged_dir),
+        "--out",
+        str(out_dir),
+        "--config",
+        json.dumps(cfg.as_dict()),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     log.info("transform child exited %d\n%s", proc.returncode, proc.stderr[-4000:])
     manifest = complete_outputs(out_dir)

@@ -96,5 +96,8 @@ def run(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
         report["coverage"]["working_set_judgements"],
         report["coverage"]["coverage"],
     )
-    return {"validation_report": str(Path(out_dir) / "validation.json"), "coverage": report["coverage"]["coverage"],
-            "working_set_judgements": report["coverage"]["working_set_judgements"]}
+    return {
+        "validation_report": str(Path(out_dir) / "validation.json"),
+        "coverage": report["coverage"]["coverage"],
+        "working_set_judgements": report["coverage"]["working_set_judgements"],
+    }

@@ -98,8 +98,8 @@ def test_params_form_covers_every_setting_in_sections(dag):
     assert params["feature_set"] == "query_product"
     assert params["epochs"] == 50 and params["batch_size"] == 32 and params["patience"] == 5
     assert params["steps_per_epoch"] == 200
-    assert all(params.get_param(k).description for k in params.keys())
-    sections = [params.get_param(k).schema["section"] for k in params.keys()]
+    assert all(params.get_param(k).description for k in params)
+    sections = [params.get_param(k).schema["section"] for k in params]
     assert set(sections) == set(SECTIONS)
     assert sections == sorted(sections, key=SECTIONS.index)  # grouped, in the form's order
 
@@ -107,7 +107,7 @@ def test_params_form_covers_every_setting_in_sections(dag):
 def test_the_form_requires_nothing_with_its_defaults(dag):
     """Airflow's form marks a field required when its type does not allow null, and counts an
     empty value as missing: no field may be both."""
-    for name in dag.params.keys():
+    for name in dag.params:
         param = dag.params.get_param(name)
         types = param.schema["type"] if isinstance(param.schema["type"], list) else [param.schema["type"]]
         assert "null" in types or param.value not in (None, ""), name
@@ -117,7 +117,7 @@ def test_the_form_requires_nothing_with_its_defaults(dag):
 def test_numbers_carry_their_ranges(dag):
     from airflow.sdk.exceptions import ParamValidationError
 
-    schema = {name: dag.params.get_param(name).schema for name in dag.params.keys()}
+    schema = {name: dag.params.get_param(name).schema for name in dag.params}
     assert schema["epochs"]["minimum"] == 1
     assert schema["dropout"]["minimum"] == 0 and schema["dropout"]["exclusiveMaximum"] == 1
     assert schema["val_fraction"]["exclusiveMinimum"] == 0 and schema["val_fraction"]["exclusiveMaximum"] == 1
@@ -125,17 +125,25 @@ def test_numbers_carry_their_ranges(dag):
         dag.params.get_param("epochs").resolve(-3)
 
 
-@pytest.mark.parametrize("conf, line", [
-    ('{"epohcs": 5}', "unknown setting 'epohcs' (did you mean 'epochs'?)"),
-    ('{"epochs": -3}', "epochs must be ≥ 1, not -3"),
-    ('{"feature_set": "pair"}', "feature_set must be one of ['query', 'query_product'], not 'pair'"),
-    ('{"epochs": 5', "the conf is not JSON: Expecting ',' delimiter: line 1 column 13 (char 12)"),
-])
+@pytest.mark.parametrize(
+    "conf, line",
+    [
+        ('{"epohcs": 5}', "unknown setting 'epohcs' (did you mean 'epochs'?)"),
+        ('{"epochs": -3}', "epochs must be ≥ 1, not -3"),
+        ('{"feature_set": "pair"}', "feature_set must be one of ['query', 'query_product'], not 'pair'"),
+        ('{"epochs": 5', "the conf is not JSON: Expecting ',' delimiter: line 1 column 13 (char 12)"),
+    ],
+)
 def test_make_run_refuses_a_bad_conf_before_any_work_in_one_line(conf, line, tmp_path):
     from tests.helpers import isolated_env
 
-    result = subprocess.run([str(Path(sys.executable).parent / "mmsearch"), "run-dag", "--conf", conf],
-                            env=isolated_env(tmp_path / "home"), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "mmsearch"), "run-dag", "--conf", conf],
+        env=isolated_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"mmsearch run-dag: error: {line}"
     assert not (tmp_path / "home").exists()  # no Airflow run, nothing written

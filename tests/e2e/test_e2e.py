@@ -25,16 +25,25 @@ SAMPLE = SampleSpec(queries=120, products=700, mean_judgements=16, topics=12, in
 FAST = {"epochs": 6, "steps_per_epoch": 40, "patience": 3}
 # One step of one epoch, from scratch (class weights: the wide part does not start from the
 # regression), served by argmax: a model that learned nothing, which the gate must refuse.
-WEAK = {"epochs": 1, "steps_per_epoch": 1, "patience": 1, "train_query_baseline": False, "decision_rule": "argmax",
-        "candidates": [{"class_weighting": "sqrt"}]}
+WEAK = {
+    "epochs": 1,
+    "steps_per_epoch": 1,
+    "patience": 1,
+    "train_query_baseline": False,
+    "decision_rule": "argmax",
+    "candidates": [{"class_weighting": "sqrt"}],
+}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     env = isolated_env(
-        root / "home", AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        MMSEARCH_ML_PYTHON=ML_PYTHON, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        root / "home",
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        MMSEARCH_ML_PYTHON=ML_PYTHON,
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     )
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     repo = make_dvc_repo(root, SAMPLE)
@@ -46,7 +55,11 @@ def run_dag(stack, conf: dict, logical_date: str) -> tuple[subprocess.CompletedP
     conf = {"dvc_repo": str(stack["repo"]), **conf}
     result = subprocess.run(
         ["airflow", "dags", "test", "mmsearch_training", logical_date, "--conf", json.dumps(conf)],
-        env=stack["env"], capture_output=True, text=True, timeout=900, cwd=stack["cwd"],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=stack["cwd"],
     )
     return result, result.stdout + result.stderr
 
@@ -63,24 +76,31 @@ def dags_test(stack, conf: dict, logical_date: str) -> dict:
 
 
 def registry_state(stack) -> dict:
-    return in_ml_env(stack, """
+    return in_ml_env(
+        stack,
+        """
         import json, mlflow
         client = mlflow.MlflowClient()
         versions = client.search_model_versions("name = 'mmsearch-esci'")
         champion = client.get_model_version_by_alias("mmsearch-esci", "champion").version
         print(json.dumps({"versions": sorted(int(v.version) for v in versions), "champion": str(champion)}))
-    """)
+    """,
+    )
 
 
 def tree_state(directory: Path) -> dict:
-    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in directory.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in directory.rglob("*")
+        if p.is_file()
+    }
 
 
 def in_ml_env(stack, code: str) -> dict:
     env = {**stack["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{stack['home'] / 'mlflow' / 'mlflow.db'}"}
-    result = subprocess.run([ML_PYTHON, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [ML_PYTHON, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -97,8 +117,11 @@ def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
     assert (stack["repo"] / "data" / "raw" / C.ESCI_FILE).exists()  # brought back by dvc pull
     merged = pq.read_table(run_dir / "merged" / "train")
     assert {F.QUERY_EMBEDDING, F.PRODUCT_TEXT_EMBEDDING, F.PRODUCT_IMAGE_EMBEDDING} <= set(merged.schema.names)
-    example_ids = [i for p in (run_dir / "merged").rglob("*.parquet")
-                   for i in pq.read_table(p, columns=["example_id"]).column("example_id").to_pylist()]
+    example_ids = [
+        i
+        for p in (run_dir / "merged").rglob("*.parquet")
+        for i in pq.read_table(p, columns=["example_id"]).column("example_id").to_pylist()
+    ]
     merged_rows = json.loads((run_dir / "merged" / "manifest.json").read_text())["rows"]
     assert len(example_ids) == len(set(example_ids)) == merged_rows  # one row per judgement
     for split in C.SPLITS:
@@ -116,7 +139,9 @@ def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
 
 
 def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_run):
-    found = in_ml_env(stack, """
+    found = in_ml_env(
+        stack,
+        """
         import json, mlflow
         client = mlflow.MlflowClient()
         version = client.get_model_version_by_alias("mmsearch-esci", "champion")
@@ -132,13 +157,25 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
                           "artifacts": artifacts + evaluation, "tags": version.tags, "card": version.description,
                           "children": sorted(r.info.run_name for r in children), "kind": kind,
                           "parent_tags": parent.data.tags}))
-    """)
+    """,
+    )
     for name in ("batch_size", "epochs", "input_dim", "optimizer", "feature_set", "steps_per_epoch", "patience"):
         assert name in found["params"]
     assert found["params"]["input_dim"] == str(3 * 768 + 3)
-    for name in ("accuracy", "val_accuracy", "loss", "val_loss", "codecarbon_emissions_kg", "test/macro_f1",
-                 "test/ece", "test_baseline_majority/macro_f1", "test_baseline_clip/ndcg", "test_baseline_query/ndcg",
-                 "selection/val_macro_f1", "test_per_class/recall_C"):
+    for name in (
+        "accuracy",
+        "val_accuracy",
+        "loss",
+        "val_loss",
+        "codecarbon_emissions_kg",
+        "test/macro_f1",
+        "test/ece",
+        "test_baseline_majority/macro_f1",
+        "test_baseline_clip/ndcg",
+        "test_baseline_query/ndcg",
+        "selection/val_macro_f1",
+        "test_per_class/recall_C",
+    ):
         assert name in found["metrics"]
     # one name, one meaning: no second spelling of the validation metrics
     assert not [m for m in found["metrics"] if m.startswith("validation_")]
@@ -152,7 +189,9 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
     assert "| baseline_clip |" in found["card"] and "promoted to champion" in found["card"]
     tags = found["tags"]
     assert tags["airflow_dag_id"] == "mmsearch_training" and tags["airflow_run_id"].startswith("manual__")
-    assert tags["feature_set"] == "query_product" and len(tags["git_commit"]) in (40, 7) or tags["git_commit"] == "unknown"
+    assert (
+        tags["feature_set"] == "query_product" and len(tags["git_commit"]) in (40, 7) or tags["git_commit"] == "unknown"
+    )
     assert {"dvc_md5.raw", f"dvc_md5.{C.ESCI_FILE}", f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"} <= set(tags)
     for candidate in ("candidate-0", "candidate-1"):
         assert (Path(first_run["run_dir"]) / "train" / candidate / "emissions.csv").exists()
@@ -160,7 +199,9 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
 
 def test_champion_predicts_raw_rows_from_another_process(stack, first_run):
     test_split = Path(first_run["run_dir"]) / "merged" / "test"
-    found = in_ml_env(stack, f"""
+    found = in_ml_env(
+        stack,
+        f"""
         import json, mlflow, numpy as np, pyarrow.parquet as pq
         table = pq.read_table({str(test_split)!r}).slice(0, 7)
         frame = table.select(["query_embedding", "product_text_embedding", "product_image_embedding"]).to_pandas()
@@ -169,7 +210,8 @@ def test_champion_predicts_raw_rows_from_another_process(stack, first_run):
         total = out[["p_E", "p_S", "p_C", "p_I"]].sum(axis=1).to_numpy()
         print(json.dumps({{"columns": list(out.columns), "labels": out.esci_label.tolist(),
                           "sums": total.tolist(), "rows": len(out)}}))
-    """)
+    """,
+    )
     assert found["columns"] == ["esci_label", "p_E", "p_S", "p_C", "p_I"]
     assert found["rows"] == 7 and set(found["labels"]) <= {"E", "S", "C", "I"}
     assert all(abs(s - 1) < 1e-4 for s in found["sums"])
@@ -184,11 +226,14 @@ def test_weaker_run_stays_challenger_and_champion_is_untouched(stack, first_run)
     decision = registry["decision"]
     assert decision["promote"] is False and decision["champion_version"] == champion
     assert "does not beat baseline_clip" in decision["reason"]  # refused by the baselines already
-    found = in_ml_env(stack, """
+    found = in_ml_env(
+        stack,
+        """
         import json, mlflow
         client = mlflow.MlflowClient()
         print(json.dumps({"champion": client.get_model_version_by_alias("mmsearch-esci", "champion").version}))
-    """)
+    """,
+    )
     assert str(found["champion"]) == str(champion)
 
 
@@ -215,8 +260,10 @@ def test_bad_input_fails_validate_and_loses_nothing(stack, first_run, tmp_path):
 
     result, log = run_dag(stack, {**FAST, "raw_data_dir": str(bad)}, "2026-01-03T02:00:00+00:00")
     assert "state=failed" in log
-    assert ("product_features.parquet: column 'clip_image_features': has NaN or infinite values "
-            "(e.g. product_id 'B000000007' (row 7))") in log
+    assert (
+        "product_features.parquet: column 'clip_image_features': has NaN or infinite values "
+        "(e.g. product_id 'B000000007' (row 7))"
+    ) in log
     failed_run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
     failed_dir = C.run_dir_for(failed_run_id).relative_to(C.runs_root())
     assert not (stack["home"] / "runs" / failed_dir).exists()  # validate failed before writing anything
@@ -233,9 +280,23 @@ def test_registering_the_same_run_again_reuses_its_version(stack, first_run):
     tags = {"dag_id": "mmsearch_training", "run_id": first_run["run_id"]}
     env = {**stack["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{stack['home'] / 'mlflow' / 'mlflow.db'}"}
     result = subprocess.run(
-        [str(Path(ML_PYTHON).parent / "mmsearch"), "register", "--model", str(run_dir / "select" / "selection.json"),
-         "--scores", str(run_dir / "evaluate" / "scores.json"), "--out", str(run_dir.parent / "re-register"),
-         "--tags", json.dumps(tags)], env=env, capture_output=True, text=True, timeout=300)
+        [
+            str(Path(ML_PYTHON).parent / "mmsearch"),
+            "register",
+            "--model",
+            str(run_dir / "select" / "selection.json"),
+            "--scores",
+            str(run_dir / "evaluate" / "scores.json"),
+            "--out",
+            str(run_dir.parent / "re-register"),
+            "--tags",
+            json.dumps(tags),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     again = json.loads(result.stdout)["registry"]
     assert again["version"] == first_run["registry"]["version"]

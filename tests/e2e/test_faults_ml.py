@@ -35,8 +35,18 @@ def _tags(run_id: str) -> str:
 
 
 def _train_cmd(root, out, *settings, lineage="kill-test"):
-    cmd = [MMSEARCH, "train", "--transform-dir", str(root / "transform"), "--out", str(out), "--tags", _tags(lineage),
-           "--set", "embedding_dim=16"]
+    cmd = [
+        MMSEARCH,
+        "train",
+        "--transform-dir",
+        str(root / "transform"),
+        "--out",
+        str(out),
+        "--tags",
+        _tags(lineage),
+        "--set",
+        "embedding_dim=16",
+    ]
     for setting in settings:
         cmd += ["--set", setting]
     return cmd
@@ -71,10 +81,12 @@ def test_killed_training_resumes_from_its_last_epoch(transformed, tmp_path):
 
 
 def _run_statuses(env, run_id):
-    code = ("import json, mlflow; from mmsearch import config as C; mlflow.set_tracking_uri(C.mlflow_tracking_uri());"
-            f"runs = mlflow.search_runs(experiment_names=['mmsearch-esci'], output_format='list',"
-            f" filter_string=\"tags.`airflow.run_id` = '{run_id}'\");"
-            "print(json.dumps([r.info.status for r in runs]))")
+    code = (
+        "import json, mlflow; from mmsearch import config as C; mlflow.set_tracking_uri(C.mlflow_tracking_uri());"
+        f"runs = mlflow.search_runs(experiment_names=['mmsearch-esci'], output_format='list',"
+        f" filter_string=\"tags.`airflow.run_id` = '{run_id}'\");"
+        "print(json.dumps([r.info.status for r in runs]))"
+    )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -94,11 +106,23 @@ class MlflowServer:
         self.process = None
 
     def start(self):
-        cmd = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts")]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+        cmd = [
+            MLFLOW,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+        ]
+        self.process = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -132,22 +156,51 @@ def test_registry_down_retries_fails_clearly_and_never_moves_the_champion(transf
     env = {**os.environ, "MMSEARCH_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": mlflow_server.uri}
     small = ["--set", "embedding_dim=16", "--set", "registry_attempts=2"]
     merged = transformed / "merged"
-    baselines = _stage(env, "baselines", "--transform-dir", str(transformed / "transform"), "--out",
-                       str(tmp_path / "baselines"), *small, "--set", "train_query_baseline=false")
+    baselines = _stage(
+        env,
+        "baselines",
+        "--transform-dir",
+        str(transformed / "transform"),
+        "--out",
+        str(tmp_path / "baselines"),
+        *small,
+        "--set",
+        "train_query_baseline=false",
+    )
     assert baselines.returncode == 0, baselines.stderr[-3000:]
     for name, settings in (("strong", ["epochs=20", "patience=5"]), ("weak", ["epochs=1", "steps_per_epoch=1"])):
         out = tmp_path / name
         trained = _stage(env, *_train_cmd(transformed, out / "train", *settings, lineage=name)[1:])
         assert trained.returncode == 0, trained.stderr[-3000:]
-        evaluated = _stage(env, "evaluate", "--merged-dir", str(merged), "--model",
-                           str(out / "train" / "candidate-0" / "train.json"), "--baselines",
-                           str(tmp_path / "baselines" / "baselines.json"), "--out", str(out / "evaluate"), *small)
+        evaluated = _stage(
+            env,
+            "evaluate",
+            "--merged-dir",
+            str(merged),
+            "--model",
+            str(out / "train" / "candidate-0" / "train.json"),
+            "--baselines",
+            str(tmp_path / "baselines" / "baselines.json"),
+            "--out",
+            str(out / "evaluate"),
+            *small,
+        )
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
     def register(name):
-        return _stage(env, "register", "--model", str(tmp_path / name / "train" / "candidate-0" / "train.json"),
-                      "--scores", str(tmp_path / name / "evaluate" / "scores.json"), "--out", str(tmp_path / name),
-                      "--tags", _tags(name), *small)
+        return _stage(
+            env,
+            "register",
+            "--model",
+            str(tmp_path / name / "train" / "candidate-0" / "train.json"),
+            "--scores",
+            str(tmp_path / name / "evaluate" / "scores.json"),
+            "--out",
+            str(tmp_path / name),
+            "--tags",
+            _tags(name),
+            *small,
+        )
 
     first = register("strong")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -161,8 +214,10 @@ def test_registry_down_retries_fails_clearly_and_never_moves_the_champion(transf
     took = time.monotonic() - started
     assert down.returncode == 3
     line = down.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"mmsearch register: error: MLflow tracking server {mlflow_server.uri} unreachable "
-                           "after 2 attempts; nothing was promoted")
+    assert line.startswith(
+        f"mmsearch register: error: MLflow tracking server {mlflow_server.uri} unreachable "
+        "after 2 attempts; nothing was promoted"
+    )
     assert "MLflow unreachable (attempt 1)" in down.stderr  # it retried, with backoff, before giving up
     assert took < 120
 
@@ -177,9 +232,11 @@ def test_registry_down_retries_fails_clearly_and_never_moves_the_champion(transf
 
 
 def _registry(env):
-    code = ("import json, mlflow; c = mlflow.MlflowClient();"
-            "v = c.search_model_versions(\"name = 'mmsearch-esci'\");"
-            "print(json.dumps({'versions': sorted(int(x.version) for x in v),"
-            " 'champion': str(c.get_model_version_by_alias('mmsearch-esci', 'champion').version)}))")
+    code = (
+        "import json, mlflow; c = mlflow.MlflowClient();"
+        "v = c.search_model_versions(\"name = 'mmsearch-esci'\");"
+        "print(json.dumps({'versions': sorted(int(x.version) for x in v),"
+        " 'champion': str(c.get_model_version_by_alias('mmsearch-esci', 'champion').version)}))"
+    )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -13,11 +13,17 @@ import yaml
 
 from tests.helpers import REPO_ROOT
 
-pytestmark = pytest.mark.skipif(shutil.which("docker-compose") is None,
-                                reason="docker-compose missing: `make test` installs it (make system-deps)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose missing: `make test` installs it (make system-deps)"
+)
 
-AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                    "airflow-triggerer"}
+AIRFLOW_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+}
 SHARED_VOLUME, SHARED_PATH = "mmsearch-home", "/opt/mmsearch-home"
 ML_PYTHON = "/opt/ml-venv/bin/python"
 
@@ -25,9 +31,22 @@ ML_PYTHON = "/opt/ml-venv/bin/python"
 def compose_config(env_file: Path) -> subprocess.CompletedProcess:
     # a clean environment: only the env file decides (no developer's .env or exported secrets)
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
-    return subprocess.run(["docker-compose", "--project-directory", str(REPO_ROOT), "--env-file", str(env_file),
-                           "-f", str(REPO_ROOT / "docker-compose.yaml"), "config"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            "docker-compose",
+            "--project-directory",
+            str(REPO_ROOT),
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(REPO_ROOT / "docker-compose.yaml"),
+            "config",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +98,11 @@ def test_ports_are_bound_to_localhost_only(resolved):
 
 def test_missing_secrets_stop_compose_with_the_variable_named(tmp_path):
     env_file = tmp_path / "incomplete.env"
-    kept = [line for line in (REPO_ROOT / ".env.example").read_text().splitlines()
-            if not line.startswith("AIRFLOW_JWT_SECRET=")]
+    kept = [
+        line
+        for line in (REPO_ROOT / ".env.example").read_text().splitlines()
+        if not line.startswith("AIRFLOW_JWT_SECRET=")
+    ]
     env_file.write_text("\n".join(kept) + "\n")
     result = compose_config(env_file)
     assert result.returncode != 0

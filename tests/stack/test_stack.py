@@ -28,8 +28,15 @@ ARTIFACTS = Path(os.environ.get("MMSEARCH_TEST_ARTIFACTS", REPO_ROOT / "test-art
 SAMPLE = SampleSpec(queries=120, products=700, mean_judgements=16, topics=12, intents=3, seed=5)
 CHROMIUM = "/usr/bin/chromium"
 # Chromium on a closed network: no background connections, no sandbox as root (as in CI).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def free_port() -> int:
@@ -39,8 +46,9 @@ def free_port() -> int:
 
 
 def mmsearch(env: dict, *args: str, timeout: float = 300) -> dict:
-    result = subprocess.run([str(Path(sys.executable).parent / "mmsearch"), *args], env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "mmsearch"), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout)
 
@@ -49,7 +57,9 @@ def mmsearch(env: dict, *args: str, timeout: float = 300) -> dict:
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("stack")
     env = isolated_env(
-        root / "home", MMSEARCH_AIRFLOW_PORT=str(free_port()), MMSEARCH_MLFLOW_PORT=str(free_port()),
+        root / "home",
+        MMSEARCH_AIRFLOW_PORT=str(free_port()),
+        MMSEARCH_MLFLOW_PORT=str(free_port()),
         # only the run this test triggers: unpausing would otherwise also start the latest nightly run
         AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
     )
@@ -70,10 +80,14 @@ def stack(tmp_path_factory):
 def airflow_api(stack):
     status = stack["status"]
     password = json.loads(Path(status["admin_password_file"]).read_text())[status["admin_user"]]
-    token = httpx.post(f"{status['airflow_url']}/auth/token",
-                       json={"username": status["admin_user"], "password": password}).raise_for_status()
-    client = httpx.Client(base_url=f"{status['airflow_url']}/api/v2", timeout=30,
-                          headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+    token = httpx.post(
+        f"{status['airflow_url']}/auth/token", json={"username": status["admin_user"], "password": password}
+    ).raise_for_status()
+    client = httpx.Client(
+        base_url=f"{status['airflow_url']}/api/v2",
+        timeout=30,
+        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+    )
     client.credentials = (status["admin_user"], password)
     yield client
     client.close()
@@ -95,10 +109,16 @@ def task_states(api: httpx.Client, run_id: str) -> dict:
 
 
 def task_log(api: httpx.Client, run_id: str, task_id: str) -> str:
-    response = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1",
-                       headers={"Accept": "application/json"}).raise_for_status().json()
-    return "\n".join(str(line.get("event", line)) if isinstance(line, dict) else str(line)
-                     for line in response["content"])
+    response = (
+        api.get(
+            f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1", headers={"Accept": "application/json"}
+        )
+        .raise_for_status()
+        .json()
+    )
+    return "\n".join(
+        str(line.get("event", line)) if isinstance(line, dict) else str(line) for line in response["content"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +140,11 @@ def triggered_run(stack, airflow_api):
 def test_triggered_run_registers_its_model_in_the_mlflow_server(stack, triggered_run):
     mlflow = httpx.Client(base_url=f"{stack['status']['mlflow_url']}/api/2.0/mlflow", timeout=30)
     versions = mlflow.get("/model-versions/search", params={"filter": f"name = '{MODEL}'"}).raise_for_status().json()
-    ours = [v for v in versions["model_versions"]
-            if {t["key"]: t["value"] for t in v.get("tags", [])}.get("airflow_run_id") == triggered_run["run_id"]]
+    ours = [
+        v
+        for v in versions["model_versions"]
+        if {t["key"]: t["value"] for t in v.get("tags", [])}.get("airflow_run_id") == triggered_run["run_id"]
+    ]
     assert len(ours) == 1 and ours[0]["status"] == "READY"
     model = mlflow.get("/registered-models/get", params={"name": MODEL}).raise_for_status().json()["registered_model"]
     aliases = {a["alias"]: a["version"] for a in model["aliases"]}
@@ -172,8 +195,13 @@ def test_airflow_ui_lists_the_successful_run(stack, airflow_api, triggered_run):
 
 
 def test_a_second_stack_up_refuses_while_one_runs(stack):
-    result = subprocess.run([str(Path(sys.executable).parent / "mmsearch"), "stack", "up"], env=stack["env"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "mmsearch"), "stack", "up"],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 3
     assert "the stack is already running" in result.stderr and "make down" in result.stderr
     assert mmsearch(stack["env"], "stack", "status")["pids"] == stack["status"]["pids"]  # nothing replaced
@@ -183,9 +211,12 @@ def test_stack_figures_are_recorded(stack, triggered_run):
     """Memory of the running stack after a run, and time from trigger to registered model."""
     status = mmsearch(stack["env"], "stack", "status")
     assert set(status["health"].values()) == {"healthy"}
-    figures = {"startup_seconds": stack["status"]["startup_seconds"],
-               "trigger_to_registered_seconds": triggered_run["trigger_to_registered_seconds"],
-               "memory_mb_after_run": status["memory_mb"], "memory_mb_at_start": stack["status"]["memory_mb"]}
+    figures = {
+        "startup_seconds": stack["status"]["startup_seconds"],
+        "trigger_to_registered_seconds": triggered_run["trigger_to_registered_seconds"],
+        "memory_mb_after_run": status["memory_mb"],
+        "memory_mb_at_start": stack["status"]["memory_mb"],
+    }
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "stack-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
@@ -198,9 +229,16 @@ def test_stack_up_refuses_a_taken_port_and_starts_nothing(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         env = isolated_env(tmp_path / "home", MMSEARCH_AIRFLOW_PORT=str(port), MMSEARCH_MLFLOW_PORT=str(free_port()))
-        result = subprocess.run([str(Path(sys.executable).parent / "mmsearch"), "stack", "up"], env=env,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "mmsearch"), "stack", "up"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 3
-    assert result.stderr.strip() == (f"mmsearch stack: error: port {port} on 127.0.0.1 is in use; "
-                                     "set MMSEARCH_AIRFLOW_PORT / MMSEARCH_MLFLOW_PORT to free ports")
+    assert result.stderr.strip() == (
+        f"mmsearch stack: error: port {port} on 127.0.0.1 is in use; "
+        "set MMSEARCH_AIRFLOW_PORT / MMSEARCH_MLFLOW_PORT to free ports"
+    )
     assert not (tmp_path / "home" / "stack" / "pids.json").exists()

@@ -62,7 +62,9 @@ def test_embeddings_are_fixed_size_lists_equal_to_the_sources(small_raw, merged)
         assert table.schema.field(name).type == pa.list_(pa.float32(), SMALL.dim)
     products = pq.read_table(small_raw / C.PRODUCT_FEATURES_FILE).to_pandas().set_index("product_id")
     row = table.slice(5, 1).to_pylist()[0]
-    np.testing.assert_array_equal(row["product_image_embedding"], products.loc[row["product_id"], "clip_image_features"])
+    np.testing.assert_array_equal(
+        row["product_image_embedding"], products.loc[row["product_id"], "clip_image_features"]
+    )
 
 
 def test_split_is_deterministic_for_a_seed(small_raw, merged, tmp_path):
@@ -102,8 +104,10 @@ def test_class_absent_from_the_train_split_fails_and_leaves_nothing(raw_copy, tm
     esci = pq.read_table(raw_copy / C.ESCI_FILE)
     labels = esci.column("esci_label").to_numpy(zero_copy_only=False)
     relabelled = np.where(labels == "C", "S", labels)
-    pq.write_table(esci.set_column(esci.schema.get_field_index("esci_label"), "esci_label", pa.array(relabelled)),
-                   raw_copy / C.ESCI_FILE)
+    pq.write_table(
+        esci.set_column(esci.schema.get_field_index("esci_label"), "esci_label", pa.array(relabelled)),
+        raw_copy / C.ESCI_FILE,
+    )
     out = tmp_path / "merged"
     with pytest.raises(DataError, match=r"column 'esci_label': labels \['C'\] are absent from the train split"):
         merge.merge(raw_copy, out, small_config())

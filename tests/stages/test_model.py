@@ -15,7 +15,11 @@ def test_query_model_is_the_original_design():
     layers = [layer for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
     assert [type(layer).__name__ for layer in layers] == ["Dense", "Dropout", "Dense", "Dense"]
     assert [getattr(layer, "units", None) for layer in layers] == [256, None, 128, 4]
-    assert [layer.activation.__name__ for layer in layers if hasattr(layer, "activation")] == ["relu", "relu", "softmax"]
+    assert [layer.activation.__name__ for layer in layers if hasattr(layer, "activation")] == [
+        "relu",
+        "relu",
+        "softmax",
+    ]
     assert layers[1].rate == 0.3
     assert model.count_params() == (768 * 256 + 256) + (256 * 128 + 128) + (128 * 4 + 4)
     assert type(model.optimizer).__name__ == "Adam"
@@ -25,8 +29,10 @@ def test_query_model_is_the_original_design():
 
 def _random_inputs(rows: int, dim: int) -> dict:
     rng = np.random.default_rng(0)
-    return {name: rng.standard_normal((rows, dim if name in F.EMBEDDING_COLUMNS["query_product"] else 1))
-            .astype(np.float32) for name in F.model_features("query_product")}
+    return {
+        name: rng.standard_normal((rows, dim if name in F.EMBEDDING_COLUMNS["query_product"] else 1)).astype(np.float32)
+        for name in F.model_features("query_product")
+    }
 
 
 def test_pair_model_starts_as_the_logistic_regression_it_is_given():

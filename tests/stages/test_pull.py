@@ -33,7 +33,10 @@ def test_missing_object_in_the_remote_names_the_missing_file(repo, tmp_path):
         pull(repo, attempts=1)
     message = str(error.value)
     # DVC checks out none of a directory with a missing object: all of it is missing, one is to blame
-    assert "did not restore data/raw/generator_truth.parquet, data/raw/shopping_queries_dataset_examples.parquet, " in message
+    assert (
+        "did not restore data/raw/generator_truth.parquet, data/raw/shopping_queries_dataset_examples.parquet, "
+        in message
+    )
     assert "(missing from the remote: sqid/product_features.parquet)" in message
     assert "dvc exit code 1" in message
 

@@ -40,7 +40,11 @@ def test_worse_than_the_champion_stays_challenger():
 
 
 def test_unscorable_champion_keeps_its_alias():
-    decision = decide("macro_f1", scores(0.99), champion_version="2",
-                      champion_error="this run's data has no column(s) ['product_text_embedding']")
+    decision = decide(
+        "macro_f1",
+        scores(0.99),
+        champion_version="2",
+        champion_error="this run's data has no column(s) ['product_text_embedding']",
+    )
     assert not decision.promote
     assert decision.reason.startswith("champion v2 could not be scored on this data: ")

@@ -13,8 +13,17 @@ from tests.helpers import SMALL, small_config
 
 def test_files_have_the_contract_schemas(small_raw):
     esci = pq.read_schema(small_raw / C.ESCI_FILE)
-    assert esci.names == ["example_id", "query", "query_id", "product_id", "product_locale", "esci_label",
-                          "small_version", "large_version", "split"]
+    assert esci.names == [
+        "example_id",
+        "query",
+        "query_id",
+        "product_id",
+        "product_locale",
+        "esci_label",
+        "small_version",
+        "large_version",
+        "split",
+    ]
     assert esci.field("query_id").type == pa.int64()  # ESCI: integer
     queries = pq.read_schema(small_raw / C.QUERY_FEATURES_FILE)
     assert queries.field("query_id").type == pa.string()  # SQID: string
@@ -58,7 +67,7 @@ def test_truth_is_a_distribution_for_every_working_set_judgement_and_labels_foll
     # a draw from p gives in expectation (sum of p squared), within sampling noise
     drawn = truth.loc[working.example_id, columns].to_numpy()
     picked = drawn[np.arange(len(working)), working.esci_label.map({"E": 0, "S": 1, "I": 2, "C": 3}).to_numpy()]
-    assert picked.mean() == pytest.approx((drawn ** 2).sum(axis=1).mean(), abs=0.02)
+    assert picked.mean() == pytest.approx((drawn**2).sum(axis=1).mean(), abs=0.02)
 
 
 @pytest.mark.ml
@@ -89,8 +98,9 @@ def test_legacy_csv_has_f_columns_and_timestamp(small_raw):
     parquet = pq.read_table(small_raw / C.QUERY_FEATURES_FILE).to_pandas()
     first = parquet.iloc[0]
     row = frame[frame.query_id.astype(str) == first.query_id].iloc[0]
-    np.testing.assert_allclose(row[[f"f{i}" for i in range(SMALL.dim)]].to_numpy(float), first.clip_text_features,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        row[[f"f{i}" for i in range(SMALL.dim)]].to_numpy(float), first.clip_text_features, rtol=1e-6
+    )
 
 
 def _esci(spec):

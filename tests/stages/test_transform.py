@@ -70,7 +70,7 @@ def test_z_scores_and_cosines_match_numpy(transformed):
     examples = _read_examples(manifest, "test")
     names = list(F.EMBEDDING_COLUMNS["query_product"])
     expected = [_zscore(_matrix(test, n), _matrix(train, n)) for n in names]
-    for name, (left, right) in F.COSINES.items():
+    for _name, (left, right) in F.COSINES.items():
         expected += [_zscore(_cosine(test, left, right), _cosine(train, left, right)), _cosine(test, left, right)]
     expected.append(test.column(F.LABEL).to_numpy())
     got = [examples[n] for n in names] + [examples[n] for name in F.COSINES for n in (name, F.raw_cosine(name))]

@@ -56,35 +56,59 @@ BAD_INPUTS = {
     "missing file": (C.QUERY_FEATURES_FILE, lambda p: p.unlink(), "query_features.parquet: file is missing"),
     "empty file": (C.ESCI_FILE, lambda p: p.write_bytes(b""), "file is empty (0 bytes)"),
     "not parquet": (C.PRODUCT_FEATURES_FILE, lambda p: p.write_text("id,vec\n1,2\n"), "not a readable parquet file"),
-    "truncated": (C.PRODUCT_FEATURES_FILE, lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
-                  "not a readable parquet file"),
+    "truncated": (
+        C.PRODUCT_FEATURES_FILE,
+        lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+        "not a readable parquet file",
+    ),
     "zero rows": (C.ESCI_FILE, lambda p: _rewrite(p, lambda t: t.slice(0, 0)), "has no rows"),
-    "missing column": (C.ESCI_FILE, lambda p: _rewrite(p, lambda t: t.drop_columns(["esci_label"])),
-                       "column 'esci_label': required column is missing"),
+    "missing column": (
+        C.ESCI_FILE,
+        lambda p: _rewrite(p, lambda t: t.drop_columns(["esci_label"])),
+        "column 'esci_label': required column is missing",
+    ),
     "embedding as strings": (
         C.QUERY_FEATURES_FILE,
-        lambda p: _rewrite(p, lambda t: _set_column(t, "clip_text_features",
-                                                    pa.array([str(v) for v in t.column("clip_text_features").to_pylist()]))),
-        "column 'clip_text_features': must be a list of floats, found string"),
+        lambda p: _rewrite(
+            p,
+            lambda t: _set_column(
+                t, "clip_text_features", pa.array([str(v) for v in t.column("clip_text_features").to_pylist()])
+            ),
+        ),
+        "column 'clip_text_features': must be a list of floats, found string",
+    ),
     "wrong dimension": (
         C.PRODUCT_FEATURES_FILE,
         lambda p: _rewrite(p, lambda t: _embeddings(t, "clip_image_features", lambda m: m[:, :-1])),
-        f"column 'clip_image_features': embeddings must have {SMALL.dim} values, found [{SMALL.dim - 1}]"),
-    "NaN": (C.PRODUCT_FEATURES_FILE,
-            lambda p: _rewrite(p, lambda t: _embeddings(t, "clip_text_features", _nan_in_row_3)),
-            "column 'clip_text_features': has NaN or infinite values (e.g. product_id 'B000000003' (row 3))"),
-    "bad label": (C.ESCI_FILE,
-                  lambda p: _rewrite(p, lambda t: _set_column(t, "esci_label", pa.array(["X"] + t.column("esci_label").to_pylist()[1:]))),
-                  "column 'esci_label': values must be one of ['C', 'E', 'I', 'S'], found ['X'] (e.g. row 0"),
-    "bad split": (C.ESCI_FILE,
-                  lambda p: _rewrite(p, lambda t: _set_column(t, "split", pa.array(["dev"] * t.num_rows))),
-                  "column 'split': values must be one of ['test', 'train'], found ['dev']"),
+        f"column 'clip_image_features': embeddings must have {SMALL.dim} values, found [{SMALL.dim - 1}]",
+    ),
+    "NaN": (
+        C.PRODUCT_FEATURES_FILE,
+        lambda p: _rewrite(p, lambda t: _embeddings(t, "clip_text_features", _nan_in_row_3)),
+        "column 'clip_text_features': has NaN or infinite values (e.g. product_id 'B000000003' (row 3))",
+    ),
+    "bad label": (
+        C.ESCI_FILE,
+        lambda p: _rewrite(
+            p, lambda t: _set_column(t, "esci_label", pa.array(["X"] + t.column("esci_label").to_pylist()[1:]))
+        ),
+        "column 'esci_label': values must be one of ['C', 'E', 'I', 'S'], found ['X'] (e.g. row 0",
+    ),
+    "bad split": (
+        C.ESCI_FILE,
+        lambda p: _rewrite(p, lambda t: _set_column(t, "split", pa.array(["dev"] * t.num_rows))),
+        "column 'split': values must be one of ['test', 'train'], found ['dev']",
+    ),
     "conflicting duplicate keys": (
-        C.QUERY_FEATURES_FILE, lambda p: _rewrite(p, lambda t: _duplicate_first_key(t, same_embedding=False)),
-        "column 'query_id': 1 duplicate keys with different embeddings"),
+        C.QUERY_FEATURES_FILE,
+        lambda p: _rewrite(p, lambda t: _duplicate_first_key(t, same_embedding=False)),
+        "column 'query_id': 1 duplicate keys with different embeddings",
+    ),
     "low join coverage": (
-        C.PRODUCT_FEATURES_FILE, lambda p: _rewrite(p, lambda t: t.slice(0, t.num_rows // 2)),
-        "join coverage"),
+        C.PRODUCT_FEATURES_FILE,
+        lambda p: _rewrite(p, lambda t: t.slice(0, t.num_rows // 2)),
+        "join coverage",
+    ),
 }
 
 
@@ -106,8 +130,21 @@ def test_bad_input_through_the_cli_exits_2_with_the_same_line(case, raw_copy, tm
     damage(raw_copy / relative)
     out = tmp_path / "validate"
     result = subprocess.run(
-        [sys.executable, "-m", "mmsearch.cli", "validate", "--raw-dir", str(raw_copy), "--out", str(out),
-         "--set", f"embedding_dim={SMALL.dim}"], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "mmsearch.cli",
+            "validate",
+            "--raw-dir",
+            str(raw_copy),
+            "--out",
+            str(out),
+            "--set",
+            f"embedding_dim={SMALL.dim}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mmsearch validate: error: ") and message in lines[0]
@@ -123,10 +160,13 @@ def test_identical_duplicates_are_collapsed_with_a_warning(raw_copy, tmp_path, c
     assert "1 duplicate query_id rows with identical embeddings" in caplog.text
 
 
-@pytest.mark.parametrize("change, problem", [
-    (lambda frame: frame.drop(columns=["f3"]), "1 missing"),
-    (lambda frame: frame.assign(**{f"f{SMALL.dim}": 0.0}), "1 extra"),
-])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (lambda frame: frame.drop(columns=["f3"]), "1 missing"),
+        (lambda frame: frame.assign(**{f"f{SMALL.dim}": 0.0}), "1 extra"),
+    ],
+)
 def test_legacy_csv_with_missing_or_extra_f_column(raw_copy, tmp_path, change, problem):
     import pandas as pd
 
@@ -146,8 +186,21 @@ def test_cli_exits_2_with_one_line_on_stderr(raw_copy, tmp_path):
     (raw_copy / C.QUERY_FEATURES_FILE).unlink()
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "mmsearch.cli", "validate", "--raw-dir", str(raw_copy), "--out", str(out),
-         "--set", f"embedding_dim={SMALL.dim}"], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "mmsearch.cli",
+            "validate",
+            "--raw-dir",
+            str(raw_copy),
+            "--out",
+            str(out),
+            "--set",
+            f"embedding_dim={SMALL.dim}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "mmsearch validate: error:" in result.stderr and "query_features.parquet: file is missing" in result.stderr
@@ -156,15 +209,45 @@ def test_cli_exits_2_with_one_line_on_stderr(raw_copy, tmp_path):
 
 def test_cli_help_lists_every_stage():
     result = subprocess.run([sys.executable, "-m", "mmsearch.cli", "--help"], capture_output=True, text=True)
-    for stage in ("pull", "validate", "merge", "transform", "candidates", "train", "baselines", "select", "evaluate",
-                  "register", "sample-data", "ceiling", "run-dag", "bench", "stack"):
+    for stage in (
+        "pull",
+        "validate",
+        "merge",
+        "transform",
+        "candidates",
+        "train",
+        "baselines",
+        "select",
+        "evaluate",
+        "register",
+        "sample-data",
+        "ceiling",
+        "run-dag",
+        "bench",
+        "stack",
+    ):
         assert stage in result.stdout
 
 
 def test_a_stage_pointed_at_a_missing_directory_fails_in_one_line(tmp_path):
     missing = tmp_path / "none" / "selection.json"
-    result = subprocess.run([sys.executable, "-m", "mmsearch.cli", "evaluate", "--merged-dir", str(tmp_path / "none"),
-                             "--model", str(missing), "--baselines", str(tmp_path / "none" / "baselines.json"),
-                             "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmsearch.cli",
+            "evaluate",
+            "--merged-dir",
+            str(tmp_path / "none"),
+            "--model",
+            str(missing),
+            "--baselines",
+            str(tmp_path / "none" / "baselines.json"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"mmsearch evaluate: error: No such file or directory: {missing}"

@@ -99,17 +99,29 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = 0
     for split in C.SPLITS:
-        with pq.ParquetWriter(out_dir / f"{split}.parquet", pa.schema(
-                [(c, pa.list_(pa.float32())) for c in columns] + [("cos_text", pa.float32()), ("cos_image", pa.float32())]),
-                compression="none") as writer:
+        with pq.ParquetWriter(
+            out_dir / f"{split}.parquet",
+            pa.schema(
+                [(c, pa.list_(pa.float32())) for c in columns]
+                + [("cos_text", pa.float32()), ("cos_image", pa.float32())]
+            ),
+            compression="none",
+        ) as writer:
             for m in batches(split):
                 z = {c: ((m[c] - mean[c]) / std[c]).astype(np.float32) for c in columns}
                 cos = [((v - mean[i]) / std[i]).astype(np.float32) for i, v in enumerate(cosines(m))]
-                offsets = pa.array(np.arange(0, len(cos[0]) * m[columns[0]].shape[1] + 1, m[columns[0]].shape[1],
-                                             dtype=np.int32))
-                writer.write_table(pa.table(
-                    {**{c: pa.ListArray.from_arrays(offsets, pa.array(z[c].ravel())) for c in columns},
-                     "cos_text": cos[0], "cos_image": cos[1]}))
+                offsets = pa.array(
+                    np.arange(0, len(cos[0]) * m[columns[0]].shape[1] + 1, m[columns[0]].shape[1], dtype=np.int32)
+                )
+                writer.write_table(
+                    pa.table(
+                        {
+                            **{c: pa.ListArray.from_arrays(offsets, pa.array(z[c].ravel())) for c in columns},
+                            "cos_text": cos[0],
+                            "cos_image": cos[1],
+                        }
+                    )
+                )
                 rows += len(cos[0])
     return {"seconds": time.monotonic() - start, "rows": rows}
 
@@ -117,8 +129,9 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
 DIRECT_STAGES = ("validate", "merge", "transform", "train", "evaluate", "register")
 
 
-def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression: bool = False,
-               repeat: int = 1) -> list[dict]:
+def bench_size(
+    pairs: int, root: Path, env: dict, e2e: bool, compare_compression: bool = False, repeat: int = 1
+) -> list[dict]:
     """Generate once, then `repeat` passes, each the stages run directly and then the DAG: passes
     interleave so that a slow spell of the machine hits both sides, and the median is reported."""
     airflow_bin, ml_bin = _venv_bin("airflow"), _venv_bin("ml")
@@ -130,20 +143,38 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression
     measured: dict[str, list[dict]] = {}  # stage -> one record per pass
 
     def record(name, seconds, rows_in, peak_rss_mb=0.0, output_mb=0.0):
-        measured.setdefault(name, []).append({"seconds": seconds, "rows": rows_in, "peak_rss_mb": peak_rss_mb,
-                                              "output_mb": output_mb})
+        measured.setdefault(name, []).append(
+            {"seconds": seconds, "rows": rows_in, "peak_rss_mb": peak_rss_mb, "output_mb": output_mb}
+        )
 
     def stage(name, cmd, rows_in, out):
         result = run_measured(cmd, env)
         record(name, result["seconds"], rows_in, result["peak_rss_mb"], _size_mb(out) if out else 0.0)
-        print(f"  {name:<10} {result['seconds']:8.1f} s  {rows_in / result['seconds']:10.0f} rows/s  "
-              f"{result['peak_rss_mb']:8.0f} MB", flush=True)
+        print(
+            f"  {name:<10} {result['seconds']:8.1f} s  {rows_in / result['seconds']:10.0f} rows/s  "
+            f"{result['peak_rss_mb']:8.0f} MB",
+            flush=True,
+        )
         return json.loads(result["stdout"]) if result["stdout"].strip() else {}
 
     print(f"pairs={pairs}: queries={queries} products={products}", flush=True)
-    generated = stage("generate", [str(airflow_bin / "mmsearch"), "sample-data", "--out", str(raw), "--queries",
-                                   str(queries), "--products", str(products), "--mean-judgements",
-                                   str(round(PAIRS_PER_QUERY, 2))], 0, raw)
+    generated = stage(
+        "generate",
+        [
+            str(airflow_bin / "mmsearch"),
+            "sample-data",
+            "--out",
+            str(raw),
+            "--queries",
+            str(queries),
+            "--products",
+            str(products),
+            "--mean-judgements",
+            str(round(PAIRS_PER_QUERY, 2)),
+        ],
+        0,
+        raw,
+    )
     n = generated["working_set_judgements"]
     measured["generate"][0]["rows"] = n
     settings = ["--set", f"experiment_name=bench-{pairs}"]
@@ -151,47 +182,141 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, compare_compression
     def direct_pass(i: int) -> None:
         # each pass registers a model of its own: a champion left by the previous one would be re-scored
         model = ["--set", f"registered_model_name=bench-{pairs}-r{i}"]
-        stage("validate", [str(airflow_bin / "mmsearch"), "validate", "--raw-dir", str(raw), "--out",
-                           str(run / "validate"), *settings], n, run / "validate")
-        merged = stage("merge", [str(airflow_bin / "mmsearch"), "merge", "--raw-dir", str(raw), "--out",
-                                 str(run / "merged"), *settings], n, run / "merged")
+        stage(
+            "validate",
+            [
+                str(airflow_bin / "mmsearch"),
+                "validate",
+                "--raw-dir",
+                str(raw),
+                "--out",
+                str(run / "validate"),
+                *settings,
+            ],
+            n,
+            run / "validate",
+        )
+        merged = stage(
+            "merge",
+            [str(airflow_bin / "mmsearch"), "merge", "--raw-dir", str(raw), "--out", str(run / "merged"), *settings],
+            n,
+            run / "merged",
+        )
         if not e2e and repeat == 1:  # disk: at 1.1M pairs raw, merged and transformed data are ~6, 10 and 10 GB
             shutil.rmtree(raw)
-        transformed = stage("transform", [str(ml_bin / "mmsearch"), "transform", "--merged-dir", str(run / "merged"),
-                                          "--out", str(run / "transform"), *settings], merged["rows"], run / "transform")
-        record("transform (Beam)", transformed["beam_seconds"], merged["rows"], measured["transform"][-1]["peak_rss_mb"])
+        transformed = stage(
+            "transform",
+            [
+                str(ml_bin / "mmsearch"),
+                "transform",
+                "--merged-dir",
+                str(run / "merged"),
+                "--out",
+                str(run / "transform"),
+                *settings,
+            ],
+            merged["rows"],
+            run / "transform",
+        )
+        record(
+            "transform (Beam)", transformed["beam_seconds"], merged["rows"], measured["transform"][-1]["peak_rss_mb"]
+        )
         if compare_compression and i == 0:  # the default output is uncompressed: what GZIP would cost
-            gzip = stage("transform GZIP", [str(ml_bin / "mmsearch"), "transform", "--merged-dir", str(run / "merged"),
-                                            "--out", str(run / "transform-gzip"), *settings,
-                                            "--set", 'tfrecord_compression="GZIP"'], merged["rows"],
-                         run / "transform-gzip")
+            gzip = stage(
+                "transform GZIP",
+                [
+                    str(ml_bin / "mmsearch"),
+                    "transform",
+                    "--merged-dir",
+                    str(run / "merged"),
+                    "--out",
+                    str(run / "transform-gzip"),
+                    *settings,
+                    "--set",
+                    'tfrecord_compression="GZIP"',
+                ],
+                merged["rows"],
+                run / "transform-gzip",
+            )
             if gzip["rows_out"] != transformed["rows_out"]:
-                raise RuntimeError(f"GZIP transform wrote {gzip['rows_out']} rows, uncompressed {transformed['rows_out']}")
+                raise RuntimeError(
+                    f"GZIP transform wrote {gzip['rows_out']} rows, uncompressed {transformed['rows_out']}"
+                )
             shutil.rmtree(run / "transform-gzip")
         floor = numpy_transform(run / "merged", work / "numpy")
         record("numpy floor", floor["seconds"], floor["rows"], output_mb=_size_mb(work / "numpy"))
         shutil.rmtree(work / "numpy")
-        stage("train", [str(ml_bin / "mmsearch"), "train", "--transform-dir", str(run / "transform"), "--out",
-                        str(run / "train"), *settings, *model], merged["splits"]["train"]["rows"], run / "train")
-        evaluated = stage("evaluate", [str(ml_bin / "mmsearch"), "evaluate", "--merged-dir", str(run / "merged"),
-                                       "--train-summary", str(run / "train" / "train.json"), "--out",
-                                       str(run / "evaluate"), *settings, *model], merged["splits"]["test"]["rows"],
-                          run / "evaluate")
-        stage("register", [str(ml_bin / "mmsearch"), "register", "--merged-dir", str(run / "merged"), "--train-summary",
-                           str(run / "train" / "train.json"), "--metrics", str(run / "evaluate" / "metrics.json"),
-                           *settings, *model], merged["splits"]["test"]["rows"], None)
-        counts = {"validate/merge": (n, merged["rows"]),
-                  "merge/transform": (merged["splits"], transformed["rows_out"]),
-                  "merge/evaluate": (merged["splits"]["test"]["rows"], evaluated["test_rows"])}
-        if not (n == merged["rows"] and all(merged["splits"][s]["rows"] == transformed["rows_out"][s] for s in C.SPLITS)
-                and merged["splits"]["test"]["rows"] == evaluated["test_rows"]):
+        stage(
+            "train",
+            [
+                str(ml_bin / "mmsearch"),
+                "train",
+                "--transform-dir",
+                str(run / "transform"),
+                "--out",
+                str(run / "train"),
+                *settings,
+                *model,
+            ],
+            merged["splits"]["train"]["rows"],
+            run / "train",
+        )
+        evaluated = stage(
+            "evaluate",
+            [
+                str(ml_bin / "mmsearch"),
+                "evaluate",
+                "--merged-dir",
+                str(run / "merged"),
+                "--train-summary",
+                str(run / "train" / "train.json"),
+                "--out",
+                str(run / "evaluate"),
+                *settings,
+                *model,
+            ],
+            merged["splits"]["test"]["rows"],
+            run / "evaluate",
+        )
+        stage(
+            "register",
+            [
+                str(ml_bin / "mmsearch"),
+                "register",
+                "--merged-dir",
+                str(run / "merged"),
+                "--train-summary",
+                str(run / "train" / "train.json"),
+                "--metrics",
+                str(run / "evaluate" / "metrics.json"),
+                *settings,
+                *model,
+            ],
+            merged["splits"]["test"]["rows"],
+            None,
+        )
+        counts = {
+            "validate/merge": (n, merged["rows"]),
+            "merge/transform": (merged["splits"], transformed["rows_out"]),
+            "merge/evaluate": (merged["splits"]["test"]["rows"], evaluated["test_rows"]),
+        }
+        if not (
+            n == merged["rows"]
+            and all(merged["splits"][s]["rows"] == transformed["rows_out"][s] for s in C.SPLITS)
+            and merged["splits"]["test"]["rows"] == evaluated["test_rows"]
+        ):
             raise RuntimeError(f"row counts differ between stages: {counts}")
 
     def dag_pass(i: int) -> None:
         from mmsearch.tools.run_dag import latest_run, task_seconds
 
-        conf = json.dumps({"raw_data_dir": str(raw), "experiment_name": f"bench-{pairs}",
-                           "registered_model_name": f"bench-{pairs}-dag-r{i}"})
+        conf = json.dumps(
+            {
+                "raw_data_dir": str(raw),
+                "experiment_name": f"bench-{pairs}",
+                "registered_model_name": f"bench-{pairs}-dag-r{i}",
+            }
+        )
         result = run_measured([str(airflow_bin / "airflow"), "dags", "test", "mmsearch_training", "--conf", conf], env)
         record("airflow dags test", result["seconds"], n, result["peak_rss_mb"])
         tasks = task_seconds(latest_run(env)["run_id"], env)
@@ -215,10 +340,18 @@ def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
     for name, runs in measured.items():
         seconds = [r["seconds"] for r in runs]
         median = statistics.median(seconds)
-        rows.append({"pairs": pairs, "stage": name, "rows": runs[-1]["rows"], "seconds": median,
-                     "spread": f"{min(seconds):.1f}-{max(seconds):.1f}" if len(runs) > 1 else "",
-                     "rows_per_s": runs[-1]["rows"] / median if median > 0 else 0.0,
-                     "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "output_mb": runs[-1]["output_mb"]})
+        rows.append(
+            {
+                "pairs": pairs,
+                "stage": name,
+                "rows": runs[-1]["rows"],
+                "seconds": median,
+                "spread": f"{min(seconds):.1f}-{max(seconds):.1f}" if len(runs) > 1 else "",
+                "rows_per_s": runs[-1]["rows"] / median if median > 0 else 0.0,
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                "output_mb": runs[-1]["output_mb"],
+            }
+        )
     direct = {row["stage"]: row["seconds"] for row in rows}
     for row in rows:
         if row["stage"] == "airflow dags test":
@@ -236,13 +369,18 @@ def write_report(rows: list[dict], out_dir: Path) -> Path:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"cores: {os.cpu_count()}; wall s: the median of the repeats, min-max beside it", "",
-             "| pairs | stage | rows | wall s | min-max s | rows/s | peak RSS MB | output MB | overhead |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"cores: {os.cpu_count()}; wall s: the median of the repeats, min-max beside it",
+        "",
+        "| pairs | stage | rows | wall s | min-max s | rows/s | peak RSS MB | output MB | overhead |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         overhead = f"{r['overhead']:.2f}" if "overhead" in r else ""
-        lines.append(f"| {r['pairs']:,} | {r['stage']} | {r['rows']:,} | {r['seconds']:.1f} | {r.get('spread', '')} | "
-                     f"{r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['output_mb']:,.1f} | {overhead} |")
+        lines.append(
+            f"| {r['pairs']:,} | {r['stage']} | {r['rows']:,} | {r['seconds']:.1f} | {r.get('spread', '')} | "
+            f"{r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['output_mb']:,.1f} | {overhead} |"
+        )
     report = out_dir / "bench.md"
     report.write_text("\n".join(lines) + "\n")
     return report
@@ -253,13 +391,19 @@ def main(sizes: list[int], e2e: bool = True, compare_compression: bool = False, 
     # a fresh Airflow and MLflow home: a champion left by an earlier bench would make register
     # re-score it, work the other sizes' runs do not do
     shutil.rmtree(root / "home", ignore_errors=True)
-    env = {**os.environ, "MMSEARCH_HOME": str(root / "home"), "AIRFLOW_HOME": str(root / "home" / "airflow"),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(C.REPO_ROOT / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "PATH": f"{_venv_bin('airflow')}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "MMSEARCH_HOME": str(root / "home"),
+        "AIRFLOW_HOME": str(root / "home" / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(C.REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PATH": f"{_venv_bin('airflow')}:{os.environ['PATH']}",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     if e2e:
-        subprocess.run([str(_venv_bin("airflow") / "airflow"), "db", "migrate"], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(_venv_bin("airflow") / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True
+        )
     rows = [row for pairs in sizes for row in bench_size(pairs, root, env, e2e, compare_compression, repeat)]
     report = write_report(rows, root)
     print(report.read_text())

@@ -77,10 +77,13 @@ def run_dag(conf: str = "{}", as_json: bool = False) -> dict | str:
     seconds = round(time.monotonic() - started, 1)
     run = latest_run()
     if test.returncode != 0 or run["state"] != "success":
-        raise RunFailed(f"{DAG_ID} run {run['run_id']} ended '{run['state']}' after {seconds} s: "
-                        f"{failure_reason(run['run_id'])}")
+        raise RunFailed(
+            f"{DAG_ID} run {run['run_id']} ended '{run['state']}' after {seconds} s: {failure_reason(run['run_id'])}"
+        )
     summary = read_json(C.run_dir_for(run["run_id"]) / "summary.json")
     if as_json:
         return {**summary, "seconds": seconds, "mlflow_tracking_uri": C.redact_uri(C.mlflow_tracking_uri())}
-    return (f"{summary_text(summary)}\nMLflow: {C.redact_uri(C.mlflow_tracking_uri())}; "
-            f"{seconds} s end to end; `mmsearch run-dag --json` prints all of it")
+    return (
+        f"{summary_text(summary)}\nMLflow: {C.redact_uri(C.mlflow_tracking_uri())}; "
+        f"{seconds} s end to end; `mmsearch run-dag --json` prints all of it"
+    )

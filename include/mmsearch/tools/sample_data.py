@@ -42,9 +42,32 @@ from mmsearch.raw import embedding_array
 
 LABEL_FREQUENCIES = {"E": 0.65, "S": 0.22, "I": 0.10, "C": 0.03}
 TOPIC_WORDS = [
-    "phone", "laptop", "shoe", "sock", "lamp", "bulb", "camera", "tripod", "guitar",
-    "strings", "printer", "ink", "coffee", "filter", "bike", "helmet", "tent", "sleeping bag",
-    "razor", "blade", "drill", "drill bit", "dog leash", "dog collar", "pen", "notebook",
+    "phone",
+    "laptop",
+    "shoe",
+    "sock",
+    "lamp",
+    "bulb",
+    "camera",
+    "tripod",
+    "guitar",
+    "strings",
+    "printer",
+    "ink",
+    "coffee",
+    "filter",
+    "bike",
+    "helmet",
+    "tent",
+    "sleeping bag",
+    "razor",
+    "blade",
+    "drill",
+    "drill bit",
+    "dog leash",
+    "dog collar",
+    "pen",
+    "notebook",
 ]
 PRODUCT_CHUNK = 8_192
 # The generator's own knowledge, beside the raw files: the pipeline never reads it.
@@ -137,14 +160,19 @@ def _draw_judgements(spec, rng, q_topic, q_intent, p_topic, p_intent):
 
 # Where a judge's label strays from the pair's relation, it strays as people do: an exact match
 # called a substitute, a complement called irrelevant. Rows: relation; columns: label (E, S, I, C).
-STRAY = {"E": {"S": 0.7, "I": 0.2, "C": 0.1}, "S": {"E": 0.6, "I": 0.3, "C": 0.1},
-         "I": {"C": 0.4, "S": 0.4, "E": 0.2}, "C": {"I": 0.6, "S": 0.2, "E": 0.2}}
+STRAY = {
+    "E": {"S": 0.7, "I": 0.2, "C": 0.1},
+    "S": {"E": 0.6, "I": 0.3, "C": 0.1},
+    "I": {"C": 0.4, "S": 0.4, "E": 0.2},
+    "C": {"I": 0.6, "S": 0.2, "E": 0.2},
+}
 
 
 def _stray_table(label_noise: float) -> np.ndarray:
     names = list(LABEL_FREQUENCIES)
-    return np.array([[1 - label_noise if label == rel else label_noise * STRAY[rel][label] for label in names]
-                     for rel in names])
+    return np.array(
+        [[1 - label_noise if label == rel else label_noise * STRAY[rel][label] for label in names] for rel in names]
+    )
 
 
 def relation_frequencies(label_noise: float) -> np.ndarray:
@@ -171,8 +199,10 @@ def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> tuple[pa.Tab
     q_all = np.concatenate([query, rng.integers(0, spec.queries, n_out)])
     query_id = q_ids[q_all] + np.where(np.arange(n_in + n_out) < n_in, 0, 1_000_000)
     order = rng.permutation(n_in + n_out)
-    text = np.char.add(np.char.add(np.array(INTENT_WORDS)[q_intent[q_all] % len(INTENT_WORDS)], " "),
-                       np.char.add(np.array(TOPIC_WORDS)[q_topic[q_all] % len(TOPIC_WORDS)], " "))
+    text = np.char.add(
+        np.char.add(np.array(INTENT_WORDS)[q_intent[q_all] % len(INTENT_WORDS)], " "),
+        np.char.add(np.array(TOPIC_WORDS)[q_topic[q_all] % len(TOPIC_WORDS)], " "),
+    )
     columns = {
         "example_id": np.arange(n_in + n_out, dtype=np.int64),
         "query": np.char.add(text, query_id.astype(str))[order],
@@ -185,26 +215,39 @@ def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> tuple[pa.Tab
         "split": np.concatenate([np.full(n_in, "test"), np.array(["test", "train", "test"])[kind]])[order],
     }
     working = np.flatnonzero(order < n_in)  # example_id e is original row order[e]
-    truth_table = pa.table({"example_id": pa.array(working, pa.int64()),
-                            **{f"p_{name}": pa.array(truth[order[working], i])
-                               for i, name in enumerate(LABEL_FREQUENCIES)}})
+    truth_table = pa.table(
+        {
+            "example_id": pa.array(working, pa.int64()),
+            **{f"p_{name}": pa.array(truth[order[working], i]) for i, name in enumerate(LABEL_FREQUENCIES)},
+        }
+    )
     return pa.table({name: pa.array(values) for name, values in columns.items()}), truth_table
 
 
 def _write_products(path: Path, spec, space, p_topic, p_intent) -> None:
     """Product embeddings in chunks, each from its own seeded stream: memory bounded by the chunk."""
-    schema = pa.schema([("product_id", pa.string()), ("clip_text_features", pa.list_(pa.float32())),
-                        ("clip_image_features", pa.list_(pa.float32()))])
+    schema = pa.schema(
+        [
+            ("product_id", pa.string()),
+            ("clip_text_features", pa.list_(pa.float32())),
+            ("clip_image_features", pa.list_(pa.float32())),
+        ]
+    )
     with pq.ParquetWriter(path, schema) as writer:
         for chunk, start in enumerate(range(0, spec.products, PRODUCT_CHUNK)):
             rows = np.arange(start, min(start + PRODUCT_CHUNK, spec.products))
             rng = np.random.default_rng([spec.seed, chunk])
             topic, intent = p_topic[rows], p_intent[rows]
-            writer.write_table(pa.table({
-                "product_id": pa.array(product_id(rows)),
-                "clip_text_features": embedding_array(space.embed(topic, intent, rng, noise=0.6)),
-                "clip_image_features": embedding_array(space.embed(topic, intent, rng, noise=0.9, offset=0.5)),
-            }, schema=schema))
+            writer.write_table(
+                pa.table(
+                    {
+                        "product_id": pa.array(product_id(rows)),
+                        "clip_text_features": embedding_array(space.embed(topic, intent, rng, noise=0.6)),
+                        "clip_image_features": embedding_array(space.embed(topic, intent, rng, noise=0.9, offset=0.5)),
+                    },
+                    schema=schema,
+                )
+            )
 
 
 def write_legacy_query_csv(path: Path, query_ids, vectors: np.ndarray, seed: int) -> None:

@@ -9,6 +9,7 @@ and `down` stops exactly those processes by PID (a reused PID is never signalled
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -87,27 +88,31 @@ def stack_env(settings: StackSettings) -> dict:
     """The environment of every process in the stack; the DAG's tasks inherit it."""
     keys = _secrets()
     env = dict(os.environ)
-    env.update({
-        "MMSEARCH_HOME": str(C.mmsearch_home()),
-        "AIRFLOW_HOME": str(airflow_home()),
-        "AIRFLOW__CORE__DAGS_FOLDER": os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", str(C.REPO_ROOT / "dags")),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": os.environ.get("AIRFLOW__CORE__PLUGINS_FOLDER", str(C.REPO_ROOT / "plugins")),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        # two cores: two task slots in all; the DAG is a chain, so one runs at a time anyway
-        "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.admin_user}:admin",
-        "AIRFLOW__API__BASE_URL": settings.airflow_url,
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API__SECRET_KEY": keys["secret_key"],
-        "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-        "MLFLOW_TRACKING_URI": settings.mlflow_url,
-        # MLflow's job runner serves GenAI evaluation jobs, which mmsearch has none of: ~250 MB saved
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    })
+    env.update(
+        {
+            "MMSEARCH_HOME": str(C.mmsearch_home()),
+            "AIRFLOW_HOME": str(airflow_home()),
+            "AIRFLOW__CORE__DAGS_FOLDER": os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", str(C.REPO_ROOT / "dags")),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": os.environ.get(
+                "AIRFLOW__CORE__PLUGINS_FOLDER", str(C.REPO_ROOT / "plugins")
+            ),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # two cores: two task slots in all; the DAG is a chain, so one runs at a time anyway
+            "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.admin_user}:admin",
+            "AIRFLOW__API__BASE_URL": settings.airflow_url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__SECRET_KEY": keys["secret_key"],
+            "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "MLFLOW_TRACKING_URI": settings.mlflow_url,
+            # MLflow's job runner serves GenAI evaluation jobs, which mmsearch has none of: ~250 MB saved
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
+    )
     return env
 
 
@@ -115,12 +120,25 @@ def _commands(settings: StackSettings) -> dict[str, list[str]]:
     airflow = str(Path(sys.executable).parent / "airflow")
     mlflow_dir = C.mmsearch_home() / "mlflow-server"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
-    commands = {"mlflow": [
-        os.environ.get("MMSEARCH_ML_PYTHON", str(C.REPO_ROOT / ".venvs" / "ml" / "bin" / "python")),
-        "-m", "mlflow", "server", "--host", settings.host, "--port", str(settings.mlflow_port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-        "--serve-artifacts", "--artifacts-destination", str(mlflow_dir / "artifacts"),
-    ]}
+    commands = {
+        "mlflow": [
+            os.environ.get("MMSEARCH_ML_PYTHON", str(C.REPO_ROOT / ".venvs" / "ml" / "bin" / "python")),
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(mlflow_dir / "artifacts"),
+        ]
+    }
     commands["api-server"] = [airflow, "api-server", "--host", settings.host, "--port", str(settings.airflow_port)]
     for component in AIRFLOW_COMPONENTS[1:]:
         commands[component] = [airflow, component]
@@ -191,14 +209,17 @@ def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
         raise StackError(f"the stack is already running (PIDs in {stack_dir() / 'pids.json'}); `make down` first")
     for port in (settings.airflow_port, settings.mlflow_port):
         if not _port_free(settings.host, port):
-            raise StackError(f"port {port} on {settings.host} is in use; "
-                             "set MMSEARCH_AIRFLOW_PORT / MMSEARCH_MLFLOW_PORT to free ports")
+            raise StackError(
+                f"port {port} on {settings.host} is in use; "
+                "set MMSEARCH_AIRFLOW_PORT / MMSEARCH_MLFLOW_PORT to free ports"
+            )
     logs = stack_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = stack_env(settings)
     airflow_home().mkdir(parents=True, exist_ok=True)
-    migrate = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env,
-                             capture_output=True, text=True)
+    migrate = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True
+    )
     if migrate.returncode != 0:
         raise StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
     if settings.admin_password:
@@ -208,10 +229,14 @@ def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
     pids: dict = {}
     for name, command in _commands(settings).items():
         with open(logs / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        pids[name] = {"pid": process.pid, "create_time": psutil.Process(process.pid).create_time(),
-                      "log": str(logs / f"{name}.log")}
+            process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        pids[name] = {
+            "pid": process.pid,
+            "create_time": psutil.Process(process.pid).create_time(),
+            "log": str(logs / f"{name}.log"),
+        }
         write_json(stack_dir() / "pids.json", pids)  # after each start: `down` can stop a partial stack
 
     deadline = time.monotonic() + timeout
@@ -221,8 +246,9 @@ def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
         if dead:
             down()
             name = sorted(dead)[0]
-            raise StackError(f"{name} exited during start-up; its log ({pids[name]['log']}) ends:\n"
-                             f"{_tail(Path(pids[name]['log']))}")
+            raise StackError(
+                f"{name} exited during start-up; its log ({pids[name]['log']}) ends:\n{_tail(Path(pids[name]['log']))}"
+            )
         if all(state == HEALTHY for state in states.values()):
             break
         if time.monotonic() > deadline:
@@ -230,9 +256,11 @@ def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
             raise StackError(f"not healthy after {timeout:.0f} s: {states}; logs in {logs}")
         time.sleep(2)
     # the CLI sends this to stderr: stdout carries only the JSON status
-    print(f"Airflow UI   {settings.airflow_url}  (user {settings.admin_user}, "
-          f"password {admin_password(settings)}, from {password_file()})\n"
-          f"MLflow UI    {settings.mlflow_url}\nlogs         {logs}\nstop with    make down")
+    print(
+        f"Airflow UI   {settings.airflow_url}  (user {settings.admin_user}, "
+        f"password {admin_password(settings)}, from {password_file()})\n"
+        f"MLflow UI    {settings.mlflow_url}\nlogs         {logs}\nstop with    make down"
+    )
     return status(settings)
 
 
@@ -245,10 +273,8 @@ def memory_mb(running: dict) -> dict:
         root = psutil.Process(entry["pid"])
         total = 0
         for process in [root, *root.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         usage[name] = round(total / 2**20)
     return usage
 
@@ -275,22 +301,18 @@ def down(grace_seconds: float = 30.0) -> dict:
 
     pids = _running(_recorded())
     for entry in pids.values():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(entry["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     processes = []
     for entry in pids.values():
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             processes.append(psutil.Process(entry["pid"]))
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(processes, timeout=grace_seconds)
     for entry in pids.values():  # the whole group: task processes a leader left behind too
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(entry["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     (stack_dir() / "pids.json").unlink(missing_ok=True)
-    return {"stopped": {name: entry["pid"] for name, entry in pids.items()},
-            "killed_after_grace": [process.pid for process in alive]}
+    return {
+        "stopped": {name: entry["pid"] for name, entry in pids.items()},
+        "killed_after_grace": [process.pid for process in alive],
+    }
