@@ -1,8 +1,9 @@
-"""The UI path, for real: `mmsearch stack up` (what `make up` runs) starts Airflow 3 and an
-MLflow server; the DAG is unpaused and triggered with a config through the REST API (what
-the UI's trigger button calls), its model is checked through MLflow's REST API, and the
-run is found on the DAG's page in headless Chromium, logged in. Every process is stopped
-by PID at the end. Screenshots and figures go to test-artifacts/."""
+"""The UI path, for real, as a person takes it: `mmsearch stack up` (what `make up` runs) starts
+Airflow 3 and an MLflow server; in headless Chromium a user logs in, opens the DAG's Trigger
+form and presses Trigger without editing anything (the form's defaults must trigger), then
+triggers again with two fields edited and finds them in the run's conf. The runs are followed
+through Airflow's REST API, the model through MLflow's; every process is stopped by PID at
+the end. Screenshots and figures go to test-artifacts/ for a person to look at."""
 
 import json
 import os
@@ -17,15 +18,13 @@ import httpx
 import psutil
 import pytest
 
-from mmsearch.tools.sample_data import SampleSpec
-from tests.helpers import REPO_ROOT, isolated_env, make_dvc_repo
+from tests.helpers import REPO_ROOT, isolated_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 DAG_ID = "mmsearch_training"
 MODEL = "mmsearch-esci"
 ARTIFACTS = Path(os.environ.get("MMSEARCH_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
-SAMPLE = SampleSpec(queries=120, products=700, mean_judgements=16, topics=12, intents=3, seed=5)
 CHROMIUM = "/usr/bin/chromium"
 # Chromium on a closed network: no background connections, no sandbox as root (as in CI).
 CHROMIUM_ARGS = [
@@ -63,12 +62,11 @@ def stack(tmp_path_factory):
         # only the run this test triggers: unpausing would otherwise also start the latest nightly run
         AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
     )
-    repo = make_dvc_repo(root, SAMPLE)
     started = time.monotonic()
     status = mmsearch(env, "stack", "up")
     status["startup_seconds"] = round(time.monotonic() - started, 1)
     try:
-        yield {"env": env, "repo": repo, "status": status}
+        yield {"env": env, "status": status}
     finally:
         stopped = mmsearch(env, "stack", "down")
         assert set(stopped["stopped"]) == set(status["pids"])
@@ -122,75 +120,150 @@ def task_log(api: httpx.Client, run_id: str, task_id: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def triggered_run(stack, airflow_api):
-    """Unpause, trigger with a config, wait: what a user does from the UI."""
-    api = airflow_api
-    dag = api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status().json()
-    assert dag["is_paused"] is False
-    conf = {"dvc_repo": str(stack["repo"]), "epochs": 4, "steps_per_epoch": 40}
-    started = time.monotonic()
-    run = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf}).raise_for_status().json()
-    assert run["conf"] == conf
-    finished = wait_for_run(api, run["dag_run_id"])
-    seconds = round(time.monotonic() - started, 1)
-    assert finished["state"] == "success", task_states(api, run["dag_run_id"])
-    return {"run_id": run["dag_run_id"], "trigger_to_registered_seconds": seconds}
+def page(stack, airflow_api):
+    """A logged-in browser page on the Airflow UI."""
+    from playwright.sync_api import sync_playwright
 
-
-def test_triggered_run_registers_its_model_in_the_mlflow_server(stack, triggered_run):
-    mlflow = httpx.Client(base_url=f"{stack['status']['mlflow_url']}/api/2.0/mlflow", timeout=30)
-    versions = mlflow.get("/model-versions/search", params={"filter": f"name = '{MODEL}'"}).raise_for_status().json()
-    ours = [
-        v
-        for v in versions["model_versions"]
-        if {t["key"]: t["value"] for t in v.get("tags", [])}.get("airflow_run_id") == triggered_run["run_id"]
-    ]
-    assert len(ours) == 1 and ours[0]["status"] == "READY"
-    model = mlflow.get("/registered-models/get", params={"name": MODEL}).raise_for_status().json()["registered_model"]
-    aliases = {a["alias"]: a["version"] for a in model["aliases"]}
-    assert aliases == {"champion": ours[0]["version"], "challenger": ours[0]["version"]}  # the first version
-
-    # the figures people look at, served by the tracking server
-    def artifacts(path: str = "") -> set:
-        listed = mlflow.get("/artifacts/list", params={"run_id": ours[0]["run_id"], "path": path})
-        return {f["path"] for f in listed.raise_for_status().json().get("files", [])}
-
-    assert "training_curves.png" in artifacts()
-    assert "evaluation/confusion_model.png" in artifacts("evaluation")
-
-
-def test_register_task_log_shows_the_run_summary(airflow_api, triggered_run):
-    log = task_log(airflow_api, triggered_run["run_id"], "model.register")
-    assert re.search(r"registered mmsearch-esci v\d+, aliases challenger, champion: ", log), log[-3000:]
-    assert re.search(r"^model\s+0\.\d{4}\s+0\.\d{4}\s+0\.\d{4}$", log, re.M), log[-3000:]
-
-
-def test_airflow_ui_lists_the_successful_run(stack, airflow_api, triggered_run):
-    from playwright.sync_api import expect, sync_playwright
-
-    status = stack["status"]
     user, password = airflow_api.credentials
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{stack['status']['airflow_url']}/dags/{DAG_ID}")
+        page.get_by_label(re.compile("username", re.I)).fill(user)
+        page.get_by_label(re.compile("password", re.I)).fill(password)
+        page.get_by_role("button", name=re.compile("sign in", re.I)).click()
+        page.wait_for_url(re.compile(rf"/dags/{DAG_ID}"))
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{status['airflow_url']}/dags/{DAG_ID}/runs")
-            page.get_by_label(re.compile("username", re.I)).fill(user)
-            page.get_by_label(re.compile("password", re.I)).fill(password)
-            page.get_by_role("button", name=re.compile("sign in", re.I)).click()
-            page.wait_for_url(re.compile(rf"/dags/{DAG_ID}/runs"))
-            row = page.get_by_role("row").filter(has_text=triggered_run["run_id"])
-            expect(row).to_have_count(1, timeout=30_000)
-            expect(row).to_contain_text("Success")
-            expect(row).to_contain_text("Manual")
-            page.screenshot(path=str(ARTIFACTS / "airflow-ui-dag-runs.png"))
-
-            page.goto(f"{status['mlflow_url']}/#/models/{MODEL}")
-            expect(page.get_by_text("Version 1").first).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "mlflow-ui-registered-model.png"))
+            yield page
         finally:
             browser.close()
+
+
+def trigger_from_the_form(page, url: str, api: httpx.Client, edits: dict, screenshot: str) -> dict:
+    """On the DAG's page, open its Trigger form, edit `edits` (param name: text) and press
+    Trigger; return the run it started, found through the REST API."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/dags/{DAG_ID}")
+    before = {r["dag_run_id"] for r in api.get(f"/dags/{DAG_ID}/dagRuns").raise_for_status().json()["dag_runs"]}
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text(f"Trigger Dag - {DAG_ID}")).to_be_visible()
+    for section in {SECTION_OF[name] for name in edits}:
+        dialog.get_by_role("button", name=section, exact=True).click()
+    for name, text in edits.items():
+        field = dialog.get_by_label(re.compile(rf"^{name}\b"))  # the label: the param's name (and a * if required)
+        field.fill(text)
+        field.blur()
+    submit = dialog.get_by_role("button", name="Trigger", exact=True)
+    expect(submit).to_be_enabled()  # nothing required is missing, nothing is out of range
+    page.screenshot(path=str(ARTIFACTS / screenshot))
+    submit.click()
+    expect(page.get_by_text("Dag Run Triggered").first).to_be_visible(timeout=30_000)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        runs = api.get(f"/dags/{DAG_ID}/dagRuns").raise_for_status().json()["dag_runs"]
+        new = [r for r in runs if r["dag_run_id"] not in before]
+        if new:
+            return new[0]
+        time.sleep(1)
+    raise AssertionError("the Trigger form started no run")
+
+
+SECTION_OF = {"epochs": "Training", "steps_per_epoch": "Training"}
+EDITS = {"epochs": "4", "steps_per_epoch": "40"}
+
+
+@pytest.fixture(scope="module")
+def default_run(stack, airflow_api, page):
+    """Trigger pressed without editing anything: the form's defaults start the run."""
+    started = time.monotonic()
+    url = stack["status"]["airflow_url"]
+    run = trigger_from_the_form(page, url, airflow_api, {}, "airflow-ui-trigger-form-defaults.png")
+    finished = wait_for_run(airflow_api, run["dag_run_id"])
+    assert finished["state"] == "success", task_states(airflow_api, run["dag_run_id"])
+    return {**finished, "trigger_to_registered_seconds": round(time.monotonic() - started, 1)}
+
+
+@pytest.fixture(scope="module")
+def edited_run(stack, airflow_api, page, default_run):
+    url = stack["status"]["airflow_url"]
+    run = trigger_from_the_form(page, url, airflow_api, EDITS, "airflow-ui-trigger-form-edited.png")
+    finished = wait_for_run(airflow_api, run["dag_run_id"])
+    assert finished["state"] == "success", task_states(airflow_api, run["dag_run_id"])
+    return finished
+
+
+def test_the_form_triggers_with_its_defaults(default_run):
+    from mmsearch.config import RunConfig, param_default, params_by_section
+
+    conf = default_run["conf"]
+    assert conf["epochs"] == 50 and conf["feature_set"] == "query_product"
+    assert conf == {field.name: param_default(field) for field in params_by_section()}
+    assert conf["raw_data_dir"] is None and conf["dvc_repo"] is None  # optional, left empty: not required
+    assert RunConfig.from_mapping(conf) == RunConfig()  # the defaults are the configuration's own
+    assert default_run["run_type"] == "manual"
+
+
+def test_edited_fields_reach_the_run_conf(edited_run):
+    assert edited_run["conf"]["epochs"] == 4 and edited_run["conf"]["steps_per_epoch"] == 40
+    assert edited_run["conf"]["batch_size"] == 32  # untouched fields keep their defaults
+
+
+def test_two_candidates_train_at_once_under_the_local_executor(airflow_api, default_run):
+    listed = airflow_api.get(f"/dags/{DAG_ID}/dagRuns/{default_run['dag_run_id']}/taskInstances").raise_for_status()
+    trains = [ti for ti in listed.json()["task_instances"] if ti["task_id"] == "model.train"]
+    assert sorted(ti["map_index"] for ti in trains) == [0, 1]
+    (start_a, end_a), (start_b, end_b) = sorted((ti["start_date"], ti["end_date"]) for ti in trains)
+    assert start_b < end_a, trains  # the second started before the first ended
+
+
+def test_triggered_runs_register_their_models_in_the_mlflow_server(stack, default_run, edited_run):
+    mlflow = httpx.Client(base_url=f"{stack['status']['mlflow_url']}/api/2.0/mlflow", timeout=30)
+    versions = mlflow.get("/model-versions/search", params={"filter": f"name = '{MODEL}'"}).raise_for_status().json()
+    by_run = {
+        {t["key"]: t["value"] for t in v.get("tags", [])}.get("airflow_run_id"): v for v in versions["model_versions"]
+    }
+    ours = [by_run[run["dag_run_id"]] for run in (default_run, edited_run)]
+    assert all(v["status"] == "READY" for v in ours)
+    assert "| baseline_clip |" in ours[0]["description"]  # the model card
+    model = mlflow.get("/registered-models/get", params={"name": MODEL}).raise_for_status().json()["registered_model"]
+    aliases = {a["alias"]: a["version"] for a in model["aliases"]}
+    assert aliases["challenger"] == ours[1]["version"]  # the newest version
+
+    def artifacts(run_id: str, path: str = "") -> set:
+        listed = mlflow.get("/artifacts/list", params={"run_id": run_id, "path": path})
+        return {f["path"] for f in listed.raise_for_status().json().get("files", [])}
+
+    assert "training_curves.png" in artifacts(ours[1]["run_id"])
+    assert "evaluation/reliability_model.png" in artifacts(ours[1]["run_id"], "evaluation")
+
+
+def test_register_task_log_shows_the_run_summary(airflow_api, edited_run):
+    log = task_log(airflow_api, edited_run["dag_run_id"], "model.register")
+    assert re.search(r"registered mmsearch-esci v\d+, aliases challenger(, champion)?: ", log), log[-3000:]
+    assert re.search(r"^model\s+0\.\d{4}\s+0\.\d{4}\s+0\.\d{4}$", log, re.M), log[-3000:]
+    assert re.search(r"^baseline_clip\s+0\.\d{4}", log, re.M), log[-3000:]
+
+
+def test_airflow_ui_shows_the_runs_and_the_mapped_candidates(stack, page, default_run, edited_run):
+    from playwright.sync_api import expect
+
+    page.goto(f"{stack['status']['airflow_url']}/dags/{DAG_ID}/runs")
+    for run in (default_run, edited_run):
+        row = page.get_by_role("row").filter(has_text=run["dag_run_id"])
+        expect(row).to_have_count(1, timeout=30_000)
+        expect(row).to_contain_text("Success")
+    page.screenshot(path=str(ARTIFACTS / "airflow-ui-dag-runs.png"))
+    page.goto(
+        f"{stack['status']['airflow_url']}/dags/{DAG_ID}/runs/{default_run['dag_run_id']}/tasks/model.train/mapped"
+    )
+    expect(page.get_by_role("row").filter(has_text="Success")).to_have_count(2, timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "airflow-ui-mapped-candidates.png"))
+    page.goto(f"{stack['status']['mlflow_url']}/#/models/{MODEL}")
+    expect(page.get_by_text("Version 2").first).to_be_visible(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "mlflow-ui-registered-model.png"))
     assert (ARTIFACTS / "airflow-ui-dag-runs.png").stat().st_size > 10_000
 
 
@@ -207,13 +280,13 @@ def test_a_second_stack_up_refuses_while_one_runs(stack):
     assert mmsearch(stack["env"], "stack", "status")["pids"] == stack["status"]["pids"]  # nothing replaced
 
 
-def test_stack_figures_are_recorded(stack, triggered_run):
+def test_stack_figures_are_recorded(stack, default_run, edited_run):
     """Memory of the running stack after a run, and time from trigger to registered model."""
     status = mmsearch(stack["env"], "stack", "status")
     assert set(status["health"].values()) == {"healthy"}
     figures = {
         "startup_seconds": stack["status"]["startup_seconds"],
-        "trigger_to_registered_seconds": triggered_run["trigger_to_registered_seconds"],
+        "trigger_to_registered_seconds": default_run["trigger_to_registered_seconds"],
         "memory_mb_after_run": status["memory_mb"],
         "memory_mb_at_start": stack["status"]["memory_mb"],
     }

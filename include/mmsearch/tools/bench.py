@@ -25,6 +25,7 @@ import psutil
 
 from mmsearch import config as C
 from mmsearch import features as F
+from mmsearch.io import read_json
 
 # The real working set's proportions: 181,701 pairs, 8,956 queries, 164,900 products.
 PAIRS_PER_QUERY = 181_701 / 8_956
@@ -126,32 +127,35 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
     return {"seconds": time.monotonic() - start, "rows": rows}
 
 
-DIRECT_STAGES = ("validate", "merge", "transform", "train", "evaluate", "register")
+# The stages whose direct runs sum to what the DAG runs (candidate trainings are one row each).
+DIRECT_STAGES = ("validate", "merge", "transform", "candidates", "baselines", "select", "evaluate", "register")
 
 
 def bench_size(
     pairs: int, root: Path, env: dict, e2e: bool, compare_compression: bool = False, repeat: int = 1
-) -> list[dict]:
+) -> tuple[list[dict], list[dict]]:
     """Generate once, then `repeat` passes, each the stages run directly and then the DAG: passes
-    interleave so that a slow spell of the machine hits both sides, and the median is reported."""
-    airflow_bin, ml_bin = _venv_bin("airflow"), _venv_bin("ml")
+    interleave so that a slow spell of the machine hits both sides, and the median is reported.
+    Also returns the model quality of the last direct pass beside the baselines and the ceiling."""
     queries = max(10, round(pairs / PAIRS_PER_QUERY))
     products = max(100, round(pairs * PRODUCTS_PER_PAIR))
     work = root / f"pairs-{pairs}"
     shutil.rmtree(work, ignore_errors=True)
     raw, run = work / "raw", work / "run"
     measured: dict[str, list[dict]] = {}  # stage -> one record per pass
+    quality: list[dict] = []
 
     def record(name, seconds, rows_in, peak_rss_mb=0.0, output_mb=0.0):
         measured.setdefault(name, []).append(
             {"seconds": seconds, "rows": rows_in, "peak_rss_mb": peak_rss_mb, "output_mb": output_mb}
         )
 
-    def stage(name, cmd, rows_in, out):
-        result = run_measured(cmd, env)
+    def stage(name, environment, args, rows_in, out=None):
+        """`mmsearch <args>` in that environment, as the DAG's task runs it; its result JSON."""
+        result = run_measured([str(_venv_bin(environment) / "mmsearch"), *args], env)
         record(name, result["seconds"], rows_in, result["peak_rss_mb"], _size_mb(out) if out else 0.0)
         print(
-            f"  {name:<10} {result['seconds']:8.1f} s  {rows_in / result['seconds']:10.0f} rows/s  "
+            f"  {name:<12} {result['seconds']:8.1f} s  {rows_in / result['seconds']:10.0f} rows/s  "
             f"{result['peak_rss_mb']:8.0f} MB",
             flush=True,
         )
@@ -160,8 +164,8 @@ def bench_size(
     print(f"pairs={pairs}: queries={queries} products={products}", flush=True)
     generated = stage(
         "generate",
+        "airflow",
         [
-            str(airflow_bin / "mmsearch"),
             "sample-data",
             "--out",
             str(raw),
@@ -177,55 +181,40 @@ def bench_size(
     )
     n = generated["working_set_judgements"]
     measured["generate"][0]["rows"] = n
-    settings = ["--set", f"experiment_name=bench-{pairs}"]
 
     def direct_pass(i: int) -> None:
-        # each pass registers a model of its own: a champion left by the previous one would be re-scored
-        model = ["--set", f"registered_model_name=bench-{pairs}-r{i}"]
+        # each pass registers a model of its own: a champion left by the previous one would be scored too
+        settings = ["--set", f"experiment_name=bench-{pairs}", "--set", f"registered_model_name=bench-{pairs}-r{i}"]
+        tags = ["--tags", json.dumps({"dag_id": "bench", "run_id": f"bench-{pairs}-r{i}"})]
         stage(
             "validate",
-            [
-                str(airflow_bin / "mmsearch"),
-                "validate",
-                "--raw-dir",
-                str(raw),
-                "--out",
-                str(run / "validate"),
-                *settings,
-            ],
+            "airflow",
+            ["validate", "--raw-dir", str(raw), "--out", str(run / "validate"), *settings],
             n,
             run / "validate",
         )
         merged = stage(
             "merge",
-            [str(airflow_bin / "mmsearch"), "merge", "--raw-dir", str(raw), "--out", str(run / "merged"), *settings],
+            "airflow",
+            ["merge", "--raw-dir", str(raw), "--out", str(run / "merged"), *settings],
             n,
             run / "merged",
         )
-        if not e2e and repeat == 1:  # disk: at 1.1M pairs raw, merged and transformed data are ~6, 10 and 10 GB
-            shutil.rmtree(raw)
+        split_rows = merged["split_rows"]
         transformed = stage(
             "transform",
-            [
-                str(ml_bin / "mmsearch"),
-                "transform",
-                "--merged-dir",
-                str(run / "merged"),
-                "--out",
-                str(run / "transform"),
-                *settings,
-            ],
+            "ml",
+            ["transform", "--merged-dir", str(run / "merged"), "--out", str(run / "transform"), *settings],
             merged["rows"],
             run / "transform",
         )
-        record(
-            "transform (Beam)", transformed["beam_seconds"], merged["rows"], measured["transform"][-1]["peak_rss_mb"]
-        )
+        beam = read_json(run / "transform" / "manifest.json")["beam_seconds"]
+        record("transform (Beam)", beam, merged["rows"], measured["transform"][-1]["peak_rss_mb"])
         if compare_compression and i == 0:  # the default output is uncompressed: what GZIP would cost
             gzip = stage(
                 "transform GZIP",
+                "ml",
                 [
-                    str(ml_bin / "mmsearch"),
                     "transform",
                     "--merged-dir",
                     str(run / "merged"),
@@ -233,79 +222,98 @@ def bench_size(
                     str(run / "transform-gzip"),
                     *settings,
                     "--set",
-                    'tfrecord_compression="GZIP"',
+                    "tfrecord_compression=GZIP",
                 ],
                 merged["rows"],
                 run / "transform-gzip",
             )
             if gzip["rows_out"] != transformed["rows_out"]:
-                raise RuntimeError(
-                    f"GZIP transform wrote {gzip['rows_out']} rows, uncompressed {transformed['rows_out']}"
-                )
+                raise RuntimeError(f"GZIP wrote {gzip['rows_out']} rows, uncompressed {transformed['rows_out']}")
             shutil.rmtree(run / "transform-gzip")
         floor = numpy_transform(run / "merged", work / "numpy")
         record("numpy floor", floor["seconds"], floor["rows"], output_mb=_size_mb(work / "numpy"))
         shutil.rmtree(work / "numpy")
+        transform_dir = ["--transform-dir", str(run / "transform")]
+        planned = stage("candidates", "ml", ["candidates", "--out", str(run), *settings, *tags], 0)
+        for candidate in planned:
+            stage(
+                f"train [{candidate['index']}]",
+                "ml",
+                [
+                    "train",
+                    *transform_dir,
+                    "--out",
+                    str(run / "train"),
+                    "--candidate",
+                    json.dumps(candidate),
+                    *settings,
+                    *tags,
+                ],
+                split_rows["train"],
+                run / "train" / f"candidate-{candidate['index']}",
+            )
         stage(
-            "train",
+            "baselines",
+            "ml",
             [
-                str(ml_bin / "mmsearch"),
-                "train",
-                "--transform-dir",
-                str(run / "transform"),
+                "baselines",
+                *transform_dir,
                 "--out",
-                str(run / "train"),
+                str(run / "baselines"),
+                "--parent-run-id",
+                planned[0]["parent_run_id"],
                 *settings,
-                *model,
+                *tags,
             ],
-            merged["splits"]["train"]["rows"],
-            run / "train",
+            split_rows["train"],
+            run / "baselines",
         )
-        evaluated = stage(
+        trained = [str(run / "train" / f"candidate-{c['index']}" / "train.json") for c in planned]
+        stage("select", "airflow", ["select", "--trained", *trained, "--out", str(run / "select"), *settings], 0)
+        model = ["--model", str(run / "select" / "selection.json")]
+        scores = stage(
             "evaluate",
+            "ml",
             [
-                str(ml_bin / "mmsearch"),
                 "evaluate",
+                *model,
+                "--baselines",
+                str(run / "baselines" / "baselines.json"),
                 "--merged-dir",
                 str(run / "merged"),
-                "--train-summary",
-                str(run / "train" / "train.json"),
                 "--out",
                 str(run / "evaluate"),
                 *settings,
-                *model,
             ],
-            merged["splits"]["test"]["rows"],
+            split_rows["test"],
             run / "evaluate",
         )
         stage(
             "register",
+            "ml",
             [
-                str(ml_bin / "mmsearch"),
                 "register",
-                "--merged-dir",
-                str(run / "merged"),
-                "--train-summary",
-                str(run / "train" / "train.json"),
-                "--metrics",
-                str(run / "evaluate" / "metrics.json"),
-                *settings,
                 *model,
+                "--scores",
+                str(run / "evaluate" / "scores.json"),
+                "--out",
+                str(run),
+                *settings,
+                *tags,
             ],
-            merged["splits"]["test"]["rows"],
-            None,
+            split_rows["test"],
         )
-        counts = {
-            "validate/merge": (n, merged["rows"]),
-            "merge/transform": (merged["splits"], transformed["rows_out"]),
-            "merge/evaluate": (merged["splits"]["test"]["rows"], evaluated["test_rows"]),
-        }
+        best = run_measured(
+            [str(_venv_bin("ml") / "mmsearch"), "ceiling", "--raw-dir", str(raw), "--merged-dir", str(run / "merged")],
+            env,
+        )
+        quality[:] = _quality(pairs, scores["metrics"], json.loads(best["stdout"]))
         if not (
-            n == merged["rows"]
-            and all(merged["splits"][s]["rows"] == transformed["rows_out"][s] for s in C.SPLITS)
-            and merged["splits"]["test"]["rows"] == evaluated["test_rows"]
+            n == merged["rows"] and split_rows == transformed["rows_out"] and split_rows["test"] == scores["test_rows"]
         ):
-            raise RuntimeError(f"row counts differ between stages: {counts}")
+            raise RuntimeError(
+                f"row counts differ between stages: {n}, {split_rows}, {transformed['rows_out']}, {scores['test_rows']}"
+            )
 
     def dag_pass(i: int) -> None:
         from mmsearch.tools.run_dag import latest_run, task_seconds
@@ -317,7 +325,9 @@ def bench_size(
                 "registered_model_name": f"bench-{pairs}-dag-r{i}",
             }
         )
-        result = run_measured([str(airflow_bin / "airflow"), "dags", "test", "mmsearch_training", "--conf", conf], env)
+        result = run_measured(
+            [str(_venv_bin("airflow") / "airflow"), "dags", "test", "mmsearch_training", "--conf", conf], env
+        )
         record("airflow dags test", result["seconds"], n, result["peak_rss_mb"])
         tasks = task_seconds(latest_run(env)["run_id"], env)
         for task_id, seconds in tasks.items():
@@ -330,7 +340,21 @@ def bench_size(
         if e2e:
             dag_pass(i)
     shutil.rmtree(work, ignore_errors=True)  # the figures are kept, the data are not
-    return _summarise(pairs, measured)
+    return _summarise(pairs, measured), quality
+
+
+def _quality(pairs: int, metrics: dict, ceiling: dict) -> list[dict]:
+    """The test metrics of the model and each baseline, the ceiling, and each one's gap to it."""
+    rows = [
+        {"pairs": pairs, "scorer": name, **{k: m[k] for k in ("accuracy", "macro_f1", "ndcg")}}
+        for name, m in metrics.items()
+    ]
+    rows.append(
+        {"pairs": pairs, "scorer": "best possible", **{k: ceiling[k] for k in ("accuracy", "macro_f1", "ndcg")}}
+    )
+    for row in rows:
+        row["gap"] = {k: row[k] - ceiling[k] for k in ("accuracy", "macro_f1", "ndcg")}
+    return rows
 
 
 def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
@@ -355,16 +379,32 @@ def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
     direct = {row["stage"]: row["seconds"] for row in rows}
     for row in rows:
         if row["stage"] == "airflow dags test":
-            row["overhead"] = row["seconds"] / sum(direct[s] for s in DIRECT_STAGES)
+            trains = sum(seconds for stage, seconds in direct.items() if stage.startswith("train ["))
+            row["overhead"] = row["seconds"] / (trains + sum(direct[s] for s in DIRECT_STAGES))
+            row["floor_units"] = row["seconds"] / direct["numpy floor"]
+            print(f"  dags test overhead {row['overhead']:.2f}x, {row['floor_units']:.1f} numpy floors", flush=True)
             print(f"  dags test overhead {row['overhead']:.2f}x (median)", flush=True)
-        elif row["stage"].startswith("task ") and row["stage"].split(".")[-1] in direct:
-            row["overhead"] = row["seconds"] / direct[row["stage"].split(".")[-1]]
+        elif row["stage"].startswith("task "):
+            name = row["stage"].split(".")[-1].replace("[", " [")
+            if name in direct:
+                row["overhead"] = row["seconds"] / direct[name]
     return rows
 
 
-def write_report(rows: list[dict], out_dir: Path) -> Path:
+def write_report(rows: list[dict], quality: list[dict], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = ["pairs", "stage", "rows", "seconds", "spread", "rows_per_s", "peak_rss_mb", "output_mb", "overhead"]
+    fields = [
+        "pairs",
+        "stage",
+        "rows",
+        "seconds",
+        "spread",
+        "rows_per_s",
+        "peak_rss_mb",
+        "output_mb",
+        "overhead",
+        "floor_units",
+    ]
     with open(out_dir / "bench.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -372,14 +412,29 @@ def write_report(rows: list[dict], out_dir: Path) -> Path:
     lines = [
         f"cores: {os.cpu_count()}; wall s: the median of the repeats, min-max beside it",
         "",
-        "| pairs | stage | rows | wall s | min-max s | rows/s | peak RSS MB | output MB | overhead |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| pairs | stage | rows | wall s | min-max s | rows/s | peak RSS MB | output MB | overhead | numpy floors |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         overhead = f"{r['overhead']:.2f}" if "overhead" in r else ""
+        floors = f"{r['floor_units']:.1f}" if "floor_units" in r else ""
         lines.append(
             f"| {r['pairs']:,} | {r['stage']} | {r['rows']:,} | {r['seconds']:.1f} | {r.get('spread', '')} | "
-            f"{r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['output_mb']:,.1f} | {overhead} |"
+            f"{r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['output_mb']:,.1f} | {overhead} | {floors} |"
+        )
+    lines += [
+        "",
+        "Model quality on the test split of the last direct pass, beside the best possible (the generator's "
+        "true p(label | pair)); gap = score - best possible",
+        "",
+        "| pairs | scorer | accuracy | macro-F1 | nDCG | gap accuracy | gap macro-F1 | gap nDCG |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for q in quality:
+        gap = q["gap"]
+        lines.append(
+            f"| {q['pairs']:,} | {q['scorer']} | {q['accuracy']:.4f} | {q['macro_f1']:.4f} | {q['ndcg']:.4f} | "
+            f"{gap['accuracy']:+.4f} | {gap['macro_f1']:+.4f} | {gap['ndcg']:+.4f} |"
         )
     report = out_dir / "bench.md"
     report.write_text("\n".join(lines) + "\n")
@@ -404,7 +459,11 @@ def main(sizes: list[int], e2e: bool = True, compare_compression: bool = False, 
         subprocess.run(
             [str(_venv_bin("airflow") / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True
         )
-    rows = [row for pairs in sizes for row in bench_size(pairs, root, env, e2e, compare_compression, repeat)]
-    report = write_report(rows, root)
+    rows, quality = [], []
+    for pairs in sizes:
+        measured, scored = bench_size(pairs, root, env, e2e, compare_compression, repeat)
+        rows += measured
+        quality += scored
+    report = write_report(rows, quality, root)
     print(report.read_text())
     return {"report": str(report), "csv": str(root / "bench.csv")}
