@@ -382,8 +382,10 @@ def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
             trains = sum(seconds for stage, seconds in direct.items() if stage.startswith("train ["))
             row["overhead"] = row["seconds"] / (trains + sum(direct[s] for s in DIRECT_STAGES))
             row["floor_units"] = row["seconds"] / direct["numpy floor"]
-            print(f"  dags test overhead {row['overhead']:.2f}x, {row['floor_units']:.1f} numpy floors", flush=True)
-            print(f"  dags test overhead {row['overhead']:.2f}x (median)", flush=True)
+            print(
+                f"  dags test overhead {row['overhead']:.2f}x, {row['floor_units']:.1f} numpy floors (medians)",
+                flush=True,
+            )
         elif row["stage"].startswith("task "):
             name = row["stage"].split(".")[-1].replace("[", " [")
             if name in direct:
