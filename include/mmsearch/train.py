@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "crossentropy", "val_crossentropy")
 VALIDATION_BATCH_ROWS = 2048
+SHUFFLE_BUFFER = 10_000  # serialized examples (~9 KB each)
+PARSE_THREADS = 2  # the machine's cores
+PREFETCH_BATCHES = 2
 
 
 def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, training: bool, seed: int = 0):
@@ -45,8 +48,10 @@ def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, t
         return {k: tf.expand_dims(v, -1) if v.shape.rank == 1 else v for k, v in parsed.items()}, label
 
     if training:
-        dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
-    return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+    # Fixed, small buffers: AUTOTUNE's grow with free memory, and 2,048-row batches of 2,304
+    # floats are 19 MB each (measured: peak 1.50 GB at 182k pairs with AUTOTUNE)
+    return dataset.batch(batch_size).map(parse, num_parallel_calls=PARSE_THREADS).prefetch(PREFETCH_BATCHES)
 
 
 def read_scalar_features(transform_manifest: dict, split: str, names) -> tuple[np.ndarray, np.ndarray]:
