@@ -288,6 +288,8 @@ def train_and_log(
         "feature_set": feature_set,
         "model_uri": info.model_uri,
         "validation": validation,
+        "validation_rows": len(labels),
+        "parameters": int(model.count_params()),
         "epochs_run": len(history["loss"]),
         "best_epoch": history["best_epoch"],
         "best_val_loss": float(history["val_loss"][best]) if best is not None else None,

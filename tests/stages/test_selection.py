@@ -31,9 +31,32 @@ def test_selection_never_reads_the_test_split(small_raw, tmp_path, monkeypatch):
         train.run(tmp_path / "transform", tmp_path / "train", cfg, c, {"run_id": "no-test-split"}) for c in planned
     ]
     best = selection.run(trained, tmp_path / "select", cfg)
-    assert best["candidate"] == max(trained, key=lambda t: (t["validation"]["macro_f1"], -t["candidate"]))["candidate"]
     assert [row["candidate"] for row in best["selection"]["candidates"]] == sorted(
-        (t["candidate"] for t in trained), key=lambda i: -trained[i]["validation"]["macro_f1"]
+        range(len(trained)), key=lambda i: -trained[i]["validation"]["macro_f1"]
     )
+    assert best["selection"]["rule"].startswith("the fewest parameters within one standard error")
     with pytest.raises(ValueError):  # evaluate is the stage that needs the test split, and finds none
         evaluate.score_test_split(tmp_path / "merged", {})
+
+
+def _trained(candidate: int, macro_f1: float, parameters: int, rows: int = 400) -> dict:
+    return {
+        "candidate": candidate,
+        "overrides": {},
+        "mlflow_run_id": f"run-{candidate}",
+        "parameters": parameters,
+        "validation_rows": rows,
+        "validation": {"macro_f1": macro_f1, "accuracy": 0.8, "micro_f1": 0.8},
+    }
+
+
+def test_the_smaller_model_wins_within_one_standard_error(tmp_path):
+    cfg = RunConfig()
+    # standard error of 0.8 accuracy on 400 rows: 0.02
+    close = selection.run([_trained(0, 0.60, 100_000), _trained(1, 0.59, 20)], tmp_path / "a", cfg)
+    assert close["candidate"] == 1
+    clear = selection.run([_trained(0, 0.65, 100_000), _trained(1, 0.59, 20)], tmp_path / "b", cfg)
+    assert clear["candidate"] == 0
+    # on 40,000 rows the same lead is well past the noise (0.002)
+    many = selection.run([_trained(0, 0.60, 100_000, 40_000), _trained(1, 0.59, 20, 40_000)], tmp_path / "c", cfg)
+    assert many["candidate"] == 0
