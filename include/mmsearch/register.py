@@ -246,12 +246,18 @@ def summary_text(summary: dict) -> str:
         f"mmsearch run {summary['run_id']}: {summary['test_rows']:,} test judgements",
         f"{'test split':<18} {'accuracy':>9} {'macro_f1':>9} {'ndcg':>7}",
     ]
-    for name, metrics in summary["metrics"].items():
+    scorers = ["model", *sorted(name for name in summary["metrics"] if name != "model")]
+    for name in scorers:
+        metrics = summary["metrics"][name]
         lines.append(f"{name:<18} {metrics['accuracy']:>9.4f} {metrics['macro_f1']:>9.4f} {metrics['ndcg']:>7.4f}")
+    epochs = (
+        f"best epoch {model['best_epoch']} of {model['epochs_run']}"
+        if model["best_epoch"]
+        else f"no epoch of {model['epochs_run']} beat its starting regression"
+    )
     lines.append(
         f"model: candidate {model['candidate']} {model['overrides'] or '{}'} of {len(summary['candidates'])}, "
-        f"best epoch {model['best_epoch']} of {model['epochs_run']}, "
-        f"validation macro_f1 {model['validation']['macro_f1']:.4f}"
+        f"{epochs}, validation macro_f1 {model['validation']['macro_f1']:.4f}"
     )
     lines.append(
         f"registered {registry['registered_model']} v{registry['version']}, "
