@@ -220,7 +220,7 @@ class RunConfig:
     experiment_name: str = setting("mmsearch-esci", "MLflow experiment.", "Registry")
     promotion_metric: str = setting(
         "macro_f1",
-        "Test metric a new version must beat the champion on.",
+        "Test metric a new version must beat every baseline and the champion on to become champion.",
         "Registry",
         choices=("macro_f1", "micro_f1", "accuracy", "ndcg"),
     )

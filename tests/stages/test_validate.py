@@ -124,27 +124,17 @@ def test_bad_input_fails_with_a_specific_error_and_writes_nothing(case, raw_copy
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
+def _validate_cli(raw_dir, out) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mmsearch.cli", "validate", "--raw-dir", str(raw_dir), "--out", str(out)]
+    return subprocess.run([*cmd, "--set", f"embedding_dim={SMALL.dim}"], capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
 def test_bad_input_through_the_cli_exits_2_with_the_same_line(case, raw_copy, tmp_path):
     relative, damage, message = BAD_INPUTS[case]
     damage(raw_copy / relative)
     out = tmp_path / "validate"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mmsearch.cli",
-            "validate",
-            "--raw-dir",
-            str(raw_copy),
-            "--out",
-            str(out),
-            "--set",
-            f"embedding_dim={SMALL.dim}",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = _validate_cli(raw_copy, out)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mmsearch validate: error: ") and message in lines[0]
@@ -185,22 +175,7 @@ def test_legacy_csv_is_a_query_feature_source(raw_copy, tmp_path):
 def test_cli_exits_2_with_one_line_on_stderr(raw_copy, tmp_path):
     (raw_copy / C.QUERY_FEATURES_FILE).unlink()
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mmsearch.cli",
-            "validate",
-            "--raw-dir",
-            str(raw_copy),
-            "--out",
-            str(out),
-            "--set",
-            f"embedding_dim={SMALL.dim}",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = _validate_cli(raw_copy, out)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "mmsearch validate: error:" in result.stderr and "query_features.parquet: file is missing" in result.stderr
