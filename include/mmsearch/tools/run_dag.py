@@ -45,7 +45,8 @@ def task_seconds(run_id: str, env: dict | None = None) -> dict:
     for ti in _airflow_json(["tasks", "states-for-dag-run", DAG_ID, run_id], env):
         if ti.get("start_date") and ti.get("end_date"):
             start, end = (datetime.fromisoformat(ti[k]) for k in ("start_date", "end_date"))
-            key = ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) not in (-1, None) else "")
+            mapped = str(ti.get("map_index", "")) not in ("-1", "None", "")  # the CLI prints "" for unmapped
+            key = ti["task_id"] + (f"[{ti['map_index']}]" if mapped else "")
             seconds[key] = (end - start).total_seconds()
     return seconds
 
