@@ -36,27 +36,17 @@ def cosines_of(frame_columns: dict) -> np.ndarray:
 
 
 def fit_cosine_logistic(cosines: np.ndarray, labels: np.ndarray) -> dict:
-    from sklearn.linear_model import LogisticRegression
+    from mmsearch.model import fit_logistic_regression
 
-    model = LogisticRegression(max_iter=1000).fit(cosines, labels)
-    return {
-        "features": list(CLIP_COSINES),
-        "classes": model.classes_.tolist(),
-        "coef": model.coef_.tolist(),
-        "intercept": model.intercept_.tolist(),
-    }
+    kernel, bias = fit_logistic_regression(cosines, labels)
+    return {"features": list(CLIP_COSINES), "kernel": kernel.tolist(), "bias": bias.tolist()}
 
 
 def cosine_logistic_probabilities(fitted: dict, cosines: np.ndarray) -> np.ndarray:
-    """[n, 4] in label-id order; a class absent from train gets probability 0."""
-    logits = cosines @ np.array(fitted["coef"]).T + np.array(fitted["intercept"])
-    if logits.shape[1] == 1:  # scikit-learn's binary form
-        logits = np.column_stack([np.zeros(len(logits)), logits[:, 0]])
-    logits -= logits.max(axis=1, keepdims=True)
-    fitted_probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    probabilities = np.zeros((len(cosines), F.NUM_CLASSES))
-    probabilities[:, fitted["classes"]] = fitted_probabilities
-    return probabilities
+    """[n, 4] in label-id order; a label absent from train gets probability ~0."""
+    from mmsearch.model import softmax_probabilities
+
+    return softmax_probabilities(cosines, fitted["kernel"], fitted["bias"])
 
 
 def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, parent_run_id: str, tags: dict | None = None) -> dict:

@@ -68,6 +68,31 @@ def keras():
     return tf.keras
 
 
+def fit_logistic_regression(features, labels) -> tuple:
+    """A multinomial logistic regression (scikit-learn) as a dense layer's weights: kernel
+    [features, 4] and bias [4] in label-id order; a label absent from `labels` gets a bias of -10
+    (probability ~0). The CLIP baseline and the wide part's starting point are both this."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    fitted = LogisticRegression(max_iter=1000).fit(features, labels)
+    kernel, bias = np.zeros((features.shape[1], F.NUM_CLASSES)), np.full(F.NUM_CLASSES, -10.0)
+    if len(fitted.classes_) == 2:  # scikit-learn's binary form: one row of coefficients, for classes_[1]
+        kernel[:, fitted.classes_[1]], bias[fitted.classes_] = fitted.coef_[0], (0.0, fitted.intercept_[0])
+    else:
+        kernel[:, fitted.classes_], bias[fitted.classes_] = fitted.coef_.T, fitted.intercept_
+    return kernel, bias
+
+
+def softmax_probabilities(features, kernel, bias):
+    """[n, 4] probabilities of a dense softmax layer, in numpy."""
+    import numpy as np
+
+    logits = features @ np.asarray(kernel) + np.asarray(bias)
+    logits -= logits.max(axis=1, keepdims=True)
+    return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
 def input_width(feature_set: str, dim: int) -> int:
     return len(F.EMBEDDING_COLUMNS[feature_set]) * dim + len(F.pair_features(feature_set))
 

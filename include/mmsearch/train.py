@@ -31,6 +31,14 @@ PARSE_THREADS = 2  # the machine's cores
 PREFETCH_BATCHES = 2
 
 
+def records(transform_manifest: dict, split: str):
+    """The serialized tf.Examples of one transformed split."""
+    import tensorflow as tf
+
+    files = sorted(str(p) for p in Path(transform_manifest["examples"][split]).glob("transformed_examples-*"))
+    return tf.data.TFRecordDataset(files, compression_type=transform_manifest["compression"] or None)
+
+
 def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, training: bool, seed: int = 0):
     """Batches of (features, label) parsed from the transformed TFRecords, prefetched."""
     import tensorflow as tf
@@ -38,8 +46,7 @@ def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, t
 
     spec = tft.TFTransformOutput(transform_manifest["transform_graph"]).transformed_feature_spec()
     spec = {name: spec[name] for name in (*names, F.LABEL)}
-    files = sorted(str(p) for p in Path(transform_manifest["examples"][split]).glob("transformed_examples-*"))
-    dataset = tf.data.TFRecordDataset(files, compression_type=transform_manifest["compression"] or None)
+    dataset = records(transform_manifest, split)
 
     def parse(serialized):  # a batch of examples: one parse call a batch, not one a row
         parsed = tf.io.parse_example(serialized, spec)
@@ -60,26 +67,17 @@ def read_scalar_features(transform_manifest: dict, split: str, names) -> tuple[n
 
     spec = {name: tf.io.FixedLenFeature([], tf.float32) for name in names}
     spec[F.LABEL] = tf.io.FixedLenFeature([], tf.int64)
-    files = sorted(str(p) for p in Path(transform_manifest["examples"][split]).glob("transformed_examples-*"))
-    dataset = tf.data.TFRecordDataset(files, compression_type=transform_manifest["compression"] or None)
     columns, labels = [], []
-    for batch in dataset.batch(4096).map(lambda s: tf.io.parse_example(s, spec)):
+    for batch in records(transform_manifest, split).batch(4096).map(lambda s: tf.io.parse_example(s, spec)):
         columns.append(np.column_stack([batch[name].numpy() for name in names]))
         labels.append(batch[F.LABEL].numpy())
     return np.vstack(columns), np.concatenate(labels)
 
 
 def wide_init(transform_manifest: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The wide part's starting weights: a multinomial logistic regression on the train split's
-    z-scored pair cosines (scikit-learn), as (kernel [3, 4], bias [4])."""
-    from sklearn.linear_model import LogisticRegression
-
-    cosines, labels = read_scalar_features(transform_manifest, "train", list(F.COSINES))
-    fitted = LogisticRegression(max_iter=1000).fit(cosines, labels)
-    kernel, bias = np.zeros((len(F.COSINES), F.NUM_CLASSES)), np.full(F.NUM_CLASSES, -10.0)
-    kernel[:, fitted.classes_] = fitted.coef_.T
-    bias[fitted.classes_] = fitted.intercept_
-    return kernel, bias
+    """The wide part's starting weights: a logistic regression on the train split's z-scored pair
+    cosines, as (kernel [3, 4], bias [4])."""
+    return M.fit_logistic_regression(*read_scalar_features(transform_manifest, "train", list(F.COSINES)))
 
 
 def class_weights(label_counts: dict, weighting: str) -> dict | None:

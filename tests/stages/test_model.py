@@ -65,3 +65,18 @@ def test_candidate_overrides_are_checked():
 
 def test_keras_is_keras_2_as_the_transform_layer_needs():
     assert M.keras().Model.__module__.startswith("tf_keras")
+
+
+def test_logistic_regression_as_layer_weights_matches_scikit_learn_and_drops_absent_labels():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(2)
+    features = rng.standard_normal((300, 2))
+    labels = np.where(features[:, 0] > 0.3, 3, np.where(features[:, 1] > 0, 2, 0))  # no C (1) at all
+    kernel, bias = M.fit_logistic_regression(features, labels)
+    probabilities = M.softmax_probabilities(features, kernel, bias)
+    expected = LogisticRegression(max_iter=1000).fit(features, labels).predict_proba(features)
+    np.testing.assert_allclose(probabilities[:, [0, 2, 3]], expected, atol=1e-4)
+    assert probabilities[:, 1].max() < 1e-3
+    binary = M.softmax_probabilities(features, *M.fit_logistic_regression(features, (labels == 3) * 3))
+    assert np.allclose(binary.sum(axis=1), 1.0) and binary[:, [1, 2]].max() < 1e-3
