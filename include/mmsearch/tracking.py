@@ -94,5 +94,8 @@ def champion(cfg: C.RunConfig):
 
     try:
         return mlflow.MlflowClient().get_model_version_by_alias(cfg.registered_model_name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        # no such model, or no such alias; an unreachable server is not "no champion": it raises
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
