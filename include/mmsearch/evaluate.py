@@ -152,11 +152,12 @@ def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.Ru
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", {"test_rows": len(labels), "champion": champion, **results})
         _figures(results, scored, tmp, feature_set)
+    logged = _mlflow_metrics(results)
     with mlflow.start_run(run_id=model["mlflow_run_id"]):
-        mlflow.log_metrics(_mlflow_metrics(results))
+        mlflow.log_metrics(logged)
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
-    with mlflow.start_run(run_id=model["parent_run_id"]):
-        mlflow.log_metrics({f"test/{k}": v for k, v in headline(results[MODEL]).items() if np.isfinite(v)})
+    with mlflow.start_run(run_id=model["parent_run_id"]):  # the model's headline, on the DAG run's run too
+        mlflow.log_metrics({name: value for name, value in logged.items() if name.startswith("test/")})
         mlflow.set_tags({"selected_candidate": str(model["candidate"]), "selected_run_id": model["mlflow_run_id"]})
     scores = {
         "evaluation_dir": str(out_dir),
