@@ -311,6 +311,7 @@ def down(grace_seconds: float = 30.0) -> dict:
     for entry in pids.values():  # the whole group: task processes a leader left behind too
         with contextlib.suppress(ProcessLookupError):
             os.killpg(entry["pid"], signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=10)  # SIGKILL is sent, not done: return once they are gone
     (stack_dir() / "pids.json").unlink(missing_ok=True)
     return {
         "stopped": {name: entry["pid"] for name, entry in pids.items()},
