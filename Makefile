@@ -23,7 +23,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(AIRFLOW_BIN):$(PATH)
 
-.PHONY: help envs system-deps run up down status lint test bench lock clean distclean sample-data
+.PHONY: help envs system-deps run up down status lint test bench lock clean distclean sample-data real-data
 
 help:
 	@echo "make run         set up, pull the sample through DVC, run the DAG once (airflow dags test)"
@@ -34,6 +34,7 @@ help:
 	@echo "make lint        ruff check and ruff format --check"
 	@echo "make bench       measure every stage at 10k, 50k and 182k pairs (BENCH_ARGS=--full adds 1.1M)"
 	@echo "make lock        re-resolve requirements*.txt from requirements*.in"
+	@echo "make real-data   import the public ESCI/SQID files into data/raw with DVC (MIRROR=url: a mirror)"
 	@echo "make sample-data regenerate the bundled sample and push it to the bundled DVC remote"
 	@echo "make clean       remove $(MMSEARCH_HOME) (Airflow home, MLflow store, run outputs)"
 	@echo "make distclean   clean, and remove the environments in $(VENVS)"
@@ -109,6 +110,12 @@ test: envs system-deps lint
 BENCH_ARGS ?=
 bench: envs
 	$(AIRFLOW_BIN)/mmsearch bench $(BENCH_ARGS)
+
+# The public ESCI and SQID files (1 GB), imported into data/raw with `dvc import-url` at the
+# revisions data/sources.yaml pins; MIRROR=http://host/path serves them from a mirror.
+MIRROR ?=
+real-data: envs
+	$(AIRFLOW_BIN)/mmsearch real-data $(if $(MIRROR),--base-url $(MIRROR))
 
 sample-data: envs
 	$(AIRFLOW_BIN)/mmsearch sample-data --out data/raw

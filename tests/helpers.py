@@ -51,3 +51,59 @@ def make_dvc_repo(root: Path, spec: SampleSpec) -> Path:
     shutil.rmtree(repo / "data" / "raw")
     shutil.rmtree(repo / ".dvc" / "cache")
     return repo
+
+
+class MirrorServer:
+    """A real HTTP server on 127.0.0.1 serving a directory as a data mirror does: HEAD and GET,
+    Content-Length, and an ETag that changes with the file. Counts the body bytes it sends."""
+
+    def __init__(self, root: Path):
+        import http.server
+        import select
+        import socket
+        import threading
+
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def end_headers(self):
+                path = Path(self.translate_path(self.path))
+                if path.is_file():
+                    stat = path.stat()
+                    self.send_header("ETag", f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"')
+                super().end_headers()
+
+            def copyfile(self, source, outputfile):
+                # fsspec probes a URL with a GET and hangs up after the headers: count only bytes
+                # a client waits for, not those a kernel buffer would have swallowed
+                outputfile.flush()
+                readable, _, _ = select.select([self.connection], [], [], 0.2)
+                if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                    return
+                for block in iter(lambda: source.read(1 << 16), b""):
+                    try:
+                        outputfile.write(block)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # a client that read what it needed and hung up
+                    server.bytes_sent += len(block)
+                    server.requests.append((self.command, self.path, len(block)))
+
+            def log_message(self, *args):
+                pass
+
+        self.bytes_sent = 0
+        self.requests: list[tuple[str, str, int]] = []
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> MirrorServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

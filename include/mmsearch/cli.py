@@ -112,6 +112,12 @@ def cmd_register(args):
     )
 
 
+def cmd_real_data(args):
+    from mmsearch import sources
+
+    return sources.import_all(args.repo, "data/raw", args.manifest, args.base_url)
+
+
 def cmd_sample_data(args):
     from mmsearch.tools import sample_data
 
@@ -236,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
             tags,
         ],
     )
+
+    p = sub.add_parser("real-data", help="dvc import-url the public ESCI and SQID files into data/raw (pinned)")
+    p.add_argument("--base-url", default="", help="a mirror serving <base-url>/<repository>/<revision>/<file>")
+    p.add_argument("--manifest", type=Path, default=C.REPO_ROOT / "data" / "sources.yaml", help="the pinned files")
+    p.add_argument("--repo", type=Path, default=C.REPO_ROOT, help="the DVC repository (default: this project)")
+    p.set_defaults(func=cmd_real_data)
 
     from mmsearch.tools import sample_data  # light: numpy and pyarrow only
 

@@ -174,10 +174,18 @@ def _pull_once(repo_dir: Path, target: str, remote: str) -> dict:
 
 def run(repo_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     """The raw data in `out_dir` and its lineage (the md5 of every file): `dvc pull` of the DVC
-    repository's `out_dir`, or, with `raw_data_dir` set, that directory described as it is."""
+    repository's `out_dir` (the bundled sample), `dvc update` of the files imported into it
+    (`make real-data`), or, with `raw_data_dir` set, that directory described as it is."""
     repo_dir, out_dir = Path(repo_dir).resolve(), Path(out_dir).resolve()
     if cfg.raw_data_dir:
         return describe_untracked(out_dir)
     target = str(out_dir.relative_to(repo_dir)) + ".dvc"
+    if not (repo_dir / target).exists():
+        from mmsearch import sources
+
+        imports = sources.imported(out_dir)
+        if imports:  # the public files, imported by `make real-data`
+            log.info("dvc update of %d imported files in %s", len(imports), out_dir)
+            return sources.update(repo_dir, out_dir, imports)
     log.info("dvc pull %s in %s (remote %s)", target, repo_dir, cfg.dvc_remote or "default")
     return pull(repo_dir, target=target, remote=cfg.dvc_remote, attempts=cfg.dvc_pull_attempts)
