@@ -13,9 +13,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Param, TaskGroup, dag, get_current_context, task
+from airflow.sdk import (
+    AssetAlias,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    TaskGroup,
+    dag,
+    get_current_context,
+    task,
+)
 
 from mmsearch import config as C
+from mmsearch.assets import CHAMPION_MODEL, RAW_DATA
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ML_PYTHON = os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
@@ -28,15 +38,24 @@ DOC_MD = """
 Retrains the product-search relevance model (ESCI labels E/S/C/I) from CLIP embeddings of
 the query, the product's text and its image.
 
-`configure` → `pull_data` (DVC) → `validate` → `merge` → `transform` (TensorFlow Transform
-on Beam) → `train` (one mapped task per candidate, nested MLflow runs) and `baselines` →
-`select` (validation macro-F1) → `evaluate` (test split, beside the baselines and the
-champion) → `register` (MLflow registry; the gate moves `champion`).
+`configure` → `pull_data` (DVC pull, or `dvc update` of imported files) → `check_changes`
+(the data, code and settings' fingerprint against the registered versions': nothing new skips
+the rest) → `validate` → `merge` → `drift` (against the champion's data; Evidently report in
+MLflow) → `transform` (TensorFlow Transform on Beam) → `train` (one mapped task per candidate,
+nested MLflow runs) and `baselines` → `select` (validation macro-F1) → `evaluate` (test split,
+beside the baselines and the champion) → `register` (MLflow registry; the gate moves
+`champion`) → `announce` (the champion asset, when it moved) → `clean_old_runs`.
+
+Runs nightly at 02:00 UTC, or when the raw-data asset is updated.
 
 Each run writes into its own directory under `$MMSEARCH_HOME/runs/<run_id>`. Bad input or
 a bad configuration fails at once with one line naming the file, column and rows, or the
 setting, and no retry.
 """
+
+# Outlets through aliases: a task adds an event only when it produced something new.
+RAW_DATA_EVENTS = AssetAlias("mmsearch_raw_data_events")
+CHAMPION_EVENTS = AssetAlias("mmsearch_champion_events")
 
 PARAMS = {field.name: Param(C.param_default(field), **C.param_schema(field)) for field in C.params_by_section()}
 
@@ -98,15 +117,43 @@ def configure() -> dict:
     }
 
 
-@task(execution_timeout=timedelta(minutes=30))
+@task(execution_timeout=timedelta(minutes=30), outlets=[RAW_DATA_EVENTS])
 def pull_data(settings: dict) -> dict:
-    """`dvc pull` of the raw data; fails naming every file DVC did not restore. With
-    `raw_data_dir` set, that directory is used as it is. Returns the data's lineage."""
+    """`dvc pull` of the raw data, or `dvc update` of the files `make real-data` imported; fails
+    naming every file DVC did not restore. With `raw_data_dir` set, that directory is used as it
+    is. Returns the data's lineage; a raw-data asset event when its files changed."""
     from mmsearch import pull
     from mmsearch.config import RunConfig
 
     cfg = RunConfig.from_mapping(settings["config"])
-    return pull.run(cfg.repo_dir, cfg.raw_dir, cfg)
+    lineage = pull.run(cfg.repo_dir, cfg.raw_dir, cfg)
+    if pull.remember(lineage):
+        get_current_context()["outlet_events"][RAW_DATA_EVENTS].add(RAW_DATA, extra={"dvc_md5": lineage["dvc_md5"]})
+    return lineage
+
+
+@task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=10))
+def check_changes(lineage: dict, settings: dict) -> dict:
+    """This run's fingerprint (data md5s, git commit, model settings) against the registered versions'."""
+    from pathlib import Path
+
+    from mmsearch import changes
+    from mmsearch.config import RunConfig
+    from mmsearch.io import log_to_stderr
+
+    log_to_stderr()
+    return changes.run(lineage, Path(settings["run_dir"]) / "changes", RunConfig.from_mapping(settings["config"]))
+
+
+@task.short_circuit(retries=0)
+def anything_new(changes: dict, settings: dict) -> bool:
+    """Go on only if no registered version was trained on the same inputs (or force_retrain)."""
+    from mmsearch.register import write_skipped
+
+    print(changes["reason"])
+    if not changes["retrain"]:
+        write_skipped(Path(settings["run_dir"]), settings["tags"], changes)
+    return changes["retrain"]
 
 
 @task(execution_timeout=timedelta(minutes=30))
@@ -137,6 +184,25 @@ def merge(lineage: dict, settings: dict) -> dict:
         )
     except DataError as error:
         raise _fail_on_bad_input(error) from error
+
+
+@task.external_python(**ML_ENV, retries=0, execution_timeout=timedelta(minutes=30))
+def drift(merged: dict, settings: dict) -> dict:
+    """This run's data against the champion's training data: label shares and each modality's
+    embeddings (Evidently). The report goes to MLflow; above `drift_threshold`, the run fails here."""
+    from pathlib import Path
+
+    from mmsearch import drift as stage
+    from mmsearch.config import RunConfig
+    from mmsearch.io import log_to_stderr
+
+    log_to_stderr()
+    return stage.run(
+        merged["merged_dir"],
+        Path(settings["run_dir"]) / "drift",
+        RunConfig.from_mapping(settings["config"]),
+        settings["tags"],
+    )
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=60))
@@ -246,9 +312,32 @@ def register(model: dict, scores: dict, lineage: dict, settings: dict) -> dict:
     return summary["registry"]
 
 
+@task(outlets=[CHAMPION_EVENTS], execution_timeout=timedelta(minutes=5))
+def announce(registry: dict) -> bool:
+    """A champion-model asset event when this run's version became champion (the rank DAG runs on it)."""
+    promoted = registry["decision"]["promote"]
+    if promoted:
+        extra = {"registered_model": registry["registered_model"], "version": registry["version"]}
+        get_current_context()["outlet_events"][CHAMPION_EVENTS].add(CHAMPION_MODEL, extra=extra)
+    print(f"champion {'is now' if promoted else 'stays'} {registry['champion_version'] or 'none'}")
+    return promoted
+
+
+@task(execution_timeout=timedelta(minutes=30))
+def clean_old_runs(registry: dict, settings: dict) -> dict:
+    """Delete older runs' bulky intermediates: keep the last `keep_runs` and the champion's and
+    challenger's runs; summaries, metrics and reports stay."""
+    from mmsearch import retention
+    from mmsearch.config import RunConfig
+
+    cfg = RunConfig.from_mapping(settings["config"])
+    return retention.run(C.runs_root(), cfg.keep_runs, protect=[settings["run_dir"], *registry["lineage_run_dirs"]])
+
+
 @dag(
     dag_id="mmsearch_training",
-    schedule="0 2 * * *",
+    # nightly, or as soon as an upstream ingestion (or this DAG's pull_data) updates the raw data
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=RAW_DATA),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -267,13 +356,16 @@ def register(model: dict, scores: dict, lineage: dict, settings: dict) -> dict:
 )
 def mmsearch_training():
     settings = configure()
-    with TaskGroup("data", tooltip="DVC pull, contract checks, join and group split"):
+    with TaskGroup("data", tooltip="DVC pull, anything new?, contract checks, join and group split, drift"):
         lineage = pull_data(settings)
+        proceed = anything_new(check_changes(lineage, settings), settings)
         report = validate(lineage, settings)
         merged = merge(lineage, settings)
-        report >> merged
+        proceed >> report >> merged
+        drifted = drift(merged, settings)
     with TaskGroup("model", tooltip="TensorFlow Transform, candidates, baselines, evaluation, MLflow registry"):
         transformed = transform(merged, settings)
+        drifted >> transformed  # too much drift fails the run before training
         planned = candidates(settings)
         report >> planned  # no MLflow run for data that failed validation
         # a mapped task takes its docs from its operator arguments, not from its docstring
@@ -285,7 +377,9 @@ def mmsearch_training():
         fitted = baselines(transformed, planned, settings)
         model = select(trained, settings)
         scores = evaluate(model, fitted, merged, settings)
-        register(model, scores, lineage, settings)
+        registry = register(model, scores, lineage, settings)
+    announce(registry)
+    clean_old_runs(registry, settings)
 
 
 mmsearch_training()

@@ -99,6 +99,7 @@ def setting(
     choices: tuple | None = None,
     optional: bool = False,
     items: type = str,
+    fingerprint: bool = True,
     **bounds: float,
 ):
     """A RunConfig field with its description and allowed values, written once: the DAG's Params
@@ -106,6 +107,8 @@ def setting(
 
     `optional`: an empty value means "not set" (the form shows the field as not required).
     `items`: the type of a list setting's items (str or dict).
+    `fingerprint`: whether the setting can change the model (part of a run's fingerprint: a
+    registered version with the same fingerprint, data and code makes the run skip training).
     `bounds`: JSON Schema's minimum, maximum, exclusiveMinimum, exclusiveMaximum.
     """
     assert section in SECTIONS and set(bounds) <= set(BOUNDS), (section, bounds)
@@ -116,6 +119,7 @@ def setting(
         "optional": optional,
         "items": items,
         "bounds": bounds,
+        "fingerprint": fingerprint,
     }
     return dataclasses.field(default=default, metadata=meta)
 
@@ -176,7 +180,17 @@ class RunConfig:
     )
     seed: int = setting(42, "Seed of the group split and of training.", "Training", minimum=0)
     codecarbon_country: str = setting(
-        "USA", "ISO 3166 alpha-3 country code for CodeCarbon's offline carbon intensity.", "Training"
+        "USA",
+        "ISO 3166 alpha-3 country code for CodeCarbon's offline carbon intensity.",
+        "Training",
+        fingerprint=False,
+    )
+    force_retrain: bool = setting(
+        False,
+        "Train even when a registered version was trained on the same data, code and settings "
+        "(otherwise the run skips everything after pull_data, saying which version matched).",
+        "Training",
+        fingerprint=False,
     )
     # Data
     raw_data_dir: str = setting(
@@ -184,9 +198,14 @@ class RunConfig:
         "A raw ESCI/SQID directory used as it is, without DVC. Empty: pull data/raw of the DVC repository.",
         "Data",
         optional=True,
+        fingerprint=False,
     )
-    dvc_repo: str = setting("", "DVC repository to pull from. Empty: this project.", "Data", optional=True)
-    dvc_remote: str = setting("", "DVC remote name. Empty: the repository's default remote.", "Data", optional=True)
+    dvc_repo: str = setting(
+        "", "DVC repository to pull from. Empty: this project.", "Data", optional=True, fingerprint=False
+    )
+    dvc_remote: str = setting(
+        "", "DVC remote name. Empty: the repository's default remote.", "Data", optional=True, fingerprint=False
+    )
     val_fraction: float = setting(0.15, "Share of queries held out for validation.", "Data", **FRACTION)
     test_fraction: float = setting(0.15, "Share of queries held out for test.", "Data", **FRACTION)
     esci_filter_locale: str = setting(
@@ -213,11 +232,24 @@ class RunConfig:
         EMBEDDING_DIM, "Expected embedding width (CLIP ViT-L/14: 768).", "Data", **AT_LEAST_ONE
     )
     dvc_pull_attempts: int = setting(
-        3, "Attempts at dvc pull, with exponential backoff, before the task fails.", "Data", **AT_LEAST_ONE
+        3,
+        "Attempts at dvc pull, with exponential backoff, before the task fails.",
+        "Data",
+        fingerprint=False,
+        **AT_LEAST_ONE,
+    )
+    drift_threshold: float = setting(
+        0.0,
+        "Fail the run before training when any modality's embeddings drift beyond this from the champion's "
+        "training data (the ROC AUC of a classifier telling the two apart, 0.5: no drift). 0: report only.",
+        "Data",
+        fingerprint=False,
+        minimum=0,
+        maximum=1,
     )
     # Registry
-    registered_model_name: str = setting("mmsearch-esci", "MLflow registered model.", "Registry")
-    experiment_name: str = setting("mmsearch-esci", "MLflow experiment.", "Registry")
+    registered_model_name: str = setting("mmsearch-esci", "MLflow registered model.", "Registry", fingerprint=False)
+    experiment_name: str = setting("mmsearch-esci", "MLflow experiment.", "Registry", fingerprint=False)
     promotion_metric: str = setting(
         "macro_f1",
         "Test metric a new version must beat every baseline and the champion on to become champion.",
@@ -225,7 +257,19 @@ class RunConfig:
         choices=("macro_f1", "micro_f1", "accuracy", "ndcg"),
     )
     registry_attempts: int = setting(
-        3, "Attempts at registering, with exponential backoff, while MLflow is unreachable.", "Registry", **AT_LEAST_ONE
+        3,
+        "Attempts at registering, with exponential backoff, while MLflow is unreachable.",
+        "Registry",
+        fingerprint=False,
+        **AT_LEAST_ONE,
+    )
+    keep_runs: int = setting(
+        2,
+        "After a successful run, delete the bulky intermediates (merged shards, transformed examples, "
+        "checkpoints) of older runs but the last this many and those the champion and challenger came from.",
+        "Registry",
+        fingerprint=False,
+        minimum=1,
     )
     # Transform
     # The DirectRunner's own in-process engine, named outright: the DirectRunner first tries to
@@ -234,15 +278,17 @@ class RunConfig:
         ("--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner", "--direct_num_workers=1"),
         "Beam pipeline options, e.g. --runner=FlinkRunner --flink_master=host:8081.",
         "Transform",
+        fingerprint=False,
     )
     tfrecord_compression: str = setting(
         "none",
         "Transformed TFRecords: none, or GZIP (4-7x the write time for ~9 % smaller files).",
         "Transform",
         choices=("none", "GZIP"),
+        fingerprint=False,
     )
     transform_batch_rows: int = setting(
-        2000, "Rows per Arrow record batch fed to TensorFlow Transform.", "Transform", **AT_LEAST_ONE
+        2000, "Rows per Arrow record batch fed to TensorFlow Transform.", "Transform", fingerprint=False, **AT_LEAST_ONE
     )
 
     @classmethod
@@ -282,6 +328,11 @@ class RunConfig:
             raise ConfigError(
                 f"val_fraction + test_fraction must be below 1, not {self.val_fraction} + {self.test_fraction}"
             )
+
+    def model_settings(self) -> dict:
+        """The settings that can change the model: the config part of a run's fingerprint."""
+        data = self.as_dict()
+        return {f.name: data[f.name] for f in dataclasses.fields(self) if f.metadata["fingerprint"]}
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)

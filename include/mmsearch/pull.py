@@ -172,6 +172,24 @@ def _pull_once(repo_dir: Path, target: str, remote: str) -> dict:
     }
 
 
+def remember(lineage: dict) -> bool:
+    """Record the files this pull brought; True when they differ from the last pull of the same
+    directory (new data: the raw-data asset gets an event)."""
+    import hashlib
+
+    from mmsearch.io import read_json, write_json
+
+    key = hashlib.sha256(lineage["raw_dir"].encode()).hexdigest()[:16]
+    state = C.mmsearch_home() / "state" / f"raw-data-{key}.json"
+    previous = read_json(state)["file_md5"] if state.exists() else None
+    if previous == lineage["file_md5"]:
+        return False
+    state.parent.mkdir(parents=True, exist_ok=True)
+    write_json(state, {"raw_dir": lineage["raw_dir"], "file_md5": lineage["file_md5"]})
+    log.info("raw data in %s %s", lineage["raw_dir"], "changed" if previous else "seen for the first time")
+    return True
+
+
 def run(repo_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     """The raw data in `out_dir` and its lineage (the md5 of every file): `dvc pull` of the DVC
     repository's `out_dir` (the bundled sample), `dvc update` of the files imported into it

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 RUN_TAG = "airflow_run_id"
 LOGICAL_DATE_TAG = "airflow_logical_date"
+RUN_DIR_TAG = "run_dir"  # the run's outputs: retention keeps them, drift reads its merged data
 SUMMARY = "summary.json"
 
 
@@ -79,9 +80,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict) -> dict:
+def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.RunConfig, run_dir: str) -> dict:
+    """What the version came from: data (md5 and source URL of each file), code, settings, run."""
+    from mmsearch import changes
+
     found = {
         "git_commit": git_commit(),
+        changes.TAG: changes.fingerprint(lineage, cfg)["fingerprint"],
+        RUN_DIR_TAG: str(run_dir),
         "airflow_dag_id": tags.get("dag_id", ""),
         RUN_TAG: tags.get("run_id", ""),
         LOGICAL_DATE_TAG: tags.get("logical_date") or "",
@@ -91,6 +97,8 @@ def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict) -> dict:
     }
     for path, md5 in lineage.get("file_md5", {}).items():
         found[f"dvc_md5.{path}"] = md5
+    for path, url in lineage.get("sources", {}).items():
+        found[f"source.{path}"] = C.redact_uri(url)
     for key, value in metrics.items():
         found[f"test_{key}"] = f"{value:.6f}"
     return found
@@ -166,7 +174,7 @@ def run(
         reraise=True,
     )
     try:
-        registry = retrying(_register_once, model, scores, lineage, cfg, tags)
+        registry = retrying(_register_once, model, scores, lineage, cfg, tags, out_dir)
     except Exception as error:
         if not _unreachable(error):
             raise
@@ -188,7 +196,7 @@ def run(
     return summary
 
 
-def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, tags: dict) -> dict:
+def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, tags: dict, run_dir: Path) -> dict:
     from mlflow import MlflowClient
 
     from mmsearch import tracking
@@ -202,7 +210,7 @@ def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, t
         log.info("this DAG run (%s) already registered %s v%s: reusing it", tags.get("run_id"), name, version.version)
     else:
         version = mlflow.register_model(
-            model["model_uri"], name, tags=lineage_tags(lineage, tags, model, metrics["model"])
+            model["model_uri"], name, tags=lineage_tags(lineage, tags, model, metrics["model"], cfg, run_dir)
         )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
 
@@ -229,18 +237,44 @@ def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, t
         )
     aliases = sorted(client.get_model_version(name, version.version).aliases)
     log.info("registered %s v%s, aliases %s: %s", name, version.version, aliases, decision.reason)
+    holders = [_alias_holder(client, name, alias) for alias in (CHAMPION, CHALLENGER)]
     return {
         "registered_model": name,
         "version": version.version,
         "aliases": aliases,
         "promotion_metric": metric,
         "decision": asdict(decision),
+        "champion_version": holders[0].version if holders[0] else None,
+        # the runs whose outputs retention keeps (drift and ranking read the champion's data)
+        "lineage_run_dirs": sorted({v.tags[RUN_DIR_TAG] for v in holders if v and v.tags.get(RUN_DIR_TAG)}),
     }
+
+
+def _alias_holder(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def write_skipped(run_dir: Path, tags: dict, changes: dict) -> dict:
+    """The summary of a run that found nothing new: why, and which version it matched."""
+    summary = {"run_id": tags.get("run_id", ""), "run_dir": str(run_dir), "skipped": changes}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(run_dir) / SUMMARY, summary)
+    return summary
 
 
 def summary_text(summary: dict) -> str:
     """The run in a few lines, as a person reads it: test metrics beside the baselines, epochs,
     the version, the gate's decision, where the outputs are."""
+    if "skipped" in summary:
+        return (
+            f"mmsearch run {summary['run_id']}: skipped training, nothing registered: "
+            f"{summary['skipped']['reason']}\noutputs: {summary['run_dir']}"
+        )
     registry, model = summary["registry"], summary["model"]
     lines = [
         f"mmsearch run {summary['run_id']}: {summary['test_rows']:,} test judgements",

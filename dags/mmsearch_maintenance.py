@@ -1,0 +1,46 @@
+"""mmsearch_maintenance: trim Airflow's own metadata and task logs, nightly. Orchestration only.
+
+`airflow db clean` deletes DAG runs, task instances, XComs and logs rows older than
+MMSEARCH_KEEP_DAYS (default 30); task log files older than that go too. Run outputs under
+runs/ are trimmed by mmsearch_training's own `clean_old_runs` task.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, task
+
+KEEP_DAYS = int(os.environ.get("MMSEARCH_KEEP_DAYS", "30"))
+
+
+@task.bash
+def clean_metadata() -> str:
+    return (
+        "airflow db clean --yes --skip-archive "
+        f"--clean-before-timestamp \"$(date -u -d '-{KEEP_DAYS} days' '+%Y-%m-%dT%H:%M:%S+00:00')\""
+    )
+
+
+@task.bash
+def clean_task_logs() -> str:
+    return f'find "${{AIRFLOW_HOME:-.}}/logs" -type f -mtime +{KEEP_DAYS} -print -delete | wc -l'
+
+
+@dag(
+    dag_id="mmsearch_maintenance",
+    schedule="30 3 * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["mmsearch", "maintenance"],
+    default_args={"owner": "mmsearch", "retries": 1, "retry_delay": timedelta(minutes=5)},
+)
+def mmsearch_maintenance():
+    clean_metadata() >> clean_task_logs()
+
+
+mmsearch_maintenance()

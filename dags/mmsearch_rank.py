@@ -1,0 +1,58 @@
+"""mmsearch_rank: re-rank the working set whenever a new champion is registered. Orchestration only.
+
+Scheduled on the champion-model asset that mmsearch_training's `announce` task updates; the
+ranking itself is include/mmsearch/rank.py, run in the ML environment.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import dag, get_current_context, task
+
+from mmsearch.assets import CHAMPION_MODEL
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ML_PYTHON = os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
+
+
+@task
+def run_context() -> dict:
+    """This run's output directory and MLflow tags."""
+    from mmsearch.config import run_dir_for
+
+    dag_run = get_current_context()["dag_run"]
+    return {"run_dir": str(run_dir_for(dag_run.run_id)), "tags": {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id}}
+
+
+@task.external_python(python=ML_PYTHON, expect_airflow=False, execution_timeout=timedelta(minutes=60))
+def rank(context: dict) -> dict:
+    """Score every working-set pair with the champion; write the ranked parquet; log its nDCG."""
+    from pathlib import Path
+
+    from mmsearch import rank as stage
+    from mmsearch.config import RunConfig
+    from mmsearch.io import log_to_stderr
+
+    log_to_stderr()
+    return stage.run(Path(context["run_dir"]) / "rank", RunConfig(), context["tags"])
+
+
+@dag(
+    dag_id="mmsearch_rank",
+    schedule=[CHAMPION_MODEL],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["mmsearch", "ranking"],
+    default_args={"owner": "mmsearch", "retries": 1, "retry_delay": timedelta(seconds=30)},
+)
+def mmsearch_rank():
+    rank(run_context())
+
+
+mmsearch_rank()
