@@ -52,8 +52,10 @@ def registered_with(cfg: C.RunConfig, digest: str) -> list:
     from mmsearch import tracking
 
     tracking.setup(cfg)
-    found = MlflowClient().search_model_versions(f"name = '{cfg.registered_model_name}' and tags.{TAG} = '{digest}'")
-    return sorted(found, key=lambda v: int(v.version), reverse=True)
+    client = MlflowClient()
+    found = client.search_model_versions(f"name = '{cfg.registered_model_name}' and tags.{TAG} = '{digest}'")
+    # a search result may leave the aliases out: read each version whole
+    return [client.get_model_version(v.name, v.version) for v in sorted(found, key=lambda v: -int(v.version))]
 
 
 def run(lineage: dict, out_dir: Path, cfg: C.RunConfig) -> dict:
@@ -73,9 +75,9 @@ def run(lineage: dict, out_dir: Path, cfg: C.RunConfig) -> dict:
             f"(fingerprint {short})"
         )
         if cfg.force_retrain:
-            result = {"retrain": True, "version": version.version, "reason": f"force_retrain: {same}"}
+            result = {"retrain": True, "version": str(version.version), "reason": f"force_retrain: {same}"}
         else:
-            result = {"retrain": False, "version": version.version, "reason": f"nothing changed: {same}"}
+            result = {"retrain": False, "version": str(version.version), "reason": f"nothing changed: {same}"}
     result["fingerprint"] = found["fingerprint"]
     log.warning("%s", result["reason"])
     Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -242,7 +242,118 @@ def test_dags_test_again_for_the_same_logical_date_registers_nothing_new(stack, 
     before = registry_state(stack)
     again = dags_test(stack, WEAK, "2026-01-02T02:00:00+00:00")  # the weak run's date, run again
     assert registry_state(stack) == before
-    assert str(again["registry"]["version"]) == str(before["versions"][-1])
+    # the same inputs as the weak run: it matches the challenger that lost, and does not train it again
+    assert again["skipped"]["version"] == str(before["versions"][-1])
+    assert again["skipped"]["reason"].startswith(f"nothing changed: mmsearch-esci v{before['versions'][-1]} ")
+
+
+def test_a_run_with_nothing_new_skips_in_seconds_and_says_why(stack, first_run):
+    import time
+
+    before = registry_state(stack)
+    started = time.monotonic()
+    skipped = dags_test(stack, FAST, "2026-01-05T02:00:00+00:00")
+    seconds = time.monotonic() - started
+    reason = skipped["skipped"]["reason"]
+    version = first_run["registry"]["version"]
+    assert reason.startswith(f"nothing changed: mmsearch-esci v{version} (champion), registered by run ")
+    assert "was trained on the same data, code and settings (fingerprint " in reason
+    assert registry_state(stack) == before
+    assert seconds < 30, seconds
+    run_dir = Path(skipped["run_dir"])
+    assert not (run_dir / "merged").exists() and not (run_dir / "transform").exists()
+    raw_events = asset_events(stack, "mmsearch_raw_data")
+    assert len(raw_events) == 1  # the first run's pull saw the data first; nothing new since
+
+    forced = dags_test(
+        stack, {**FAST, "force_retrain": True, "epochs": 1, "steps_per_epoch": 2}, "2026-01-06T02:00:00+00:00"
+    )
+    assert "registry" in forced  # trained and registered (other settings: another fingerprint anyway)
+    drift = json.loads((Path(forced["run_dir"]) / "drift" / "drift.json").read_text())
+    assert drift["against"] == f"champion v{version}'s training data"
+    assert drift["score"] < 0.6 and drift["labels"]["chi2_pvalue"] > 0.9  # the same data: no drift
+    assert (Path(forced["run_dir"]) / "drift" / "drift.png").exists()
+
+
+def asset_events(stack, name: str) -> list[dict]:
+    code = textwrap.dedent(
+        f"""
+        import json
+        from sqlalchemy import select
+        from airflow.models.asset import AssetEvent, AssetModel
+        from airflow.utils.session import create_session
+        with create_session() as session:
+            rows = session.execute(select(AssetEvent.extra, AssetEvent.source_dag_id).join(
+                AssetModel, AssetEvent.asset_id == AssetModel.id).where(AssetModel.name == {name!r})).all()
+        print(json.dumps([{{"extra": extra, "dag_id": dag_id}} for extra, dag_id in rows]))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=stack["env"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_new_champion_is_an_asset_event_and_the_rank_dag_ranks_with_it(stack, first_run):
+    import numpy as np
+
+    events = asset_events(stack, "mmsearch_champion_model")
+    assert {"registered_model": "mmsearch-esci", "version": first_run["registry"]["version"]} in [
+        e["extra"] for e in events
+    ]
+    result = subprocess.run(
+        ["airflow", "dags", "test", "mmsearch_rank", "2026-01-07T02:00:00+00:00"],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=stack["cwd"],
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "state=success" in log, log[-5000:]
+    rank_dir = newest_run_dir(stack) / "rank"
+    summary = json.loads((rank_dir / "rank.json").read_text())
+    ranked = pq.read_table(rank_dir / "ranked.parquet").to_pandas()
+    merged = json.loads((Path(first_run["run_dir"]) / "merged" / "manifest.json").read_text())
+    assert len(ranked) == summary["rows"] == merged["rows"]  # every working-set pair
+    assert list(ranked.columns) == [
+        "query_id",
+        "product_id",
+        "rank",
+        "expected_gain",
+        "label",
+        "p_I",
+        "p_C",
+        "p_S",
+        "p_E",
+    ]
+    for _, group in ranked.groupby("query_id"):
+        assert group["rank"].tolist() == list(range(1, len(group) + 1))
+        assert np.all(np.diff(group["expected_gain"].to_numpy()) <= 1e-7)
+    assert 0.5 < summary["ndcg"] <= 1.0
+    assert f"mean nDCG {summary['ndcg']:.4f}" in log
+
+
+def test_drift_beyond_the_threshold_fails_before_training(stack, first_run, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    shifted = tmp_path / "raw"
+    shutil.copytree(stack["repo"] / "data" / "raw", shifted)
+    products = pq.read_table(shifted / C.PRODUCT_FEATURES_FILE)
+    column = products.column("clip_image_features").combine_chunks()
+    values = column.values.to_numpy().reshape(len(column), -1) + np.float32(0.05)  # a new image encoder
+    moved = pa.ListArray.from_arrays(column.offsets, pa.array(values.ravel()))
+    pq.write_table(products.set_column(2, "clip_image_features", moved), shifted / C.PRODUCT_FEATURES_FILE)
+    before = registry_state(stack)
+    conf = {**FAST, "raw_data_dir": str(shifted), "drift_threshold": 0.7}
+    result, log = run_dag(stack, conf, "2026-01-08T02:00:00+00:00")
+    assert "state=failed" in log
+    run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
+    failures = json.loads((stack["home"] / "failures" / f"{C.run_dir_for(run_id).name}.json").read_text())["failed"]
+    assert [f["task_id"] for f in failures] == ["data.drift"]
+    assert "exceeds drift_threshold 0.7 against champion v" in failures[0]["reason"]
+    assert "[DAG TEST] starting task_id=model.transform" not in log
+    assert registry_state(stack) == before
 
 
 def test_bad_input_fails_validate_and_loses_nothing(stack, first_run, tmp_path):
@@ -267,7 +378,8 @@ def test_bad_input_fails_validate_and_loses_nothing(stack, first_run, tmp_path):
     ) in log
     failed_run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
     failed_dir = C.run_dir_for(failed_run_id).relative_to(C.runs_root())
-    assert not (stack["home"] / "runs" / failed_dir).exists()  # validate failed before writing anything
+    # validate failed before writing anything: only the fingerprint check's record is there
+    assert [p.name for p in (stack["home"] / "runs" / failed_dir).iterdir()] == ["changes"]
     failures = json.loads((stack["home"] / "failures" / f"{failed_dir}.json").read_text())["failed"]
     assert [f["task_id"] for f in failures] == ["data.validate"]  # what `make run` ends with
     assert failures[0]["reason"].endswith("has NaN or infinite values (e.g. product_id 'B000000007' (row 7))")
