@@ -91,10 +91,10 @@ def airflow_api(stack):
     client.close()
 
 
-def wait_for_run(api: httpx.Client, run_id: str, timeout: float = 600) -> dict:
+def wait_for_run(api: httpx.Client, run_id: str, timeout: float = 600, dag_id: str = DAG_ID) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").raise_for_status().json()
+        run = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()
         if run["state"] in ("success", "failed"):
             return run
         time.sleep(3)
@@ -106,10 +106,10 @@ def task_states(api: httpx.Client, run_id: str) -> dict:
     return {ti["task_id"]: ti["state"] for ti in listed["task_instances"]}
 
 
-def task_log(api: httpx.Client, run_id: str, task_id: str) -> str:
+def task_log(api: httpx.Client, run_id: str, task_id: str, dag_id: str = DAG_ID) -> str:
     response = (
         api.get(
-            f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1", headers={"Accept": "application/json"}
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1", headers={"Accept": "application/json"}
         )
         .raise_for_status()
         .json()
