@@ -31,6 +31,12 @@ def _trained(run_dir: Path) -> bool:
     return summary.exists() and "registry" in read_json(summary)
 
 
+def _finished(run_dir: Path) -> float:
+    """When a run ended: its summary's time (a cleaned directory's own mtime moves; this does not)."""
+    summary = run_dir / "summary.json"
+    return (summary if summary.exists() else run_dir).stat().st_mtime
+
+
 def bulky_paths(run_dir: Path) -> list[Path]:
     found = {p for pattern in BULKY for p in Path(run_dir).glob(pattern)}
     return sorted(p for p in found if not any(parent in found for parent in p.parents))
@@ -40,7 +46,7 @@ def run(runs_root: Path, keep: int, protect: list[str]) -> dict:
     """Delete the bulky intermediates of every run but the newest `keep` successful ones and
     `protect` (this run, the champion's and challenger's). Returns what went and what it freed."""
     runs_root = Path(runs_root)
-    runs = sorted((d for d in runs_root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    runs = sorted((d for d in runs_root.iterdir() if d.is_dir()), key=_finished, reverse=True)
     recent = [d for d in runs if _trained(d)][:keep]
     kept = {d.resolve() for d in recent} | {Path(p).resolve() for p in protect}
     cleaned, freed = [], 0
