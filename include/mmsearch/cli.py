@@ -112,6 +112,23 @@ def cmd_register(args):
     )
 
 
+def cmd_drift(args):
+    from mmsearch import drift
+
+    if args.reference_dir:
+        against = f"the data in {args.reference_dir}"
+        return drift.report_drift(
+            args.merged_dir, args.reference_dir, against, args.out, _config(args), _json(args.tags)
+        )
+    return drift.run(args.merged_dir, args.out, _config(args), _json(args.tags))
+
+
+def cmd_rank(args):
+    from mmsearch import rank
+
+    return rank.run(args.out, _config(args), _json(args.tags), args.version)
+
+
 def cmd_real_data(args):
     from mmsearch import sources
 
@@ -189,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_merge,
         "join judgements with embeddings, split by query group",
         [("--raw-dir", {"type": Path, "default": C.default_raw_dir()})],
+    )
+    _stage(
+        sub,
+        "drift",
+        cmd_drift,
+        "drift of merged data against the champion's (or --reference-dir); report to MLflow",
+        [("--merged-dir", path), ("--reference-dir", {"type": Path, "help": "default: the champion's data"}), tags],
+    )
+    _stage(
+        sub,
+        "rank",
+        cmd_rank,
+        "rank every working-set pair with the champion (or --version); ranked.parquet and its nDCG",
+        [("--version", {"help": "a registered version instead of the champion"}), tags],
     )
     _stage(
         sub,

@@ -158,8 +158,6 @@ def reference_dir(cfg: C.RunConfig) -> tuple[Path | None, str]:
 
 def run(merged_dir: Path, out_dir: Path, cfg: C.RunConfig, tags: dict | None = None) -> dict:
     """The drift report, logged to MLflow; fails when the score exceeds `drift_threshold` (if set)."""
-    from mmsearch import tracking
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reference, against = reference_dir(cfg)
@@ -168,6 +166,17 @@ def run(merged_dir: Path, out_dir: Path, cfg: C.RunConfig, tags: dict | None = N
         log.warning("%s", result["reason"])
         write_json(out_dir / RESULT, result)
         return result
+    return report_drift(merged_dir, reference, against, out_dir, cfg, tags)
+
+
+def report_drift(
+    merged_dir: Path, reference: Path, against: str, out_dir: Path, cfg: C.RunConfig, tags: dict | None = None
+) -> dict:
+    """Compare, plot, log to MLflow, say it in the log; fail above the threshold."""
+    from mmsearch import tracking
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     report, current, previous = compare(merged_dir, reference, cfg.seed)
     plot(report, current, previous, out_dir / FIGURE)
     report.update({"reference": str(reference), "against": against})

@@ -63,8 +63,9 @@ def ranked_table(scored: dict):
     return pa.table(columns)
 
 
-def run(out_dir: Path, cfg: C.RunConfig, tags: dict | None = None) -> dict:
-    """Rank the working set with the current champion; log the ranking's nDCG to MLflow."""
+def run(out_dir: Path, cfg: C.RunConfig, tags: dict | None = None, version: str | None = None) -> dict:
+    """Rank the working set with the current champion (or a given registered `version`); log the
+    ranking's nDCG to MLflow."""
     import pyarrow.parquet as pq
 
     from mmsearch import tracking
@@ -72,7 +73,10 @@ def run(out_dir: Path, cfg: C.RunConfig, tags: dict | None = None) -> dict:
     from mmsearch.register import RUN_DIR_TAG
 
     mlflow = tracking.setup(cfg)
-    champion = tracking.champion(cfg)
+    if version:
+        champion = mlflow.MlflowClient().get_model_version(cfg.registered_model_name, str(version))
+    else:
+        champion = tracking.champion(cfg)
     if champion is None:
         raise RuntimeError(f"{cfg.registered_model_name} has no champion to rank with")
     merged_dir = Path(champion.tags.get(RUN_DIR_TAG, "")) / "merged"

@@ -288,7 +288,7 @@ def bench_size(
             split_rows["test"],
             run / "evaluate",
         )
-        stage(
+        registered = stage(
             "register",
             "ml",
             [
@@ -303,6 +303,12 @@ def bench_size(
             ],
             split_rows["test"],
         )
+        # the nightly extras: drift against a reference (here the same data: the work is the same)
+        # and the rank DAG's stage, with the version just registered
+        drift_args = ["drift", "--merged-dir", str(run / "merged"), "--reference-dir", str(run / "merged")]
+        stage("drift", "ml", [*drift_args, "--out", str(run / "drift"), *settings, *tags], merged["rows"])
+        version = ["--version", str(registered["registry"]["version"])]
+        stage("rank", "ml", ["rank", *version, "--out", str(run / "rank"), *settings, *tags], merged["rows"])
         best = run_measured(
             [str(_venv_bin("ml") / "mmsearch"), "ceiling", "--raw-dir", str(raw), "--merged-dir", str(run / "merged")],
             env,
@@ -378,6 +384,8 @@ def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
         )
     direct = {row["stage"]: row["seconds"] for row in rows}
     for row in rows:
+        if row["stage"] in ("drift", "rank"):
+            row["floor_units"] = row["seconds"] / direct["numpy floor"]
         if row["stage"] == "airflow dags test":
             trains = sum(seconds for stage, seconds in direct.items() if stage.startswith("train ["))
             row["overhead"] = row["seconds"] / (trains + sum(direct[s] for s in DIRECT_STAGES))
