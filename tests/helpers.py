@@ -107,3 +107,32 @@ class MirrorServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+PINNED = {  # each raw file: the source and the path it has upstream, as data/sources.yaml names them
+    C.ESCI_FILE: ("esci", "shopping_queries_dataset/shopping_queries_dataset_examples.parquet"),
+    C.QUERY_FEATURES_FILE: ("sqid", "data/query_features.parquet"),
+    C.PRODUCT_FEATURES_FILE: ("sqid", "data/product_features.parquet"),
+}
+
+
+def publish(mirror: Path, raw: Path, manifest: Path, revision: str = "r1", tamper: str = "") -> None:
+    """Put `raw`'s files on the mirror at `revision`, the public layout, and pin them in `manifest`
+    (`tamper`: a raw file whose pinned sha256 is wrong)."""
+    import yaml
+
+    from mmsearch import sources
+
+    real = yaml.safe_load(sources.MANIFEST.read_text())
+    spec = {"sources": {}, "files": []}
+    for name, source in real["sources"].items():
+        spec["sources"][name] = {**source, "revision": revision}
+    for path, (source, upstream) in PINNED.items():
+        served = mirror / real["sources"][source]["repository"] / revision / upstream
+        served.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(raw / path, served)
+        sha = sources.sha256_of(served) if path != tamper else "0" * 64
+        spec["files"].append(
+            {"path": path, "source": source, "file": upstream, "size": served.stat().st_size, "sha256": sha}
+        )
+    manifest.write_text(yaml.safe_dump(spec))

@@ -13,32 +13,9 @@ from mmsearch import config as C
 from mmsearch import pull, sources
 from mmsearch.io import DataError
 from mmsearch.tools.sample_data import SampleSpec, generate
-from tests.helpers import MirrorServer, dvc, small_config
+from tests.helpers import PINNED, MirrorServer, dvc, publish, small_config
 
 TINY = SampleSpec(queries=8, products=40, topics=4, intents=2, dim=8)
-PINNED = {  # each raw file: the source and the path it has upstream, as data/sources.yaml names them
-    C.ESCI_FILE: ("esci", "shopping_queries_dataset/shopping_queries_dataset_examples.parquet"),
-    C.QUERY_FEATURES_FILE: ("sqid", "data/query_features.parquet"),
-    C.PRODUCT_FEATURES_FILE: ("sqid", "data/product_features.parquet"),
-}
-
-
-def publish(mirror: Path, raw: Path, manifest: Path, revision: str = "r1", tamper: str = "") -> None:
-    """Put `raw`'s files on the mirror at `revision`, the public layout, and pin them in `manifest`
-    (`tamper`: a raw file whose pinned sha256 is wrong)."""
-    real = yaml.safe_load(sources.MANIFEST.read_text())
-    spec = {"sources": {}, "files": []}
-    for name, source in real["sources"].items():
-        spec["sources"][name] = {**source, "revision": revision}
-    for path, (source, upstream) in PINNED.items():
-        served = mirror / real["sources"][source]["repository"] / revision / upstream
-        served.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(raw / path, served)
-        sha = sources.sha256_of(served) if path != tamper else "0" * 64
-        spec["files"].append(
-            {"path": path, "source": source, "file": upstream, "size": served.stat().st_size, "sha256": sha}
-        )
-    manifest.write_text(yaml.safe_dump(spec))
 
 
 @pytest.fixture
