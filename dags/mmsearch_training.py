@@ -145,7 +145,7 @@ def check_changes(lineage: dict, settings: dict) -> dict:
     return changes.run(lineage, Path(settings["run_dir"]) / "changes", RunConfig.from_mapping(settings["config"]))
 
 
-@task.short_circuit(retries=0)
+@task.short_circuit(retries=0, execution_timeout=timedelta(minutes=5))
 def anything_new(changes: dict, settings: dict) -> bool:
     """Go on only if no registered version was trained on the same inputs (or force_retrain)."""
     from mmsearch.register import write_skipped
