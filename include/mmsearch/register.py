@@ -86,7 +86,6 @@ def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.R
 
     found = {
         "git_commit": git_commit(),
-        changes.TAG: changes.fingerprint(lineage, cfg)["fingerprint"],
         RUN_DIR_TAG: str(run_dir),
         "airflow_dag_id": tags.get("dag_id", ""),
         RUN_TAG: tags.get("run_id", ""),
@@ -95,6 +94,8 @@ def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.R
         "candidate": str(model.get("candidate", "")),
         "dvc_md5.raw": lineage.get("dvc_md5", ""),
     }
+    if lineage.get("file_md5"):  # without the data's lineage (a CLI call without --lineage) no fingerprint
+        found[changes.TAG] = changes.fingerprint(lineage, cfg)["fingerprint"]
     for path, md5 in lineage.get("file_md5", {}).items():
         found[f"dvc_md5.{path}"] = md5
     for path, url in lineage.get("sources", {}).items():
