@@ -126,7 +126,7 @@ def cmd_drift(args):
 def cmd_rank(args):
     from mmsearch import rank
 
-    return rank.run(args.out, _config(args), _json(args.tags), args.version)
+    return rank.run(args.out, _config(args), _json(args.tags), args.version, args.merged_dir)
 
 
 def cmd_real_data(args):
@@ -219,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
         "rank",
         cmd_rank,
         "rank every working-set pair with the champion (or --version); ranked.parquet and its nDCG",
-        [("--version", {"help": "a registered version instead of the champion"}), tags],
+        [
+            ("--version", {"help": "a registered version instead of the champion"}),
+            ("--merged-dir", {"type": Path, "help": "default: the merged data the version was trained on"}),
+            tags,
+        ],
     )
     _stage(
         sub,

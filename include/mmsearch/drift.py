@@ -35,7 +35,7 @@ FIGURE = "drift.png"
 
 def sample(merged_dir: Path, columns: list[str], rows: int = SAMPLE_ROWS) -> dict[str, np.ndarray]:
     """Every k-th row of every split's shards (k: total rows / `rows`), read in record batches."""
-    import pyarrow.parquet as pq
+    from mmsearch.raw import parquet_file
 
     merged_dir = Path(merged_dir)
     total = read_json(merged_dir / "manifest.json")["rows"]
@@ -43,7 +43,7 @@ def sample(merged_dir: Path, columns: list[str], rows: int = SAMPLE_ROWS) -> dic
     parts: dict[str, list] = {name: [] for name in columns}
     seen = 0
     for path in sorted(merged_dir.glob("*/*.parquet")):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=columns):
+        for batch in parquet_file(path).iter_batches(batch_size=8192, columns=columns):
             keep = np.arange((-seen) % step, batch.num_rows, step)
             seen += batch.num_rows
             for name in columns:

@@ -115,16 +115,21 @@ class EsciRelevanceModel(_PythonModel):
         self._inputs = dict(self._serve.structured_input_signature[1].items())
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        import tensorflow as tf
-
         missing = [name for name in self._inputs if name not in model_input.columns]
         if missing:
             raise ValueError(f"model input lacks columns {missing}; it needs {sorted(self._inputs)}")
+        matrices = {name: np.stack(model_input[name].to_numpy()) for name in self._inputs}
+        return probabilities_frame(self.probabilities(matrices), self._class_weights)
+
+    def probabilities(self, matrices: dict[str, np.ndarray]) -> np.ndarray:
+        """[n, 4] class probabilities in label-id order, from one [n, width] matrix per embedding
+        column (what `predict` computes, without a DataFrame of arrays: batch scoring uses it)."""
+        import tensorflow as tf
+
         feeds = {}
         for name, spec in self._inputs.items():
-            matrix = np.stack(model_input[name].to_numpy()).astype(np.float32)
+            matrix = np.asarray(matrices[name], dtype=np.float32)
             if matrix.ndim != 2 or matrix.shape[1] != spec.shape[1]:
                 raise ValueError(f"column '{name}' must hold {spec.shape[1]}-long arrays, found shape {matrix.shape}")
             feeds[name] = tf.constant(matrix)
-        probabilities = self._serve(**feeds)["probabilities"].numpy()
-        return probabilities_frame(probabilities, self._class_weights)
+        return self._serve(**feeds)["probabilities"].numpy()
