@@ -425,6 +425,21 @@ def test_a_bad_setting_fails_configure_at_once_in_one_line(stack):
     assert "[DAG TEST] starting task_id=data.pull_data" not in log  # nothing else ran, nothing was retried
 
 
+def test_the_maintenance_dag_trims_airflow_metadata_and_logs(stack, first_run):
+    result = subprocess.run(
+        ["airflow", "dags", "test", "mmsearch_maintenance", "2026-01-10T03:30:00+00:00"],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=stack["cwd"],
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "state=success" in log, log[-5000:]
+    assert "airflow db clean --yes --skip-archive --clean-before-timestamp" in log
+    assert "[DAG TEST] end task task_id=clean_task_logs" in log
+
+
 def test_a_fresh_clone_imports_from_a_mirror_and_trains_with_the_sources_in_its_lineage(stack, tmp_path):
     """`make real-data MIRROR=...` in a fresh clone (its command, `mmsearch real-data`), then a run:
     the registered version names each file's URL. Last in this module: it registers a version."""
