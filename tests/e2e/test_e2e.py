@@ -65,15 +65,18 @@ def run_dag(stack, conf: dict, logical_date: str) -> tuple[subprocess.CompletedP
     return result, result.stdout + result.stderr
 
 
-def newest_run_dir(stack) -> Path:
-    return sorted((stack["home"] / "runs").iterdir(), key=lambda p: p.stat().st_mtime)[-1]
+def run_dir_of(stack, log: str) -> Path:
+    """The directory of the run a `dags test` log reports (not the newest by mtime: retention
+    touches older runs' directories)."""
+    run_id = re.search(r"DagRun Finished: dag_id=\w+, .*?run_id=([^,]+),", log).group(1)
+    return stack["home"] / "runs" / C.run_dir_for(run_id).name
 
 
 def dags_test(stack, conf: dict, logical_date: str) -> dict:
     result, log = run_dag(stack, conf, logical_date)
     assert result.returncode == 0, log[-5000:]
     assert "state=success" in log, log[-5000:]
-    return json.loads((newest_run_dir(stack) / "summary.json").read_text())
+    return json.loads((run_dir_of(stack, log) / "summary.json").read_text())
 
 
 def registry_state(stack) -> dict:
@@ -310,7 +313,7 @@ def test_a_new_champion_is_an_asset_event_and_the_rank_dag_ranks_with_it(stack, 
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0 and "state=success" in log, log[-5000:]
-    rank_dir = newest_run_dir(stack) / "rank"
+    rank_dir = run_dir_of(stack, log) / "rank"
     summary = json.loads((rank_dir / "rank.json").read_text())
     ranked = pq.read_table(rank_dir / "ranked.parquet").to_pandas()
     merged = json.loads((Path(first_run["run_dir"]) / "merged" / "manifest.json").read_text())
@@ -423,21 +426,6 @@ def test_a_bad_setting_fails_configure_at_once_in_one_line(stack):
     failures = json.loads((stack["home"] / "failures" / f"{C.run_dir_for(run_id).name}.json").read_text())["failed"]
     assert failures == [{"task_id": "configure", "reason": "unknown setting 'epohcs' (did you mean 'epochs'?)"}]
     assert "[DAG TEST] starting task_id=data.pull_data" not in log  # nothing else ran, nothing was retried
-
-
-def test_the_maintenance_dag_trims_airflow_metadata_and_logs(stack, first_run):
-    result = subprocess.run(
-        ["airflow", "dags", "test", "mmsearch_maintenance", "2026-01-10T03:30:00+00:00"],
-        env=stack["env"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=stack["cwd"],
-    )
-    log = result.stdout + result.stderr
-    assert result.returncode == 0 and "state=success" in log, log[-5000:]
-    assert "airflow db clean --yes --skip-archive --clean-before-timestamp" in log
-    assert "[DAG TEST] end task task_id=clean_task_logs" in log
 
 
 def test_a_fresh_clone_imports_from_a_mirror_and_trains_with_the_sources_in_its_lineage(stack, tmp_path):

@@ -210,3 +210,15 @@ def record(name: str, value) -> None:
     figures = json.loads(path.read_text()) if path.exists() else {}
     figures[name] = value
     path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def test_the_maintenance_dag_trims_airflow_metadata_and_logs(stack, api, first_night):
+    """On the server stack (under `airflow dags test` the test runner's own SQLite transaction would
+    block `airflow db clean`)."""
+    created = api.post("/dags/mmsearch_maintenance/dagRuns", json={"logical_date": None}).raise_for_status().json()
+    api.patch("/dags/mmsearch_maintenance", json={"is_paused": False}).raise_for_status()
+    run = wait_for_run(api, created["dag_run_id"], timeout=300, dag_id="mmsearch_maintenance")
+    assert run["state"] == "success"
+    log = task_log(api, run["dag_run_id"], "clean_metadata", dag_id="mmsearch_maintenance")
+    assert "airflow db clean --yes --skip-archive --clean-before-timestamp" in log, log[-3000:]
+    assert runs_of(api, TRAINING)  # this night's runs are younger than 30 days: kept
