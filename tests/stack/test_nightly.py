@@ -118,13 +118,22 @@ def first_night(stack, api):
         api.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
     night = wait_for_new_run(api, TRAINING, set(), run_type="scheduled", timeout=600)
     assert night["state"] == "success", night
-    ranked = wait_for_new_run(api, RANK, set(), timeout=300)
-    return {"night": night, "rank": ranked, "summary": summary(stack, night)}
+    found = summary(stack, night)
+    # The defaults (50 epochs of 200 steps) do not always beat the CLIP baseline on the bundled
+    # sample (macro-F1 0.5825 against 0.5842 once, 0.6418 another time): no champion, no ranking.
+    promoted = found["registry"]["decision"]["promote"]
+    ranked = wait_for_new_run(api, RANK, set(), timeout=300) if promoted else None
+    return {"night": night, "rank": ranked, "summary": found}
 
 
-def test_the_nightly_run_trains_and_the_new_champion_triggers_the_ranking(stack, api, first_night):
+def test_the_nightly_run_trains_and_a_new_champion_triggers_the_ranking(stack, api, first_night):
     registry = first_night["summary"]["registry"]
-    assert registry["aliases"] == ["challenger", "champion"], registry["decision"]
+    assert "challenger" in registry["aliases"], registry["decision"]
+    if not registry["decision"]["promote"]:
+        assert "champion stays none" in task_log(api, first_night["night"]["dag_run_id"], "announce")
+        pytest.skip(
+            f"this night's model was not promoted ({registry['decision']['reason']}): see the changed-data test"
+        )
     rank = first_night["rank"]
     assert rank["state"] == "success" and rank["run_type"] == "asset_triggered"
     assert rank["queued_at"] > first_night["night"]["start_date"]  # on the champion event of that run
@@ -145,7 +154,7 @@ def test_a_night_with_nothing_new_skips_in_seconds_saying_why(stack, api, first_
     for run in (again, manual):
         assert run["state"] == "success"
         skipped = summary(stack, run)["skipped"]
-        assert skipped["reason"].startswith(f"nothing changed: mmsearch-esci v{version} (challenger, champion)")
+        assert re.match(rf"nothing changed: mmsearch-esci v{version} \(challenger(, champion)?\), ", skipped["reason"])
         states = {ti["task_id"]: ti["state"] for ti in task_instances(api, run["dag_run_id"])}
         assert states["data.anything_new"] == "success" and states["model.train"] == "skipped"
         assert "nothing changed: mmsearch-esci" in task_log(api, run["dag_run_id"], "data.anything_new")
@@ -215,10 +224,10 @@ def record(name: str, value) -> None:
 def test_the_maintenance_dag_trims_airflow_metadata_and_logs(stack, api, first_night):
     """On the server stack (under `airflow dags test` the test runner's own SQLite transaction would
     block `airflow db clean`)."""
-    created = api.post("/dags/mmsearch_maintenance/dagRuns", json={"logical_date": None}).raise_for_status().json()
-    api.patch("/dags/mmsearch_maintenance", json={"is_paused": False}).raise_for_status()
-    run = wait_for_run(api, created["dag_run_id"], timeout=300, dag_id="mmsearch_maintenance")
-    assert run["state"] == "success"
+    api.patch("/dags/mmsearch_maintenance", json={"is_paused": False}).raise_for_status()  # starts last night's
+    run = wait_for_new_run(api, "mmsearch_maintenance", set(), run_type="scheduled", timeout=300)
+    assert run["state"] == "success", task_instances(api, run["dag_run_id"], "mmsearch_maintenance")
     log = task_log(api, run["dag_run_id"], "clean_metadata", dag_id="mmsearch_maintenance")
-    assert "airflow db clean --yes --skip-archive --clean-before-timestamp" in log, log[-3000:]
+    assert "/airflow db clean --yes --skip-archive --clean-before-timestamp" in log, log[-3000:]
+    assert "return code 0" in log, log[-3000:]
     assert runs_of(api, TRAINING)  # this night's runs are younger than 30 days: kept

@@ -109,6 +109,8 @@ def stack_env(settings: StackSettings) -> dict:
             "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "MLFLOW_TRACKING_URI": settings.mlflow_url,
+            # for mmsearch_maintenance's `airflow db clean`: Airflow 3 scrubs the URL from tasks
+            "MMSEARCH_AIRFLOW_DB_URL": f"sqlite:///{airflow_home() / 'airflow.db'}",
             # MLflow's job runner serves GenAI evaluation jobs, which mmsearch has none of: ~250 MB saved
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
