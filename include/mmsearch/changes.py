@@ -31,9 +31,13 @@ def _git(*args: str) -> str:
     return result.stdout if result.returncode == 0 else ""
 
 
+def git_commit() -> str:
+    return _git("rev-parse", "HEAD").strip() or "unknown"
+
+
 def code_version() -> str:
     """The git commit, and a hash of the uncommitted changes to the code when there are any."""
-    commit = _git("rev-parse", "HEAD").strip() or "unknown"
+    commit = git_commit()
     diff = _git("diff", "HEAD", "--", *CODE_PATHS)
     return f"{commit}+{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else commit
 

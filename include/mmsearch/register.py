@@ -12,7 +12,6 @@ Re-running the same DAG run finds the version it already registered and reuses i
 from __future__ import annotations
 
 import logging
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,20 +71,12 @@ def decide(
     )
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=C.REPO_ROOT, capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.RunConfig, run_dir: str) -> dict:
     """What the version came from: data (md5 and source URL of each file), code, settings, run."""
     from mmsearch import changes
 
     found = {
-        "git_commit": git_commit(),
+        "git_commit": changes.git_commit(),
         RUN_DIR_TAG: str(run_dir),
         "airflow_dag_id": tags.get("dag_id", ""),
         RUN_TAG: tags.get("run_id", ""),

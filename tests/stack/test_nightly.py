@@ -28,6 +28,7 @@ from tests.stack.test_stack import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
+    api_client,
     free_port,
     mmsearch,
     task_log,
@@ -54,19 +55,8 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api(stack):
-    status = stack["status"]
-    password = json.loads(Path(status["admin_password_file"]).read_text())[status["admin_user"]]
-    token = httpx.post(
-        f"{status['airflow_url']}/auth/token", json={"username": status["admin_user"], "password": password}
-    ).raise_for_status()
-    client = httpx.Client(
-        base_url=f"{status['airflow_url']}/api/v2",
-        timeout=30,
-        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
-    )
-    client.credentials = (status["admin_user"], password)
-    yield client
-    client.close()
+    with api_client(stack["status"]) as client:
+        yield client
 
 
 def runs_of(api: httpx.Client, dag_id: str) -> list[dict]:

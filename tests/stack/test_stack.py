@@ -74,9 +74,8 @@ def stack(tmp_path_factory):
         assert not leftovers, f"processes still running after stack down: {leftovers}"
 
 
-@pytest.fixture(scope="module")
-def airflow_api(stack):
-    status = stack["status"]
+def api_client(status: dict) -> httpx.Client:
+    """Airflow's REST API, logged in as the stack's admin (its credentials kept on the client)."""
     password = json.loads(Path(status["admin_password_file"]).read_text())[status["admin_user"]]
     token = httpx.post(
         f"{status['airflow_url']}/auth/token", json={"username": status["admin_user"], "password": password}
@@ -87,8 +86,13 @@ def airflow_api(stack):
         headers={"Authorization": f"Bearer {token.json()['access_token']}"},
     )
     client.credentials = (status["admin_user"], password)
-    yield client
-    client.close()
+    return client
+
+
+@pytest.fixture(scope="module")
+def airflow_api(stack):
+    with api_client(stack["status"]) as client:
+        yield client
 
 
 def wait_for_run(api: httpx.Client, run_id: str, timeout: float = 600, dag_id: str = DAG_ID) -> dict:
