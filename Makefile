@@ -23,12 +23,14 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(AIRFLOW_BIN):$(PATH)
 
-.PHONY: help envs system-deps run up down status lint test bench lock clean distclean sample-data real-data
+.PHONY: help envs system-deps run up serve down status lint test bench lock clean distclean sample-data real-data
 
 help:
 	@echo "make run         set up, pull the sample through DVC, run the DAG once (airflow dags test)"
-	@echo "make up          start Airflow (UI on :8080) and an MLflow server (:5000) on this machine"
-	@echo "make down        stop them (by PID)"
+	@echo "make up          start PostgreSQL, Airflow (UI on :8080), MLflow (:5000, basic auth) on 127.0.0.1"
+	@echo "                 EXECUTOR=celery WORKERS=2: the CeleryExecutor, Redis and two workers"
+	@echo "make serve       serve the champion model on :5001 (mlflow models serve)"
+	@echo "make down        stop them all (by PID)"
 	@echo "make status      health, PIDs and memory of the running stack"
 	@echo "make test        set up and run the linter and the test suite"
 	@echo "make lint        ruff check and ruff format --check"
@@ -72,10 +74,17 @@ CONF ?= {}
 run: envs $(AIRFLOW_HOME)/airflow.db
 	$(AIRFLOW_BIN)/mmsearch run-dag --conf '$(CONF)'
 
-# The local server stack (no Docker): MMSEARCH_AIRFLOW_PORT, MMSEARCH_MLFLOW_PORT and
-# MMSEARCH_ADMIN_PASSWORD override the defaults (8080, 5000, a generated password).
-up: envs
-	$(AIRFLOW_BIN)/mmsearch stack up
+# The local server stack (no Docker): PostgreSQL, Airflow 3, MLflow with basic auth; with
+# EXECUTOR=celery, Redis and WORKERS Celery workers. Ports: MMSEARCH_{AIRFLOW,MLFLOW,POSTGRES,
+# REDIS,LOG_SERVER,SERVE}_PORT (README lists them); MMSEARCH_ADMIN_PASSWORD fixes Airflow's.
+EXECUTOR ?= local
+WORKERS  ?= 2
+up: envs system-deps
+	$(AIRFLOW_BIN)/mmsearch stack up --executor $(EXECUTOR) --workers $(WORKERS)
+
+# The champion (models:/mmsearch-esci@champion) served by `mlflow models serve` on 127.0.0.1.
+serve:
+	$(AIRFLOW_BIN)/mmsearch stack serve
 
 down:
 	$(AIRFLOW_BIN)/mmsearch stack down
@@ -83,10 +92,12 @@ down:
 status:
 	$(AIRFLOW_BIN)/mmsearch stack status
 
-# Debian packages the browser test and the compose check need (chromium, docker-compose).
+# Debian packages the stack (PostgreSQL, Redis), the browser test and the compose check need.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \

@@ -163,7 +163,12 @@ def cmd_bench(args):
 def cmd_stack(args):
     from mmsearch.tools import stack
 
-    return {"up": stack.up, "down": stack.down, "status": stack.status}[args.action]()
+    if args.action == "up":
+        return stack.up(stack.StackSettings.from_env(executor=args.executor, workers=args.workers))
+    if args.action == "restart":
+        return stack.restart(args.component)
+    actions = {"down": stack.down, "status": stack.status, "serve": stack.serve}
+    return actions[args.action]()
 
 
 def _stage(sub, name: str, func, help_text: str, inputs: list[tuple]) -> argparse.ArgumentParser:
@@ -309,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="runs of each stage and of the DAG; the median is reported")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("stack", help="the local server stack: Airflow 3 and an MLflow server (make up / make down)")
-    p.add_argument("action", choices=["up", "down", "status"])
+    p = sub.add_parser("stack", help="the local server stack: PostgreSQL, Airflow 3, MLflow (make up / down / serve)")
+    p.add_argument("action", choices=["up", "down", "status", "serve", "restart"])
+    p.add_argument("component", nargs="?", help="restart: the component to restart (postgres, redis, worker-1, ...)")
+    p.add_argument("--executor", choices=["local", "celery"], help="up: Airflow's executor (default: local)")
+    p.add_argument("--workers", type=int, help="up: Celery workers (default: 2)")
     p.set_defaults(func=cmd_stack)
     return parser
 
@@ -323,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmsearch.io import DataError, RegistryError
     from mmsearch.pull import PullError
     from mmsearch.tools.run_dag import RunFailed
+    from mmsearch.tools.services import ServiceError
     from mmsearch.tools.stack import StackError
 
     try:
@@ -338,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:  # e.g. a stage pointed at a directory an earlier stage never wrote
         print(f"mmsearch {args.command}: error: {error.strerror}: {error.filename}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (PullError, RegistryError, StackError) as error:
+    except (PullError, RegistryError, StackError, ServiceError) as error:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     print(result if isinstance(result, str) else json.dumps(result, indent=2, sort_keys=True, default=str))

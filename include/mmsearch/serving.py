@@ -115,9 +115,21 @@ class EsciRelevanceModel(_PythonModel):
         self._inputs = dict(self._serve.structured_input_signature[1].items())
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+
         missing = [name for name in self._inputs if name not in model_input.columns]
         if missing:
-            raise ValueError(f"model input lacks columns {missing}; it needs {sorted(self._inputs)}")
+            raise MlflowException.invalid_parameter_value(
+                f"model input lacks columns {missing}; it needs {sorted(self._inputs)}"
+            )
+        for name, spec in self._inputs.items():  # a 4xx naming the column and rows, not a 500
+            widths = model_input[name].map(lambda value: len(value) if hasattr(value, "__len__") else 0).to_numpy()
+            wrong = np.flatnonzero(widths != spec.shape[1])
+            if len(wrong):
+                raise MlflowException.invalid_parameter_value(
+                    f"column '{name}' must hold {spec.shape[1]}-long arrays; rows {wrong[:10].tolist()} "
+                    f"hold {sorted(set(widths[wrong[:10]].tolist()))}"
+                )
         matrices = {name: np.stack(model_input[name].to_numpy()) for name in self._inputs}
         return probabilities_frame(self.probabilities(matrices), self._class_weights)
 

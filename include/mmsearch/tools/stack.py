@@ -1,10 +1,12 @@
-"""`make up` / `make down`: the local server stack, no Docker.
+"""`make up` / `make down` / `make serve`: the local server stack, no Docker.
 
-Airflow 3 as separate processes (api-server, scheduler, dag-processor, triggerer;
-LocalExecutor on SQLite) from the Airflow environment, and an MLflow tracking server
-(SQLite backend, artifacts served by the server) from the ML environment. Each runs in
-its own process group; its PID and start time go to `$MMSEARCH_HOME/stack/pids.json`,
-and `down` stops exactly those processes by PID (a reused PID is never signalled).
+PostgreSQL (Airflow's metadata, MLflow's tracking store and users) and, with the Celery
+executor, Redis; Airflow 3 as separate processes (api-server, scheduler, dag-processor,
+triggerer, and N `airflow celery worker`s) from the Airflow environment; an MLflow tracking
+server behind MLflow's basic-auth app, and `mlflow models serve` of the champion, from the ML
+environment. Every port is on 127.0.0.1. Each process runs in its own process group; its PID
+and start time go to `$MMSEARCH_HOME/stack/pids.json`, and `down` stops exactly those
+processes by PID (a reused PID is never signalled), the databases last.
 """
 
 from __future__ import annotations
@@ -23,9 +25,14 @@ from pathlib import Path
 
 from mmsearch import config as C
 from mmsearch.io import read_json, write_json
+from mmsearch.tools import services
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# stopped after everything that talks to them, each with its own clean-shutdown signal
+BACKING_SERVICES = {"redis": signal.SIGTERM, "postgres": signal.SIGINT}  # SIGINT: Postgres' fast shutdown
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 HEALTHY = "healthy"
+REGISTERED_MODEL = "mmsearch-esci"
 
 
 class StackError(RuntimeError):
@@ -37,18 +44,37 @@ class StackSettings:
     host: str = "127.0.0.1"
     airflow_port: int = 8080
     mlflow_port: int = 5000
+    postgres_port: int = 5432
+    redis_port: int = 6379
+    log_server_port: int = 8793
+    serve_port: int = 5001
+    executor: str = "local"
+    workers: int = 2
+    # each serving worker holds the model (~0.6 GB); two parse JSON on both cores at once
+    serve_workers: int = 2
     admin_user: str = "admin"
     # A fixed admin password (MMSEARCH_ADMIN_PASSWORD); empty: Airflow generates one.
     admin_password: str = field(default="", repr=False)
 
     @classmethod
-    def from_env(cls) -> StackSettings:
+    def from_env(cls, **overrides) -> StackSettings:
+        """Ports from MMSEARCH_<NAME>_PORT, the executor from MMSEARCH_EXECUTOR / MMSEARCH_WORKERS;
+        `overrides` (the CLI's) win."""
         env = os.environ
-        return cls(
-            airflow_port=int(env.get("MMSEARCH_AIRFLOW_PORT", cls.airflow_port)),
-            mlflow_port=int(env.get("MMSEARCH_MLFLOW_PORT", cls.mlflow_port)),
-            admin_password=env.get("MMSEARCH_ADMIN_PASSWORD", ""),
-        )
+        values = {
+            name: int(env.get(f"MMSEARCH_{name.upper()}", getattr(cls, name)))
+            for name in ("airflow_port", "mlflow_port", "postgres_port", "redis_port", "log_server_port", "serve_port")
+        }
+        values["executor"] = env.get("MMSEARCH_EXECUTOR", cls.executor)
+        values["workers"] = int(env.get("MMSEARCH_WORKERS", cls.workers))
+        values["serve_workers"] = int(env.get("MMSEARCH_SERVE_WORKERS", cls.serve_workers))
+        values["admin_password"] = env.get("MMSEARCH_ADMIN_PASSWORD", "")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["executor"] not in EXECUTORS:
+            raise StackError(f"EXECUTOR={values['executor']}: choose one of {', '.join(EXECUTORS)}")
+        if values["workers"] < 1:
+            raise StackError(f"WORKERS={values['workers']}: at least 1")
+        return cls(**values)
 
     @property
     def airflow_url(self) -> str:
@@ -57,6 +83,22 @@ class StackSettings:
     @property
     def mlflow_url(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://{self.host}:{self.serve_port}"
+
+    def ports(self) -> dict[str, int]:
+        """Every port the stack listens on, by the variable that moves it."""
+        ports = {
+            "MMSEARCH_AIRFLOW_PORT": self.airflow_port,
+            "MMSEARCH_MLFLOW_PORT": self.mlflow_port,
+            "MMSEARCH_POSTGRES_PORT": self.postgres_port,
+            "MMSEARCH_LOG_SERVER_PORT": self.log_server_port,
+        }
+        if self.executor == "celery":
+            ports["MMSEARCH_REDIS_PORT"] = self.redis_port
+        return ports
 
 
 def stack_dir() -> Path:
@@ -71,22 +113,40 @@ def password_file() -> Path:
     return airflow_home() / "simple_auth_manager_passwords.json.generated"
 
 
+def secrets_file() -> Path:
+    return stack_dir() / "secrets.json"
+
+
 def admin_password(settings: StackSettings) -> str:
     return read_json(password_file())[settings.admin_user]
 
 
-def _secrets() -> dict:
-    """The JWT and session secrets every Airflow component must share; made once, mode 0600."""
-    path = stack_dir() / "secrets.json"
-    if not path.exists():
-        write_json(path, {"jwt_secret": secrets.token_urlsafe(32), "secret_key": secrets.token_urlsafe(32)})
-        path.chmod(0o600)
+SECRET_NAMES = ("jwt_secret", "secret_key", "postgres_password", "redis_password", "mlflow_admin_password")
+
+
+def stack_secrets() -> dict:
+    """Airflow's shared JWT and session secrets and the services' passwords: made once, mode 0600."""
+    path = secrets_file()
+    known = read_json(path) if path.exists() else {}
+    missing = [name for name in SECRET_NAMES if name not in known]
+    if missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {**known, **{name: secrets.token_urlsafe(24) for name in missing}})
+    path.chmod(0o600)
     return read_json(path)
+
+
+def _recorded_settings() -> dict:
+    """The executor and worker count the running stack was started with (status and serve use them)."""
+    path = stack_dir() / "settings.json"
+    return read_json(path) if path.exists() else {}
 
 
 def stack_env(settings: StackSettings) -> dict:
     """The environment of every process in the stack; the DAG's tasks inherit it."""
-    keys = _secrets()
+    keys = stack_secrets()
+    host, pg_password = settings.host, keys["postgres_password"]
+    airflow_db = services.postgres_url(pg_password, host, settings.postgres_port, "airflow", "psycopg2")
     env = dict(os.environ)
     env.update(
         {
@@ -97,9 +157,10 @@ def stack_env(settings: StackSettings) -> dict:
                 "AIRFLOW__CORE__PLUGINS_FOLDER", str(C.REPO_ROOT / "plugins")
             ),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            # two cores: two task slots in all; the DAG is a chain, so one runs at a time anyway
-            "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__CORE__EXECUTOR": EXECUTORS[settings.executor],
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
+            # two cores: two task slots in all (one per Celery worker)
+            "AIRFLOW__CORE__PARALLELISM": str(max(2, settings.workers if settings.executor == "celery" else 2)),
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.admin_user}:admin",
@@ -108,42 +169,106 @@ def stack_env(settings: StackSettings) -> dict:
             "AIRFLOW__API__SECRET_KEY": keys["secret_key"],
             "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            # one log server (ours, on 127.0.0.1) serves the shared log folder for workers and triggerer
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(settings.log_server_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(settings.log_server_port),
+            # a worker that dies mid-task: its task fails and is retried after 1 minute, not 5
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
             "MLFLOW_TRACKING_URI": settings.mlflow_url,
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": keys["mlflow_admin_password"],
             # for mmsearch_maintenance's `airflow db clean`: Airflow 3 scrubs the URL from tasks
-            "MMSEARCH_AIRFLOW_DB_URL": f"sqlite:///{airflow_home() / 'airflow.db'}",
+            "MMSEARCH_AIRFLOW_DB_URL": airflow_db,
             # MLflow's job runner serves GenAI evaluation jobs, which mmsearch has none of: ~250 MB saved
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
     )
+    if settings.executor == "celery":
+        env.update(
+            {
+                "AIRFLOW__CELERY__BROKER_URL": f"redis://:{keys['redis_password']}@{host}:{settings.redis_port}/0",
+                "AIRFLOW__CELERY__RESULT_BACKEND": "db+"
+                + services.postgres_url(pg_password, host, settings.postgres_port, "airflow", "psycopg2"),
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+            }
+        )
     return env
 
 
+def _mlflow_server_env(settings: StackSettings, env: dict) -> dict:
+    """The MLflow server's own settings: stores in Postgres, basic auth; none of it on a command line."""
+    keys = stack_secrets()
+    server = services.postgres_url(keys["postgres_password"], settings.host, settings.postgres_port, "", "psycopg2")
+    auth_config = stack_dir() / "mlflow-auth.ini"
+    auth_config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = {server}mlflow_auth\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # a checked password is cached for 5 minutes: each check is a PBKDF2 hash, and training
+        # sends hundreds of requests (measured: the server took more CPU than the training)
+        "auth_cache_ttl_seconds = 300\n"
+    )
+    auth_config.chmod(0o600)
+    return {
+        **env,
+        "MLFLOW_BACKEND_STORE_URI": f"{server}mlflow",
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": keys["mlflow_admin_password"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": keys["secret_key"],
+    }
+
+
+def _ml_python() -> str:
+    return os.environ.get("MMSEARCH_ML_PYTHON", str(C.REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
+
+
+def _airflow_cli() -> str:
+    return str(Path(sys.executable).parent / "airflow")
+
+
+def _log_server_command(settings: StackSettings) -> list[str]:
+    """Airflow's own log-server app, bound to `host` (Airflow binds it to every interface)."""
+    code = (
+        "import uvicorn; uvicorn.run('airflow.utils.serve_logs.log_server:get_app', factory=True, "
+        f"host={settings.host!r}, port={settings.log_server_port}, log_config=None, access_log=False)"
+    )
+    return [sys.executable, "-c", code]
+
+
 def _commands(settings: StackSettings) -> dict[str, list[str]]:
-    airflow = str(Path(sys.executable).parent / "airflow")
+    """The processes after the databases, in start order."""
+    airflow = _airflow_cli()
     mlflow_dir = C.mmsearch_home() / "mlflow-server"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
     commands = {
         "mlflow": [
-            os.environ.get("MMSEARCH_ML_PYTHON", str(C.REPO_ROOT / ".venvs" / "ml" / "bin" / "python")),
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            settings.host,
-            "--port",
-            str(settings.mlflow_port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-            "--serve-artifacts",
-            "--artifacts-destination",
-            str(mlflow_dir / "artifacts"),
-        ]
+            *(_ml_python(), "-m", "mlflow", "server", "--app-name", "basic-auth"),
+            *("--host", settings.host, "--port", str(settings.mlflow_port), "--workers", "1"),
+            *("--serve-artifacts", "--artifacts-destination", str(mlflow_dir / "artifacts")),
+        ],
+        "api-server": [airflow, "api-server", "--host", settings.host, "--port", str(settings.airflow_port)],
+        "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
+        "dag-processor": [airflow, "dag-processor"],
+        "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
+        "log-server": _log_server_command(settings),
     }
-    commands["api-server"] = [airflow, "api-server", "--host", settings.host, "--port", str(settings.airflow_port)]
-    for component in AIRFLOW_COMPONENTS[1:]:
-        commands[component] = [airflow, component]
+    if settings.executor == "celery":
+        for number in range(1, settings.workers + 1):
+            commands[f"worker-{number}"] = [
+                *(airflow, "celery", "worker", "--skip-serve-logs", "--without-gossip", "--without-mingle"),
+                *("--celery-hostname", f"worker-{number}@%h", "--concurrency", "1"),
+            ]
+    return commands
+
+
+def _service_commands(settings: StackSettings) -> dict[str, list[str]]:
+    commands = {"postgres": services.postgres_command(stack_dir(), settings.host, settings.postgres_port)}
+    if settings.executor == "celery":
+        config = services.write_redis_config(
+            stack_dir(), settings.host, settings.redis_port, stack_secrets()["redis_password"]
+        )
+        commands["redis"] = [services.redis_binary(), str(config)]
     return commands
 
 
@@ -168,13 +293,32 @@ def _get_json(url: str, timeout: float = 3.0) -> dict | None:
         return None
 
 
-def health(settings: StackSettings) -> dict:
-    """Each component's state: MLflow's /health, and Airflow's /api/v2/monitor/health."""
+def _celery_workers(env: dict) -> set[str]:
+    """The Celery workers answering a ping through the broker."""
+    code = (
+        "import json; from airflow.providers.celery.executors.celery_executor import app; "
+        "print(json.dumps(sorted(app.control.inspect(timeout=2).ping() or {})))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    lines = result.stdout.strip().splitlines()
+    return set(json.loads(lines[-1])) if result.returncode == 0 and lines else set()
+
+
+def health(settings: StackSettings, env: dict | None = None) -> dict:
+    """Each component's state: MLflow's /health, Airflow's /api/v2/monitor/health, the Celery
+    workers' ping through Redis, the served model's /ping."""
     states = {"mlflow": HEALTHY if _get_json(f"{settings.mlflow_url}/health") else "down"}
     airflow = _get_json(f"{settings.airflow_url}/api/v2/monitor/health")
     states["api-server"] = HEALTHY if airflow else "down"
     for component in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
         states[component] = (airflow or {}).get(component, {}).get("status") or "down"
+    if settings.executor == "celery":
+        answering = _celery_workers(env or stack_env(settings))
+        for number in range(1, settings.workers + 1):
+            up_ = any(name.startswith(f"worker-{number}@") for name in answering)
+            states[f"worker-{number}"] = HEALTHY if up_ else "down"
+    if "serve" in _recorded():
+        states["serve"] = HEALTHY if _get_json(f"{settings.serve_url}/ping") else "down"
     return states
 
 
@@ -203,47 +347,42 @@ def _recorded() -> dict:
     return read_json(path) if path.exists() else {}
 
 
-def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
+def _start(name: str, command: list[str], env: dict) -> dict:
+    """Start one process in its own session, logging to stack/logs/<name>.log; record its PID."""
     import psutil
 
-    settings = settings or StackSettings.from_env()
-    if _running(_recorded()):
-        raise StackError(f"the stack is already running (PIDs in {stack_dir() / 'pids.json'}); `make down` first")
-    for port in (settings.airflow_port, settings.mlflow_port):
-        if not _port_free(settings.host, port):
-            raise StackError(
-                f"port {port} on {settings.host} is in use; "
-                "set MMSEARCH_AIRFLOW_PORT / MMSEARCH_MLFLOW_PORT to free ports"
-            )
     logs = stack_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = stack_env(settings)
-    airflow_home().mkdir(parents=True, exist_ok=True)
-    migrate = subprocess.run(
-        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True
-    )
-    if migrate.returncode != 0:
-        raise StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
-    if settings.admin_password:
-        write_json(password_file(), {settings.admin_user: settings.admin_password})
-        password_file().chmod(0o600)
+    with open(logs / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    entry = {"pid": process.pid, "create_time": psutil.Process(process.pid).create_time(), "log": str(log.name)}
+    write_json(stack_dir() / "pids.json", {**_recorded(), name: entry})  # `down` can stop a partial stack
+    return entry
 
-    pids: dict = {}
-    for name, command in _commands(settings).items():
-        with open(logs / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        pids[name] = {
-            "pid": process.pid,
-            "create_time": psutil.Process(process.pid).create_time(),
-            "log": str(logs / f"{name}.log"),
-        }
-        write_json(stack_dir() / "pids.json", pids)  # after each start: `down` can stop a partial stack
 
+def _start_services(settings: StackSettings, env: dict) -> None:
+    """PostgreSQL (initialised on first use, its databases created) and, for Celery, Redis."""
+    keys = stack_secrets()
+    services.init_postgres(stack_dir(), keys["postgres_password"])
+    for name, command in _service_commands(settings).items():
+        _start(name, command, env)
+    services.wait_for_postgres(keys["postgres_password"], settings.host, settings.postgres_port)
+    if settings.executor == "celery":
+        services.wait_for_redis(settings.host, settings.redis_port, keys["redis_password"])
+
+
+def _check_free(host: str, port: int, variable: str) -> None:
+    if not _port_free(host, port):
+        raise StackError(f"port {port} on {host} is in use; set {variable} to a free port")
+
+
+def _wait_healthy(settings: StackSettings, env: dict, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        states = health(settings)
+        states = health(settings, env)
+        pids = _recorded()
         dead = set(pids) - set(_running(pids))
         if dead:
             down()
@@ -252,45 +391,171 @@ def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
                 f"{name} exited during start-up; its log ({pids[name]['log']}) ends:\n{_tail(Path(pids[name]['log']))}"
             )
         if all(state == HEALTHY for state in states.values()):
-            break
+            return
         if time.monotonic() > deadline:
             down()
-            raise StackError(f"not healthy after {timeout:.0f} s: {states}; logs in {logs}")
-        time.sleep(2)
+            raise StackError(f"not healthy after {timeout:.0f} s: {states}; logs in {stack_dir() / 'logs'}")
+        time.sleep(1)
+
+
+def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
+    settings = settings or StackSettings.from_env()
+    if _running(_recorded()):
+        raise StackError(f"the stack is already running (PIDs in {stack_dir() / 'pids.json'}); `make down` first")
+    for variable, port in settings.ports().items():
+        _check_free(settings.host, port, variable)
+    env = stack_env(settings)
+    write_json(stack_dir() / "settings.json", {"executor": settings.executor, "workers": settings.workers})
+    airflow_home().mkdir(parents=True, exist_ok=True)
+    try:
+        _start_services(settings, env)
+        migrate = subprocess.run([_airflow_cli(), "db", "migrate"], env=env, capture_output=True, text=True)
+        if migrate.returncode != 0:
+            raise StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
+    except (StackError, services.ServiceError) as error:
+        down()
+        raise StackError(str(error)) from None
+    if settings.admin_password:
+        write_json(password_file(), {settings.admin_user: settings.admin_password})
+        password_file().chmod(0o600)
+    for name, command in _commands(settings).items():
+        _start(name, command, _mlflow_server_env(settings, env) if name == "mlflow" else env)
+    _wait_healthy(settings, env, timeout)
+    workers = f" with {settings.workers} Celery workers" if settings.executor == "celery" else ""
     # the CLI sends this to stderr: stdout carries only the JSON status
     print(
         f"Airflow UI   {settings.airflow_url}  (user {settings.admin_user}, "
         f"password {admin_password(settings)}, from {password_file()})\n"
-        f"MLflow UI    {settings.mlflow_url}\nlogs         {logs}\nstop with    make down"
+        f"MLflow UI    {settings.mlflow_url}  (user admin, password: mlflow_admin_password in {secrets_file()})\n"
+        f"executor     {EXECUTORS[settings.executor]}{workers}, metadata in PostgreSQL on :{settings.postgres_port}\n"
+        f"logs         {stack_dir() / 'logs'}\nserve with   make serve\nstop with    make down"
     )
     return status(settings)
 
 
+def running_settings(**overrides) -> StackSettings:
+    """The running stack's settings: the executor and workers it was started with."""
+    return StackSettings.from_env(**{**_recorded_settings(), **overrides})
+
+
+def serve(settings: StackSettings | None = None, timeout: float = 180.0) -> dict:
+    """`mlflow models serve` of the champion, in the ML environment, on 127.0.0.1; part of the stack."""
+    settings = settings or running_settings()
+    running = _running(_recorded())
+    if "mlflow" not in running:
+        raise StackError("the stack is not running; `make up` first")
+    if "serve" in running:
+        raise StackError(f"the champion is already served on {settings.serve_url} (PID {running['serve']['pid']})")
+    _check_free(settings.host, settings.serve_port, "MMSEARCH_SERVE_PORT")
+    model_uri = f"models:/{REGISTERED_MODEL}@champion"
+    command = [
+        *(_ml_python(), "-m", "mlflow", "models", "serve", "--model-uri", model_uri, "--env-manager", "local"),
+        *("--host", settings.host, "--port", str(settings.serve_port), "--workers", str(settings.serve_workers)),
+    ]
+    env = stack_env(settings)
+    env["PATH"] = f"{Path(_ml_python()).parent}{os.pathsep}{env.get('PATH', '')}"  # it execs the env's uvicorn
+    entry = _start("serve", command, env)
+    deadline = time.monotonic() + timeout
+    while not _get_json(f"{settings.serve_url}/ping"):
+        if not _running({"serve": entry}):
+            _forget("serve")
+            raise StackError(f"mlflow models serve exited; its log ({entry['log']}) ends:\n{_tail(Path(entry['log']))}")
+        if time.monotonic() > deadline:
+            stop("serve")
+            raise StackError(f"the served model did not answer /ping in {timeout:.0f} s; log: {entry['log']}")
+        time.sleep(1)
+    print(f"champion served at {settings.serve_url}/invocations  (stop with make down)")
+    return {"serve_url": settings.serve_url, "pid": entry["pid"], "model_uri": model_uri}
+
+
+def _forget(name: str) -> None:
+    write_json(stack_dir() / "pids.json", {k: v for k, v in _recorded().items() if k != name})
+
+
+def stop(name: str, grace_seconds: float = 30.0) -> None:
+    """Stop one recorded process (its whole group) by PID: its clean-shutdown signal, then SIGKILL."""
+    import psutil
+
+    entry = _running(_recorded()).get(name)
+    if entry:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(entry["pid"], BACKING_SERVICES.get(name, signal.SIGTERM))
+        with contextlib.suppress(psutil.NoSuchProcess):
+            _, alive = psutil.wait_procs([psutil.Process(entry["pid"])], timeout=grace_seconds)
+            if alive:
+                os.killpg(entry["pid"], signal.SIGKILL)
+                psutil.wait_procs(alive, timeout=10)
+    _forget(name)
+
+
+def restart(name: str) -> dict:
+    """Stop one component by PID and start it again with the same command (Postgres, Redis, ...)."""
+    settings = running_settings()
+    env = stack_env(settings)
+    commands = {**_service_commands(settings), **_commands(settings)}
+    if name not in commands:
+        raise StackError(f"no component {name!r}; the stack has {', '.join(commands)}")
+    stop(name)
+    entry = _start(name, commands[name], _mlflow_server_env(settings, env) if name == "mlflow" else env)
+    keys = stack_secrets()
+    if name == "postgres":
+        services.wait_for_postgres(keys["postgres_password"], settings.host, settings.postgres_port)
+    elif name == "redis":
+        services.wait_for_redis(settings.host, settings.redis_port, keys["redis_password"])
+    return {"restarted": name, "pid": entry["pid"]}
+
+
+def _tree(pid: int) -> list:
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def memory_mb(running: dict) -> dict:
-    """Resident memory of each running component's process tree, in MB."""
+    """Memory of each running component's process tree, in MB, as proportional set size: a shared
+    page counts once over the processes sharing it (Postgres' shared buffers, forked workers)."""
     import psutil
 
     usage = {}
     for name, entry in running.items():
-        root = psutil.Process(entry["pid"])
         total = 0
-        for process in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += process.memory_info().rss
+        for process in _tree(entry["pid"]):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                total += process.memory_full_info().pss
         usage[name] = round(total / 2**20)
     return usage
 
 
+def listening_sockets(running: dict | None = None) -> list[dict]:
+    """Every TCP socket listening in a process the stack started (or one of its children)."""
+    import psutil
+
+    found = []
+    for name, entry in (running if running is not None else _running(_recorded())).items():
+        for process in _tree(entry["pid"]):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                for sock in process.net_connections(kind="inet"):
+                    if sock.status == psutil.CONN_LISTEN:
+                        address = {"ip": sock.laddr.ip, "port": sock.laddr.port}
+                        found.append({"component": name, "pid": process.pid, **address})
+    return found
+
+
 def status(settings: StackSettings | None = None) -> dict:
-    settings = settings or StackSettings.from_env()
+    settings = settings or running_settings()
     running = _running(_recorded())
     memory = memory_mb(running)
     return {
         "airflow_url": settings.airflow_url,
         "mlflow_url": settings.mlflow_url,
+        "serve_url": settings.serve_url,
+        "executor": EXECUTORS[settings.executor],
         "admin_user": settings.admin_user,
         "admin_password_file": str(password_file()),
-        "health": health(settings),
+        "secrets_file": str(secrets_file()),
+        "ports": settings.ports(),
+        "health": health(settings) if running else {},
         "pids": {name: entry["pid"] for name, entry in running.items()},
         "memory_mb": {**memory, "total": sum(memory.values())},
         "logs": str(stack_dir() / "logs"),
@@ -298,24 +563,29 @@ def status(settings: StackSettings | None = None) -> dict:
 
 
 def down(grace_seconds: float = 30.0) -> dict:
-    """SIGTERM each recorded process group, SIGKILL what is left after the grace period."""
+    """SIGTERM each recorded process group, SIGKILL what is left after the grace period; then
+    Redis and PostgreSQL (fast shutdown), once nothing talks to them."""
     import psutil
 
-    pids = _running(_recorded())
-    for entry in pids.values():
+    recorded = _running(_recorded())
+    first = {name: entry for name, entry in recorded.items() if name not in BACKING_SERVICES}
+    for entry in first.values():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(entry["pid"], signal.SIGTERM)
     processes = []
-    for entry in pids.values():
+    for entry in first.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             processes.append(psutil.Process(entry["pid"]))
     _, alive = psutil.wait_procs(processes, timeout=grace_seconds)
-    for entry in pids.values():  # the whole group: task processes a leader left behind too
+    for entry in first.values():  # the whole group: task processes a leader left behind too
         with contextlib.suppress(ProcessLookupError):
             os.killpg(entry["pid"], signal.SIGKILL)
     psutil.wait_procs(alive, timeout=10)  # SIGKILL is sent, not done: return once they are gone
+    for name in BACKING_SERVICES:
+        if name in recorded:
+            stop(name, grace_seconds)
     (stack_dir() / "pids.json").unlink(missing_ok=True)
     return {
-        "stopped": {name: entry["pid"] for name, entry in pids.items()},
+        "stopped": {name: entry["pid"] for name, entry in recorded.items()},
         "killed_after_grace": [process.pid for process in alive],
     }
