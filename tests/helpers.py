@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from mmsearch import config as C
@@ -22,6 +24,26 @@ def isolated_env(home: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
     env.update({"MMSEARCH_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), **extra})
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+STACK_PORTS = ("AIRFLOW", "MLFLOW", "POSTGRES", "REDIS", "LOG_SERVER", "SERVE")
+
+
+def stack_env(root: Path, **extra: str) -> dict:
+    """An isolated environment for `mmsearch stack`: a fresh home under `root` and a free port
+    for every server. `root` is made enterable by others: as root, PostgreSQL runs as `postgres`."""
+    for directory in [root, *root.parents]:
+        if directory == Path(tempfile.gettempdir()) or directory == Path("/"):
+            break
+        directory.chmod(directory.stat().st_mode | 0o001)
+    ports = {f"MMSEARCH_{name}_PORT": str(free_port()) for name in STACK_PORTS}
+    return isolated_env(root / "home", **ports, **extra)
 
 
 def small_config(**overrides) -> C.RunConfig:

@@ -160,6 +160,12 @@ def cmd_bench(args):
     return bench.main(sizes, e2e=not args.no_e2e, compare_compression=args.compression, repeat=args.repeat)
 
 
+def cmd_bench_stack(args):
+    from mmsearch.tools import bench_stack
+
+    return bench_stack.main(repeat=args.repeat)
+
+
 def cmd_stack(args):
     from mmsearch.tools import stack
 
@@ -313,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", action="store_true", help="also run the transform with GZIP output")
     p.add_argument("--repeat", type=int, default=1, help="runs of each stage and of the DAG; the median is reported")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("bench-stack", help="the server stack's figures: start-up, memory, Celery run, serving")
+    p.add_argument("--repeat", type=int, default=3, help="repeats of each timing; the median is reported")
+    p.set_defaults(func=cmd_bench_stack)
 
     p = sub.add_parser("stack", help="the local server stack: PostgreSQL, Airflow 3, MLflow (make up / down / serve)")
     p.add_argument("action", choices=["up", "down", "status", "serve", "restart"])

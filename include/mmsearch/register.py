@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mmsearch import config as C
+from mmsearch import tracking
 from mmsearch.io import RegistryError, write_json
 from mmsearch.tracking import CHALLENGER, CHAMPION
 
@@ -136,6 +137,8 @@ def _unreachable(error: BaseException) -> bool:
     if isinstance(error, requests.exceptions.RequestException | ConnectionError):
         return True
     text = str(error)
+    if tracking.credentials_refused(error):
+        return False  # retrying will not mend a password
     return isinstance(error, MlflowException) and ("API request to" in text or "Max retries exceeded" in text)
 
 
@@ -168,6 +171,8 @@ def run(
     try:
         registry = retrying(_register_once, model, scores, lineage, cfg, tags, out_dir)
     except Exception as error:
+        if tracking.credentials_refused(error):
+            raise RegistryError(f"{tracking.refusal_line(error)}; nothing was registered or promoted") from None
         if not _unreachable(error):
             raise
         raise RegistryError(
@@ -190,8 +195,6 @@ def run(
 
 def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, tags: dict, run_dir: Path) -> dict:
     from mlflow import MlflowClient
-
-    from mmsearch import tracking
 
     mlflow = tracking.setup(cfg)
     client = MlflowClient()

@@ -40,6 +40,21 @@ def setup(cfg: C.RunConfig):
     return mlflow
 
 
+def credentials_refused(error: BaseException) -> bool:
+    """MLflow's server answered 401 or 403: wrong or missing credentials, not an outage."""
+    text = str(error)
+    return "error code 401" in text or "error code 403" in text
+
+
+def refusal_line(error: BaseException) -> str:
+    code = "401" if "error code 401" in str(error) else "403"
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(none)"
+    return (
+        f"MLflow at {C.redact_uri(C.mlflow_tracking_uri())} refused the credentials of user {user} "
+        f"(HTTP {code}): check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    )
+
+
 def airflow_tags(tags: dict) -> dict:
     """MLflow run tags naming the Airflow DAG run (dag_id, run_id, logical_date)."""
     return {f"airflow.{k}": str(v) for k, v in tags.items() if v}

@@ -23,6 +23,7 @@ AIRFLOW_SERVICES = {
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
+    "airflow-worker",
 }
 SHARED_VOLUME, SHARED_PATH = "mmsearch-home", "/opt/mmsearch-home"
 ML_PYTHON = "/opt/ml-venv/bin/python"
@@ -57,13 +58,14 @@ def resolved() -> dict:
 
 
 def test_services_follow_airflows_official_layout(resolved):
-    assert set(resolved["services"]) == AIRFLOW_SERVICES | {"postgres", "mlflow"}
-    for name in AIRFLOW_SERVICES - {"airflow-init"} | {"postgres", "mlflow"}:
+    assert set(resolved["services"]) == AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "mlflow-serve"}
+    for name in AIRFLOW_SERVICES - {"airflow-init"} | {"postgres", "redis", "mlflow", "mlflow-serve"}:
         assert resolved["services"][name]["healthcheck"]["test"], name
     for name in AIRFLOW_SERVICES - {"airflow-init"}:
         depends = resolved["services"][name]["depends_on"]
         assert depends["airflow-init"]["condition"] == "service_completed_successfully"
         assert depends["postgres"]["condition"] == "service_healthy"
+        assert depends["redis"]["condition"] == "service_healthy"
         assert depends["mlflow"]["condition"] == "service_healthy"
     init_env = resolved["services"]["airflow-init"]["environment"]
     assert init_env["_AIRFLOW_DB_MIGRATE"] == "true" and init_env["_AIRFLOW_WWW_USER_CREATE"] == "true"
@@ -80,18 +82,32 @@ def test_every_airflow_service_shares_the_volume_and_the_ml_environment(resolved
         assert env["MMSEARCH_HOME"] == SHARED_PATH
         assert env["MMSEARCH_ML_PYTHON"] == ML_PYTHON
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:change-me-redis@redis:6379/0"
+        assert env["MLFLOW_TRACKING_USERNAME"] == "admin"
+        assert env["MLFLOW_TRACKING_PASSWORD"] == "change-me-mlflow-admin"
         assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/mmsearch/dags"
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     mlflow = resolved["services"]["mlflow"]
-    assert "--backend-store-uri=postgresql://mlflow:change-me-mlflow-db@postgres/mlflow" in mlflow["command"]
-    assert "--serve-artifacts" in mlflow["command"]
+    script = "\n".join(mlflow["command"])
+    assert "--app-name=basic-auth" in script and "--serve-artifacts" in script
+    assert '--backend-store-uri="postgresql+psycopg2://mlflow:$${MLFLOW_DB_PASSWORD}@postgres/mlflow"' in script
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == "change-me-mlflow-admin"
+    assert "--requirepass" in resolved["services"]["redis"]["command"]
+
+
+def test_the_champion_is_served_on_demand(resolved):
+    serve = resolved["services"]["mlflow-serve"]
+    assert serve["profiles"] == ["serve"]
+    assert "--model-uri=models:/mmsearch-esci@champion" in serve["command"]
+    assert "--env-manager=local" in serve["command"]
+    assert serve["environment"]["MLFLOW_TRACKING_USERNAME"] == "admin"
 
 
 def test_ports_are_bound_to_localhost_only(resolved):
     published = {name: service["ports"] for name, service in resolved["services"].items() if "ports" in service}
-    assert set(published) == {"airflow-apiserver", "mlflow"}
+    assert set(published) == {"airflow-apiserver", "mlflow", "mlflow-serve"}
     for ports in published.values():
         assert all(str(port).startswith("127.0.0.1:") for port in ports), ports
 

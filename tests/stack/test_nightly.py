@@ -17,20 +17,18 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from mmsearch import config as C
-from tests.helpers import REPO_ROOT, isolated_env
+from tests.helpers import REPO_ROOT, stack_env
 from tests.stack.test_stack import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     api_client,
-    free_port,
-    mmsearch,
+    running_stack,
     task_log,
     wait_for_run,
 )
@@ -44,13 +42,8 @@ FAST = {"epochs": 4, "steps_per_epoch": 40}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("nightly")
-    env = isolated_env(root / "home", MMSEARCH_AIRFLOW_PORT=str(free_port()), MMSEARCH_MLFLOW_PORT=str(free_port()))
-    status = mmsearch(env, "stack", "up")
-    try:
-        yield {"env": env, "status": status, "root": root}
-    finally:
-        mmsearch(env, "stack", "down")
-        assert not [pid for pid in status["pids"].values() if psutil.pid_exists(pid)]
+    with running_stack(stack_env(root)) as running:
+        yield {**running, "root": root}
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ triggers again with two fields edited and finds them in the run's conf. The runs
 through Airflow's REST API, the model through MLflow's; every process is stopped by PID at
 the end. Screenshots and figures go to test-artifacts/ for a person to look at."""
 
+import contextlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import REPO_ROOT, isolated_env
+from tests.helpers import REPO_ROOT, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -38,12 +39,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def mmsearch(env: dict, *args: str, timeout: float = 300) -> dict:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "mmsearch"), *args], env=env, capture_output=True, text=True, timeout=timeout
@@ -52,26 +47,41 @@ def mmsearch(env: dict, *args: str, timeout: float = 300) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stack")
-    env = isolated_env(
-        root / "home",
-        MMSEARCH_AIRFLOW_PORT=str(free_port()),
-        MMSEARCH_MLFLOW_PORT=str(free_port()),
-        # only the run this test triggers: unpausing would otherwise also start the latest nightly run
-        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
-    )
+@contextlib.contextmanager
+def running_stack(env: dict, *up_args: str):
+    """`mmsearch stack up` (timed), and at the end `mmsearch stack down`: every process the stack
+    started, and every child they had, must be gone."""
     started = time.monotonic()
-    status = mmsearch(env, "stack", "up")
+    status = mmsearch(env, "stack", "up", *up_args)
     status["startup_seconds"] = round(time.monotonic() - started, 1)
     try:
         yield {"env": env, "status": status}
     finally:
+        started_pids = set()
+        for pid in mmsearch(env, "stack", "status")["pids"].values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                started_pids |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
         stopped = mmsearch(env, "stack", "down")
-        assert set(stopped["stopped"]) == set(status["pids"])
-        leftovers = [pid for pid in status["pids"].values() if psutil.pid_exists(pid)]
+        assert set(status["pids"]) <= set(stopped["stopped"])
+        leftovers = [pid for pid in started_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
         assert not leftovers, f"processes still running after stack down: {leftovers}"
+
+
+def mlflow_credentials(status: dict) -> tuple[str, str]:
+    return "admin", json.loads(Path(status["secrets_file"]).read_text())["mlflow_admin_password"]
+
+
+def mlflow_client(status: dict) -> httpx.Client:
+    """MLflow's REST API with the stack's admin credentials (the server refuses anonymous requests)."""
+    return httpx.Client(base_url=f"{status['mlflow_url']}/api/2.0/mlflow", timeout=30, auth=mlflow_credentials(status))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    # only the run this test triggers: unpausing would otherwise also start the latest nightly run
+    env = stack_env(tmp_path_factory.mktemp("stack"), AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False")
+    with running_stack(env) as running:
+        yield running
 
 
 def api_client(status: dict) -> httpx.Client:
@@ -132,7 +142,12 @@ def page(stack, airflow_api):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # MLflow's UI asks for basic auth: the browser answers with the stack's MLflow admin
+        user_and_password = mlflow_credentials(stack["status"])
+        page = browser.new_page(
+            viewport={"width": 1400, "height": 1000},
+            http_credentials={"username": user_and_password[0], "password": user_and_password[1]},
+        )
         page.goto(f"{stack['status']['airflow_url']}/dags/{DAG_ID}")
         page.get_by_label(re.compile("username", re.I)).fill(user)
         page.get_by_label(re.compile("password", re.I)).fill(password)
@@ -224,7 +239,7 @@ def test_two_candidates_train_at_once_under_the_local_executor(airflow_api, defa
 
 
 def test_triggered_runs_register_their_models_in_the_mlflow_server(stack, default_run, edited_run):
-    mlflow = httpx.Client(base_url=f"{stack['status']['mlflow_url']}/api/2.0/mlflow", timeout=30)
+    mlflow = mlflow_client(stack["status"])
     versions = mlflow.get("/model-versions/search", params={"filter": f"name = '{MODEL}'"}).raise_for_status().json()
     by_run = {
         {t["key"]: t["value"] for t in v.get("tags", [])}.get("airflow_run_id"): v for v in versions["model_versions"]
@@ -305,7 +320,7 @@ def test_stack_up_refuses_a_taken_port_and_starts_nothing(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = isolated_env(tmp_path / "home", MMSEARCH_AIRFLOW_PORT=str(port), MMSEARCH_MLFLOW_PORT=str(free_port()))
+        env = {**stack_env(tmp_path), "MMSEARCH_AIRFLOW_PORT": str(port)}
         result = subprocess.run(
             [str(Path(sys.executable).parent / "mmsearch"), "stack", "up"],
             env=env,
@@ -315,7 +330,6 @@ def test_stack_up_refuses_a_taken_port_and_starts_nothing(tmp_path):
         )
     assert result.returncode == 3
     assert result.stderr.strip() == (
-        f"mmsearch stack: error: port {port} on 127.0.0.1 is in use; "
-        "set MMSEARCH_AIRFLOW_PORT / MMSEARCH_MLFLOW_PORT to free ports"
+        f"mmsearch stack: error: port {port} on 127.0.0.1 is in use; set MMSEARCH_AIRFLOW_PORT to a free port"
     )
     assert not (tmp_path / "home" / "stack" / "pids.json").exists()

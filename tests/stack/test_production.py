@@ -1,0 +1,272 @@
+"""The production path, for real: `mmsearch stack up --executor celery --workers 2` (what
+`make up EXECUTOR=celery WORKERS=2` runs) starts PostgreSQL, Redis, Airflow 3 with two Celery
+workers and an MLflow server behind basic auth; a person triggers the DAG from the Trigger form
+in the browser; `mmsearch stack serve` serves the champion; then the faults a team meets: a
+worker killed in the middle of `train`, PostgreSQL restarted during a run, Redis restarted
+between two tasks, and MLflow credentials that stop working before `register`. Every process is
+gone after `mmsearch stack down`. Figures go to test-artifacts/production-figures.json."""
+
+import json
+import os
+import re
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from tests.helpers import stack_env
+from tests.stack.test_stack import (
+    ARTIFACTS,
+    DAG_ID,
+    MODEL,
+    api_client,
+    mlflow_client,
+    mlflow_credentials,
+    mmsearch,
+    page,  # noqa: F401  (the logged-in browser, on this module's stack)
+    running_stack,
+    task_log,
+    task_states,
+    trigger_from_the_form,
+    wait_for_run,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+
+FAST = {"epochs": 4, "steps_per_epoch": 40}
+EMBEDDINGS = ("query_embedding", "product_text_embedding", "product_image_embedding")
+FIGURES: dict = {}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    # only the runs this test starts: no nightly run, no asset-triggered rerun
+    env = stack_env(tmp_path_factory.mktemp("production"), AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False")
+    with running_stack(env, "--executor", "celery", "--workers", "2") as running:
+        FIGURES["startup_seconds"] = running["status"]["startup_seconds"]
+        FIGURES["memory_mb_idle"] = running["status"]["memory_mb"]
+        yield running
+        FIGURES["memory_mb_after_runs"] = mmsearch(env, "stack", "status")["memory_mb"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "production-figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
+
+
+@pytest.fixture(scope="module")
+def airflow_api(stack):
+    with api_client(stack["status"]) as client:
+        yield client
+
+
+def trigger(api: httpx.Client, conf: dict) -> str:
+    run = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf}).raise_for_status().json()
+    return run["dag_run_id"]
+
+
+def wait_for_task(api: httpx.Client, run_id: str, task_id: str, states: set, timeout: float = 300) -> dict:
+    """The first task instance of `task_id` in one of `states`, polled twice a second."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").raise_for_status().json()
+        found = [ti for ti in listed["task_instances"] if ti["task_id"] == task_id and ti["state"] in states]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"{task_id} never reached {states}: {task_states(api, run_id)}")
+
+
+def mlflow_as(status: dict, auth: tuple | None = None) -> httpx.Client:
+    return httpx.Client(base_url=f"{status['mlflow_url']}/api/2.0/mlflow", auth=auth or mlflow_credentials(status))
+
+
+def versions_of(status: dict, run_id: str, auth: tuple | None = None) -> list[dict]:
+    """The model versions the DAG run `run_id` registered."""
+    with mlflow_as(status, auth) as mlflow:
+        found = mlflow.get("/model-versions/search", params={"filter": f"name = '{MODEL}'"}).raise_for_status()
+    tags = {v["version"]: {t["key"]: t["value"] for t in v["tags"]} for v in found.json()["model_versions"]}
+    return [v for v in found.json()["model_versions"] if tags[v["version"]].get("airflow_run_id") == run_id]
+
+
+def champion_version(status: dict, auth: tuple | None = None) -> str | None:
+    with mlflow_as(status, auth) as mlflow:
+        model = mlflow.get("/registered-models/get", params={"name": MODEL}).raise_for_status().json()
+    return {a["alias"]: a["version"] for a in model["registered_model"].get("aliases", [])}.get("champion")
+
+
+@pytest.fixture(scope="module")
+def form_run(stack, airflow_api, page):  # noqa: F811
+    """Trigger pressed in the browser with two fields edited; the run goes through Celery."""
+    airflow_api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
+    started = time.monotonic()
+    url = stack["status"]["airflow_url"]
+    run = trigger_from_the_form(page, url, airflow_api, {k: str(v) for k, v in FAST.items()}, "celery-trigger.png")
+    finished = wait_for_run(airflow_api, run["dag_run_id"])
+    assert finished["state"] == "success", task_states(airflow_api, run["dag_run_id"])
+    FIGURES["trigger_to_registered_seconds"] = round(time.monotonic() - started, 1)
+    return finished
+
+
+def test_every_port_listens_on_loopback_only(stack):
+    status = mmsearch(stack["env"], "stack", "status")
+    listening = status["listening"]
+    assert {s["ip"] for s in listening} == {"127.0.0.1"}, listening
+    assert {s["port"] for s in listening} == set(status["ports"].values()), (listening, status["ports"])
+    assert {"postgres", "redis", "worker-1", "worker-2", "log-server"} <= set(status["pids"])
+    assert set(status["health"].values()) == {"healthy"}, status["health"]
+
+
+def test_the_secrets_file_is_private_and_mlflow_refuses_anonymous_requests(stack):
+    status = stack["status"]
+    assert Path(status["secrets_file"]).stat().st_mode & 0o777 == 0o600
+    anonymous = httpx.get(f"{status['mlflow_url']}/api/2.0/mlflow/experiments/search", params={"max_results": 1})
+    assert anonymous.status_code == 401
+    with mlflow_client(status) as mlflow:
+        assert mlflow.get("/experiments/search", params={"max_results": 1}).status_code == 200
+
+
+def test_the_form_run_registers_through_celery_workers(stack, form_run):
+    assert form_run["conf"]["epochs"] == 4
+    assert len(versions_of(stack["status"], form_run["dag_run_id"])) == 1
+    logs = Path(stack["status"]["logs"])
+    for worker in ("worker-1", "worker-2"):  # both took tasks
+        assert "execute_workload" in (logs / f"{worker}.log").read_text(), worker
+
+
+def test_task_logs_hold_no_password(stack, form_run):
+    keys = json.loads(Path(stack["status"]["secrets_file"]).read_text())
+    logs = Path(stack["env"]["AIRFLOW_HOME"]) / "logs"
+    texts = [path.read_text(errors="replace") for path in logs.rglob("*.log")]
+    assert texts
+    for name in ("mlflow_admin_password", "postgres_password", "redis_password"):
+        assert not any(keys[name] in text for text in texts), name
+
+
+@pytest.fixture(scope="module")
+def served(stack, form_run):
+    result = mmsearch(stack["env"], "stack", "serve")
+    return result["serve_url"]
+
+
+def rows(n: int, width: int = 768, seed: int = 0) -> list:
+    vectors = np.random.default_rng(seed).standard_normal((n, len(EMBEDDINGS), width)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+    return vectors.tolist()
+
+
+def invoke(url: str, body: str | dict) -> httpx.Response:
+    content = body if isinstance(body, str) else json.dumps(body)
+    return httpx.post(f"{url}/invocations", content=content, headers={"Content-Type": "application/json"}, timeout=60)
+
+
+def test_the_served_champion_answers_labels_and_probabilities(served):
+    started = time.monotonic()
+    response = invoke(served, {"dataframe_split": {"columns": list(EMBEDDINGS), "data": rows(100)}})
+    assert response.status_code == 200, response.text[:500]
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 100
+    for prediction in predictions:
+        assert prediction["esci_label"] in {"E", "S", "C", "I"}
+        assert sum(prediction[f"p_{label}"] for label in "ESCI") == pytest.approx(1.0, abs=1e-4)
+    FIGURES["first_request_of_100_rows_seconds"] = round(time.monotonic() - started, 3)
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (
+            {"dataframe_split": {"columns": list(EMBEDDINGS), "data": rows(3, width=512)}},
+            r"column '\w+_embedding' must hold 768-long arrays; rows \[0, 1, 2\] hold \[512\]",
+        ),
+        (
+            {"dataframe_split": {"columns": list(EMBEDDINGS[:2]), "data": [r[:2] for r in rows(2)]}},
+            "product_image_embedding",
+        ),
+        ("{not json", r"Ensure that input is a valid JSON formatted string"),
+    ],
+    ids=["wrong-width", "missing-column", "not-json"],
+)
+def test_a_malformed_request_gets_a_4xx_naming_the_problem(served, body, expected):
+    response = invoke(served, body)
+    assert 400 <= response.status_code < 500, response.status_code
+    assert re.search(expected, response.json()["message"]), response.json()["message"][:1000]
+
+
+def test_a_worker_killed_in_train_is_replaced_by_the_other(stack, airflow_api, form_run):
+    run_id = trigger(airflow_api, {**FAST, "force_retrain": True})
+    running = wait_for_task(airflow_api, run_id, "model.train", {"running"})
+    workers = {name: pid for name, pid in mmsearch(stack["env"], "stack", "status")["pids"].items() if "worker" in name}
+    deadline = time.monotonic() + 30
+    while not running.get("pid") and time.monotonic() < deadline:  # the runner reports its PID on start
+        time.sleep(0.5)
+        running = wait_for_task(airflow_api, run_id, "model.train", {"running"})
+    victim = next(
+        name
+        for name, pid in workers.items()
+        if running["pid"] in {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    )
+    tree = [psutil.Process(workers[victim]), *psutil.Process(workers[victim]).children(recursive=True)]
+    for process in tree:  # the machine is gone: the worker and everything it ran
+        os.kill(process.pid, signal.SIGKILL)
+    finished = wait_for_run(airflow_api, run_id, timeout=900)
+    assert finished["state"] == "success", task_states(airflow_api, run_id)
+    listed = airflow_api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").raise_for_status().json()
+    retried = [ti for ti in listed["task_instances"] if ti["task_id"] == "model.train" and ti["try_number"] > 1]
+    assert [ti["map_index"] for ti in retried] == [running["map_index"]]
+    assert len(versions_of(stack["status"], run_id)) == 1  # no duplicate model version
+    FIGURES["worker_killed_run_seconds"] = round(
+        (datetime.fromisoformat(finished["end_date"]) - datetime.fromisoformat(finished["start_date"])).total_seconds()
+    )
+    mmsearch(stack["env"], "stack", "restart", victim)  # two workers again for the next tests
+
+
+def test_a_postgres_restart_during_a_run_loses_nothing(stack, airflow_api, form_run):
+    run_id = trigger(airflow_api, {**FAST, "force_retrain": True})
+    wait_for_task(airflow_api, run_id, "model.transform", {"running"})
+    before = mmsearch(stack["env"], "stack", "status")["pids"]["postgres"]
+    restarted = mmsearch(stack["env"], "stack", "restart", "postgres")
+    assert restarted["pid"] != before
+    finished = wait_for_run(airflow_api, run_id, timeout=900)
+    assert finished["state"] == "success", task_states(airflow_api, run_id)
+    states = task_states(airflow_api, run_id)
+    assert states["configure"] == "success" and states["model.register"] == "success"  # rows from before and after
+    assert len(versions_of(stack["status"], run_id)) == 1
+
+
+def test_a_redis_restart_between_two_tasks_does_not_stop_the_run(stack, airflow_api, form_run):
+    run_id = trigger(airflow_api, {**FAST, "force_retrain": True})
+    wait_for_task(airflow_api, run_id, "data.validate", {"success"})
+    mmsearch(stack["env"], "stack", "restart", "redis")
+    finished = wait_for_run(airflow_api, run_id, timeout=900)
+    assert finished["state"] == "success", task_states(airflow_api, run_id)
+
+
+def test_wrong_mlflow_credentials_fail_register_with_one_line_and_promote_nothing(stack, airflow_api, form_run):
+    status = stack["status"]
+    user, password = mlflow_credentials(status)
+    champion = champion_version(status)
+    run_id = trigger(airflow_api, {**FAST, "force_retrain": True})
+    wait_for_task(airflow_api, run_id, "model.evaluate", {"running"})
+    airflow_api.patch(f"/dags/{DAG_ID}", json={"is_paused": True}).raise_for_status()  # hold register back
+    wait_for_task(airflow_api, run_id, "model.evaluate", {"success"})
+    rotated = password + "-rotated"
+    with mlflow_client(status) as mlflow:  # the admin changes the password the workers still use
+        mlflow.patch("/users/update-password", json={"username": user, "password": rotated}).raise_for_status()
+    try:
+        airflow_api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
+        finished = wait_for_run(airflow_api, run_id, timeout=600)
+        assert finished["state"] == "failed"
+        assert task_states(airflow_api, run_id)["model.register"] == "failed"
+        log = task_log(airflow_api, run_id, "model.register")
+        refusals = re.findall(
+            r"RegistryError: (MLflow at \S+ refused the credentials of user admin \(HTTP 401\).*)", log
+        )
+        assert refusals and "nothing was registered or promoted" in refusals[0], log[-3000:]
+        assert champion_version(status, (user, rotated)) == champion
+        assert versions_of(status, run_id, (user, rotated)) == []
+    finally:
+        with mlflow_as(status, (user, rotated)) as mlflow:
+            mlflow.patch("/users/update-password", json={"username": user, "password": password}).raise_for_status()
