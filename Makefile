@@ -23,7 +23,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(AIRFLOW_BIN):$(PATH)
 
-.PHONY: help envs system-deps run up serve down status lint test bench lock clean distclean sample-data real-data
+.PHONY: help envs system-deps run up serve down status lint test bench bench-stack lock clean distclean sample-data real-data
 
 help:
 	@echo "make run         set up, pull the sample through DVC, run the DAG once (airflow dags test)"
@@ -35,6 +35,7 @@ help:
 	@echo "make test        set up and run the linter and the test suite"
 	@echo "make lint        ruff check and ruff format --check"
 	@echo "make bench       measure every stage at 10k, 50k and 182k pairs (BENCH_ARGS=--full adds 1.1M)"
+	@echo "make bench-stack the server stack's figures: make up time, idle memory, a Celery run, serving"
 	@echo "make lock        re-resolve requirements*.txt from requirements*.in"
 	@echo "make real-data   import the public ESCI/SQID files into data/raw with DVC (MIRROR=url: a mirror)"
 	@echo "make sample-data regenerate the bundled sample and push it to the bundled DVC remote"
@@ -127,6 +128,11 @@ bench: envs
 MIRROR ?=
 real-data: envs
 	$(AIRFLOW_BIN)/mmsearch real-data $(if $(MIRROR),--base-url $(MIRROR))
+
+# The server stack's figures (start-up, idle memory, a Celery run, the served champion's latency
+# and throughput): a benchmark on real processes, in a temporary home with free ports.
+bench-stack: envs system-deps
+	$(AIRFLOW_BIN)/mmsearch bench-stack
 
 sample-data: envs
 	$(AIRFLOW_BIN)/mmsearch sample-data --out data/raw

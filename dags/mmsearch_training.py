@@ -40,11 +40,12 @@ the query, the product's text and its image.
 
 `configure` → `pull_data` (DVC pull, or `dvc update` of imported files) → `check_changes`
 (the data, code and settings' fingerprint against the registered versions': nothing new skips
-the rest) → `validate` → `merge` → `drift` (against the champion's data; Evidently report in
-MLflow) → `transform` (TensorFlow Transform on Beam) → `train` (one mapped task per candidate,
-nested MLflow runs) and `baselines` → `select` (validation macro-F1) → `evaluate` (test split,
-beside the baselines and the champion) → `register` (MLflow registry; the gate moves
-`champion`) → `announce` (the champion asset, when it moved) → `clean_old_runs`.
+the rest) → `validate` → `merge` → `drift` (against the champion's data; a report in MLflow)
+beside `transform` (TensorFlow Transform on Beam) → `train` (one mapped task per candidate,
+nested MLflow runs) and `baselines`, once drift is within `drift_threshold` → `select`
+(validation macro-F1) → `evaluate` (test split, beside the baselines and the champion) →
+`register` (MLflow registry; the gate moves `champion`) → `announce` (the champion asset, when it
+moved) → `clean_old_runs`.
 
 Runs nightly at 02:00 UTC, or when the raw-data asset is updated.
 
@@ -189,7 +190,7 @@ def merge(lineage: dict, settings: dict) -> dict:
 @task.external_python(**ML_ENV, retries=0, execution_timeout=timedelta(minutes=30))
 def drift(merged: dict, settings: dict) -> dict:
     """This run's data against the champion's training data: label shares and each modality's
-    embeddings (Evidently). The report goes to MLflow; above `drift_threshold`, the run fails here."""
+    embeddings. The report goes to MLflow; above `drift_threshold`, the run fails here, before training."""
     from pathlib import Path
 
     from mmsearch import drift as stage
@@ -364,8 +365,7 @@ def mmsearch_training():
         proceed >> report >> merged
         drifted = drift(merged, settings)
     with TaskGroup("model", tooltip="TensorFlow Transform, candidates, baselines, evaluation, MLflow registry"):
-        transformed = transform(merged, settings)
-        drifted >> transformed  # too much drift fails the run before training
+        transformed = transform(merged, settings)  # beside drift: neither waits for the other
         planned = candidates(settings)
         report >> planned  # no MLflow run for data that failed validation
         # a mapped task takes its docs from its operator arguments, not from its docstring
@@ -375,6 +375,7 @@ def mmsearch_training():
             .expand(candidate=planned)
         )
         fitted = baselines(transformed, planned, settings)
+        drifted >> [trained, fitted]  # too much drift fails the run before any training
         model = select(trained, settings)
         scores = evaluate(model, fitted, merged, settings)
         registry = register(model, scores, lineage, settings)

@@ -35,14 +35,14 @@ def free_port() -> int:
 STACK_PORTS = ("AIRFLOW", "MLFLOW", "POSTGRES", "REDIS", "LOG_SERVER", "SERVE")
 
 
-def stack_env(root: Path, **extra: str) -> dict:
-    """An isolated environment for `mmsearch stack`: a fresh home under `root` and a free port
-    for every server. `root` is made enterable by others: as root, PostgreSQL runs as `postgres`."""
-    for directory in [root, *root.parents]:
-        if directory == Path(tempfile.gettempdir()) or directory == Path("/"):
-            break
-        directory.chmod(directory.stat().st_mode | 0o001)
-    ports = {f"MMSEARCH_{name}_PORT": str(free_port()) for name in STACK_PORTS}
+def stack_env(name: str, **extra: str) -> dict:
+    """An isolated environment for `mmsearch stack`: a fresh home and a free port for every
+    server. The home is not under pytest's base directory: as root, PostgreSQL runs as the
+    `postgres` user, which must enter it, and each pytest session makes that directory 0700 again.
+    The caller removes `MMSEARCH_HOME`'s parent (`running_stack` does)."""
+    root = Path(tempfile.mkdtemp(prefix=f"mmsearch-test-{name}-"))
+    root.chmod(0o711)
+    ports = {f"MMSEARCH_{port}_PORT": str(free_port()) for port in STACK_PORTS}
     return isolated_env(root / "home", **ports, **extra)
 
 

@@ -355,7 +355,8 @@ def test_drift_beyond_the_threshold_fails_before_training(stack, first_run, tmp_
     failures = json.loads((stack["home"] / "failures" / f"{C.run_dir_for(run_id).name}.json").read_text())["failed"]
     assert [f["task_id"] for f in failures] == ["data.drift"]
     assert "exceeds drift_threshold 0.7 against champion v" in failures[0]["reason"]
-    assert "[DAG TEST] starting task_id=model.transform" not in log
+    assert "[DAG TEST] starting task_id=model.train" not in log
+    assert "[DAG TEST] starting task_id=model.baselines" not in log
     assert registry_state(stack) == before
 
 

@@ -40,10 +40,10 @@ FAST = {"epochs": 4, "steps_per_epoch": 40}
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nightly")
-    with running_stack(stack_env(root)) as running:
-        yield {**running, "root": root}
+def stack():
+    env = stack_env("nightly")
+    with running_stack(env) as running:
+        yield {**running, "root": Path(env["MMSEARCH_HOME"]).parent}
 
 
 @pytest.fixture(scope="module")

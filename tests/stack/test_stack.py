@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -65,6 +66,7 @@ def running_stack(env: dict, *up_args: str):
         assert set(status["pids"]) <= set(stopped["stopped"])
         leftovers = [pid for pid in started_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
         assert not leftovers, f"processes still running after stack down: {leftovers}"
+        shutil.rmtree(Path(env["MMSEARCH_HOME"]).parent, ignore_errors=True)
 
 
 def mlflow_credentials(status: dict) -> tuple[str, str]:
@@ -77,9 +79,9 @@ def mlflow_client(status: dict) -> httpx.Client:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack():
     # only the run this test triggers: unpausing would otherwise also start the latest nightly run
-    env = stack_env(tmp_path_factory.mktemp("stack"), AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False")
+    env = stack_env("stack", AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False")
     with running_stack(env) as running:
         yield running
 
@@ -315,12 +317,12 @@ def test_stack_figures_are_recorded(stack, default_run, edited_run):
     assert status["memory_mb"]["total"] > 0
 
 
-def test_stack_up_refuses_a_taken_port_and_starts_nothing(tmp_path):
+def test_stack_up_refuses_a_taken_port_and_starts_nothing():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**stack_env(tmp_path), "MMSEARCH_AIRFLOW_PORT": str(port)}
+        env = {**stack_env("taken-port"), "MMSEARCH_AIRFLOW_PORT": str(port)}
         result = subprocess.run(
             [str(Path(sys.executable).parent / "mmsearch"), "stack", "up"],
             env=env,
@@ -332,4 +334,5 @@ def test_stack_up_refuses_a_taken_port_and_starts_nothing(tmp_path):
     assert result.stderr.strip() == (
         f"mmsearch stack: error: port {port} on 127.0.0.1 is in use; set MMSEARCH_AIRFLOW_PORT to a free port"
     )
-    assert not (tmp_path / "home" / "stack" / "pids.json").exists()
+    assert not (Path(env["MMSEARCH_HOME"]) / "stack" / "pids.json").exists()
+    shutil.rmtree(Path(env["MMSEARCH_HOME"]).parent)
