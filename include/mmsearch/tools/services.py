@@ -26,6 +26,15 @@ class ServiceError(RuntimeError):
     """PostgreSQL or Redis could not be set up or reached."""
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, from its first byte (not written, then chmod-ed)."""
+    tmp = path.parent / f".tmp-{path.name}"
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
 def pg_bindir() -> Path:
     """Debian's PostgreSQL binaries (MMSEARCH_PG_BINDIR overrides), newest major version first."""
     if os.environ.get("MMSEARCH_PG_BINDIR"):
@@ -158,11 +167,11 @@ def write_redis_config(stack_dir: Path, host: str, port: int, password: str) -> 
     data = stack_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
     config = stack_dir / "redis.conf"
-    config.write_text(
+    write_private(
+        config,
         f"bind {host}\nport {port}\nrequirepass {password}\nprotected-mode yes\ndir {data}\n"
-        'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
+        'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n',
     )
-    config.chmod(0o600)
     return config
 
 

@@ -130,8 +130,8 @@ def stack_secrets() -> dict:
     missing = [name for name in SECRET_NAMES if name not in known]
     if missing:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {**known, **{name: secrets.token_urlsafe(24) for name in missing}})
-    path.chmod(0o600)
+        made = {**known, **{name: secrets.token_urlsafe(24) for name in missing}}
+        services.write_private(path, json.dumps(made, indent=2, sort_keys=True) + "\n")
     return read_json(path)
 
 
@@ -203,16 +203,16 @@ def _mlflow_server_env(settings: StackSettings, env: dict) -> dict:
     keys = stack_secrets()
     server = services.postgres_url(keys["postgres_password"], settings.host, settings.postgres_port, "", "psycopg2")
     auth_config = stack_dir() / "mlflow-auth.ini"
-    auth_config.write_text(
+    services.write_private(
+        auth_config,
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = {server}mlflow_auth\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         # a checked password is cached for 5 minutes: each check is a PBKDF2 hash, and training
         # sends hundreds of requests (measured: the server took more CPU than the training)
-        "auth_cache_ttl_seconds = 300\n"
+        "auth_cache_ttl_seconds = 300\n",
     )
-    auth_config.chmod(0o600)
     return {
         **env,
         "MLFLOW_BACKEND_STORE_URI": f"{server}mlflow",
@@ -570,7 +570,7 @@ def status(settings: StackSettings | None = None) -> dict:
         "admin_user": settings.admin_user,
         "admin_password_file": str(password_file()),
         "secrets_file": str(secrets_file()),
-        "ports": settings.ports(),
+        "ports": {**settings.ports(), **({"MMSEARCH_SERVE_PORT": settings.serve_port} if "serve" in running else {})},
         "health": health(settings) if running else {},
         "pids": {name: entry["pid"] for name, entry in running.items()},
         "listening": listening_sockets(running),
