@@ -63,14 +63,17 @@ PARAMS = {field.name: Param(C.param_default(field), **C.param_schema(field)) for
 
 def _mask_credentials(context) -> None:
     """Mask credentials in every task's log, the ML tasks' relayed output included."""
+    from urllib.parse import urlsplit
+
     from airflow.sdk.log import mask_secret
 
     for name in C.SECRET_ENV_VARS:
         if os.environ.get(name):
             mask_secret(os.environ[name], name)
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if uri and C.redact_uri(uri) != uri:
-        mask_secret(uri, "MLFLOW_TRACKING_URI")
+    for name in C.SECRET_URL_ENV_VARS:
+        password = urlsplit(os.environ.get(name, "")).password
+        if password:
+            mask_secret(password, name)
 
 
 def _record_failure(context) -> None:

@@ -73,6 +73,13 @@ SECRET_ENV_VARS = (
     "AZURE_STORAGE_KEY",
     "AZURE_STORAGE_CONNECTION_STRING",
 )
+# URLs that carry a password (the server stack sets them): the password is masked.
+SECRET_URL_ENV_VARS = (
+    "MLFLOW_TRACKING_URI",
+    "MMSEARCH_AIRFLOW_DB_URL",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+)
 
 
 def mlflow_artifact_root() -> str:
