@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from mmsearch import config as C
+from mmsearch.tools import stack
 from mmsearch.tools.sample_data import SampleSpec, generate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,15 +27,6 @@ def isolated_env(home: Path, **extra: str) -> dict:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-STACK_PORTS = ("AIRFLOW", "MLFLOW", "POSTGRES", "REDIS", "LOG_SERVER", "SERVE")
-
-
 def stack_env(name: str, **extra: str) -> dict:
     """An isolated environment for `mmsearch stack`: a fresh home and a free port for every
     server. The home is not under pytest's base directory: as root, PostgreSQL runs as the
@@ -42,8 +34,7 @@ def stack_env(name: str, **extra: str) -> dict:
     The caller removes `MMSEARCH_HOME`'s parent (`running_stack` does)."""
     root = Path(tempfile.mkdtemp(prefix=f"mmsearch-test-{name}-"))
     root.chmod(0o711)
-    ports = {f"MMSEARCH_{port}_PORT": str(free_port()) for port in STACK_PORTS}
-    return isolated_env(root / "home", **ports, **extra)
+    return isolated_env(root / "home", **stack.free_port_env(), **extra)
 
 
 def small_config(**overrides) -> C.RunConfig:
@@ -82,7 +73,6 @@ class MirrorServer:
     def __init__(self, root: Path):
         import http.server
         import select
-        import socket
         import threading
 
         server = self

@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 
+from mmsearch.tools.stack import airflow_api as logged_in_airflow_api
 from tests.helpers import REPO_ROOT, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -88,15 +89,8 @@ def stack():
 
 def api_client(status: dict) -> httpx.Client:
     """Airflow's REST API, logged in as the stack's admin (its credentials kept on the client)."""
+    client = logged_in_airflow_api(status)
     password = json.loads(Path(status["admin_password_file"]).read_text())[status["admin_user"]]
-    token = httpx.post(
-        f"{status['airflow_url']}/auth/token", json={"username": status["admin_user"], "password": password}
-    ).raise_for_status()
-    client = httpx.Client(
-        base_url=f"{status['airflow_url']}/api/v2",
-        timeout=30,
-        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
-    )
     client.credentials = (status["admin_user"], password)
     return client
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsearch import config as C
+from mmsearch.tools import stack
 
 EMBEDDINGS = ("query_embedding", "product_text_embedding", "product_image_embedding")
 FAST = {"epochs": 4, "steps_per_epoch": 40}
@@ -76,12 +76,6 @@ def in_process_rows_per_second(model_uri: str, rows: int, seed: int, repeat: int
     return rates
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _mmsearch(env: dict, *args: str) -> dict:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "mmsearch"), *args], env=env, capture_output=True, text=True, timeout=900
@@ -101,14 +95,10 @@ def _bench_env(root: Path) -> dict:
     root.chmod(0o711)  # as root, PostgreSQL runs as `postgres` and must enter the home
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
     home = root / "home"
-    ports = {
-        f"MMSEARCH_{n}_PORT": str(_free_port())
-        for n in ("AIRFLOW", "MLFLOW", "POSTGRES", "REDIS", "LOG_SERVER", "SERVE")
-    }
     # no nightly run and no asset-triggered rerun: only the run the bench triggers
     return {
         **env,
-        **ports,
+        **stack.free_port_env(),
         "MMSEARCH_HOME": str(home),
         "AIRFLOW_HOME": str(home / "airflow"),
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
@@ -126,12 +116,7 @@ def trigger_to_registered(api, run_id: str) -> float:
 
 
 def _run_to_registered(status: dict) -> float:
-    import httpx
-
-    password = json.loads(Path(status["admin_password_file"]).read_text())[status["admin_user"]]
-    token = httpx.post(f"{status['airflow_url']}/auth/token", json={"username": "admin", "password": password})
-    headers = {"Authorization": f"Bearer {token.raise_for_status().json()['access_token']}"}
-    with httpx.Client(base_url=f"{status['airflow_url']}/api/v2", headers=headers, timeout=30) as api:
+    with stack.airflow_api(status) as api:
         api.patch("/dags/mmsearch_training", json={"is_paused": False}).raise_for_status()
         run = api.post("/dags/mmsearch_training/dagRuns", json={"logical_date": None, "conf": FAST}).raise_for_status()
         run_id = run.json()["dag_run_id"]

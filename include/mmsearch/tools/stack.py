@@ -34,6 +34,10 @@ HEALTHY = "healthy"
 REGISTERED_MODEL = "mmsearch-esci"
 
 
+# every port the stack can listen on: StackSettings.<name>_port, moved by MMSEARCH_<NAME>_PORT
+PORT_NAMES = ("airflow", "mlflow", "postgres", "redis", "log_server", "serve")
+
+
 class StackError(RuntimeError):
     """The stack could not start (port taken, a process died, health never came)."""
 
@@ -61,8 +65,8 @@ class StackSettings:
         `overrides` (the CLI's) win."""
         env = os.environ
         values = {
-            name: int(env.get(f"MMSEARCH_{name.upper()}", getattr(cls, name)))
-            for name in ("airflow_port", "mlflow_port", "postgres_port", "redis_port", "log_server_port", "serve_port")
+            f"{name}_port": int(env.get(f"MMSEARCH_{name.upper()}_PORT", getattr(cls, f"{name}_port")))
+            for name in PORT_NAMES
         }
         values["executor"] = env.get("MMSEARCH_EXECUTOR", cls.executor)
         values["workers"] = int(env.get("MMSEARCH_WORKERS", cls.workers))
@@ -278,6 +282,33 @@ def _service_commands(settings: StackSettings) -> dict[str, list[str]]:
         )
         commands["redis"] = [services.redis_binary(), str(config)]
     return commands
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the OS picks it), on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_env() -> dict[str, str]:
+    """MMSEARCH_<NAME>_PORT for every port of the stack, each a free one: a second stack beside the first."""
+    return {f"MMSEARCH_{name.upper()}_PORT": str(free_port()) for name in PORT_NAMES}
+
+
+def airflow_api(status: dict):
+    """An httpx client on Airflow's REST API, logged in as the stack's admin (`status` as `status()` returns it)."""
+    import httpx
+
+    password = json.loads(Path(status["admin_password_file"]).read_text())[status["admin_user"]]
+    token = httpx.post(
+        f"{status['airflow_url']}/auth/token", json={"username": status["admin_user"], "password": password}
+    ).raise_for_status()
+    return httpx.Client(
+        base_url=f"{status['airflow_url']}/api/v2",
+        timeout=30,
+        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+    )
 
 
 def _port_free(host: str, port: int) -> bool:
