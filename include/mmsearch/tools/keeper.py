@@ -38,7 +38,7 @@ def keep(name: str, command: list[str]) -> int:
         if stopping:
             return code
         quick_exits = 0 if time.monotonic() - started > STABLE_SECONDS else quick_exits + 1
-        delay = BACKOFF_SECONDS[min(quick_exits, len(BACKOFF_SECONDS)) - 1] if quick_exits else BACKOFF_SECONDS[0]
+        delay = BACKOFF_SECONDS[min(max(quick_exits, 1), len(BACKOFF_SECONDS)) - 1]  # n-th quick exit in a row
         print(f"keeper: {name} exited with {code}; starting it again in {delay} s", file=sys.stderr, flush=True)
         time.sleep(delay)
         if stopping:

@@ -14,7 +14,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 # Airflow's metadata, MLflow's tracking store, MLflow's users and permissions
@@ -137,21 +136,34 @@ def postgres_url(password: str, host: str, port: int, database: str, driver: str
     return f"{scheme}://{DB_USER}:{password}@{host}:{port}/{database}"
 
 
+def _until_up(timeout: float, interval: float, errors: type[Exception]):
+    """Call again on `errors` every `interval` s until `timeout` s have passed, then raise the last one."""
+    import tenacity
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_fixed(interval),
+        retry=tenacity.retry_if_exception_type(errors),
+        reraise=True,
+    )
+
+
 def wait_for_postgres(password: str, host: str, port: int, timeout: float = 60.0) -> None:
     """Connect until the server accepts connections; create the stack's databases if missing."""
     import psycopg2
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            connection = psycopg2.connect(
-                host=host, port=port, user=DB_USER, password=password, dbname="postgres", connect_timeout=3
-            )
-            break
-        except psycopg2.OperationalError as error:
-            if time.monotonic() > deadline:
-                raise ServiceError(f"PostgreSQL on {host}:{port} not accepting connections: {error}") from None
-            time.sleep(0.3)
+    try:
+        connection = _until_up(timeout, 0.3, psycopg2.OperationalError)(
+            psycopg2.connect,
+            host=host,
+            port=port,
+            user=DB_USER,
+            password=password,
+            dbname="postgres",
+            connect_timeout=3,
+        )
+    except psycopg2.OperationalError as error:
+        raise ServiceError(f"PostgreSQL on {host}:{port} not accepting connections: {error}") from None
     connection.autocommit = True
     with connection.cursor() as cursor:
         cursor.execute("SELECT datname FROM pg_database")
@@ -179,14 +191,7 @@ def wait_for_redis(host: str, port: int, password: str, timeout: float = 30.0) -
     import redis
 
     client = redis.Redis(host=host, port=port, password=password, socket_connect_timeout=2)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.ping()
-            return
-        except redis.exceptions.BusyLoadingError:
-            pass
-        except redis.exceptions.ConnectionError as error:
-            if time.monotonic() > deadline:
-                raise ServiceError(f"Redis on {host}:{port} not answering: {error}") from None
-        time.sleep(0.2)
+    try:  # ConnectionError covers BusyLoadingError: Redis still reading its append-only file
+        _until_up(timeout, 0.2, redis.exceptions.ConnectionError)(client.ping)
+    except redis.exceptions.ConnectionError as error:
+        raise ServiceError(f"Redis on {host}:{port} not answering: {error}") from None

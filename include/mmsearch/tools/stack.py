@@ -401,15 +401,28 @@ def _start(name: str, command: list[str], env: dict) -> dict:
     return entry
 
 
+def _launch(name: str, command: list[str], settings: StackSettings, env: dict) -> dict:
+    """Start one component with its environment (the MLflow server's carries its own settings)."""
+    return _start(name, command, _mlflow_server_env(settings, env) if name == "mlflow" else env)
+
+
+def _wait_ready(name: str, settings: StackSettings) -> None:
+    """Block until a database accepts connections; the other components report through `health`."""
+    keys = stack_secrets()
+    if name == "postgres":
+        services.wait_for_postgres(keys["postgres_password"], settings.host, settings.postgres_port)
+    elif name == "redis":
+        services.wait_for_redis(settings.host, settings.redis_port, keys["redis_password"])
+
+
 def _start_services(settings: StackSettings, env: dict) -> None:
     """PostgreSQL (initialised on first use, its databases created) and, for Celery, Redis."""
-    keys = stack_secrets()
-    services.init_postgres(stack_dir(), keys["postgres_password"])
-    for name, command in _service_commands(settings).items():
-        _start(name, command, env)
-    services.wait_for_postgres(keys["postgres_password"], settings.host, settings.postgres_port)
-    if settings.executor == "celery":
-        services.wait_for_redis(settings.host, settings.redis_port, keys["redis_password"])
+    services.init_postgres(stack_dir(), stack_secrets()["postgres_password"])
+    started = _service_commands(settings)
+    for name, command in started.items():
+        _launch(name, command, settings, env)
+    for name in started:
+        _wait_ready(name, settings)
 
 
 def _check_free(host: str, port: int, variable: str) -> None:
@@ -458,7 +471,7 @@ def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
         write_json(password_file(), {settings.admin_user: settings.admin_password})
         password_file().chmod(0o600)
     for name, command in _commands(settings).items():
-        _start(name, _kept(name, command), _mlflow_server_env(settings, env) if name == "mlflow" else env)
+        _launch(name, _kept(name, command), settings, env)
     _wait_healthy(settings, env, timeout)
     workers = f" with {settings.workers} Celery workers" if settings.executor == "celery" else ""
     # the CLI sends this to stderr: stdout carries only the JSON status
@@ -539,12 +552,8 @@ def restart(name: str) -> dict:
     if name not in commands:
         raise StackError(f"no component {name!r}; the stack has {', '.join(commands)}, serve")
     stop(name)
-    entry = _start(name, commands[name], _mlflow_server_env(settings, env) if name == "mlflow" else env)
-    keys = stack_secrets()
-    if name == "postgres":
-        services.wait_for_postgres(keys["postgres_password"], settings.host, settings.postgres_port)
-    elif name == "redis":
-        services.wait_for_redis(settings.host, settings.redis_port, keys["redis_password"])
+    entry = _launch(name, commands[name], settings, env)
+    _wait_ready(name, settings)
     return {"restarted": name, "pid": entry["pid"]}
 
 
