@@ -66,7 +66,7 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, parent_run_id: str
         result["clip_logistic"] = str(Path(out_dir) / "clip_logistic.json")
         log.info("fitted the CLIP baseline's logistic regression on %d train rows", len(labels))
     if cfg.feature_set == "query_product" and cfg.train_query_baseline:
-        M.keras()
+        M.make_deterministic(cfg.seed)
         mlflow = tracking.setup(cfg)
         tracking.end_abandoned_runs(mlflow, cfg, (tags or {}).get("run_id", ""), run_name="baseline-query")
         with mlflow.start_run(

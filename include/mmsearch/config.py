@@ -259,9 +259,26 @@ class RunConfig:
     experiment_name: str = setting("mmsearch-esci", "MLflow experiment.", "Registry", fingerprint=False)
     promotion_metric: str = setting(
         "macro_f1",
-        "Test metric a new version must beat every baseline and the champion on to become champion.",
+        "Test metric of the gate: a new version becomes champion if no baseline is significantly better on it "
+        "and it is significantly better than the champion (95 % intervals, paired bootstrap over test queries).",
         "Registry",
         choices=("macro_f1", "micro_f1", "accuracy", "ndcg"),
+    )
+    min_improvement: float = setting(
+        0.0,
+        "A challenger replaces the champion only if the lower 95 % bound of its promotion_metric's difference "
+        "from the champion (a paired bootstrap over test queries) is above this.",
+        "Registry",
+        fingerprint=False,
+        minimum=0,
+        maximum=1,
+    )
+    bootstrap_resamples: int = setting(
+        1000,
+        "Resamples of the test split's query groups behind every interval and the gate.",
+        "Registry",
+        fingerprint=False,
+        minimum=1000,
     )
     registry_attempts: int = setting(
         3,

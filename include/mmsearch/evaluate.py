@@ -7,8 +7,9 @@ rule included). Baselines: the train split's majority label; the training-free C
 baseline (ranking by the query-product cosines, labels from a logistic regression on them);
 the original design's query model. Metrics: accuracy, micro/macro F1, per-class precision,
 recall and F1, the confusion matrix, mean nDCG over queries with the ESCI gains, and the
-expected calibration error; figures: confusion matrices, a reliability diagram,
-per-class precision-recall curves.
+expected calibration error; a paired bootstrap over the test query groups gives each headline
+metric's 95 % interval and the model's difference from every other scorer with its interval;
+figures: confusion matrices, a reliability diagram, per-class precision-recall curves.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from mmsearch import config as C
 from mmsearch import features as F
 from mmsearch.io import atomic_dir, read_json, write_json
-from mmsearch.metrics import classification_metrics, headline
+from mmsearch.metrics import GAIN_BY_ID, bootstrap, classification_metrics, headline, intervals
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,21 @@ def _mlflow_metrics(results: dict) -> dict:
     return flat
 
 
+def _interval_metrics(uncertainty: dict) -> dict:
+    """The model's headline metrics' 95 % bounds (`test/<metric>_ci_low`, `_ci_high`), and its
+    difference from each baseline and the champion with the bounds of that difference."""
+    flat = {}
+    for metric, (low, high) in uncertainty["intervals"][MODEL].items():
+        flat.update({f"test/{metric}_ci_low": low, f"test/{metric}_ci_high": high})
+    for name, metrics in uncertainty["differences"].items():
+        for metric, found in metrics.items():
+            prefix = f"test_model_minus_{name}/{metric}"
+            flat.update(
+                {prefix: found["difference"], f"{prefix}_ci_low": found["low"], f"{prefix}_ci_high": found["high"]}
+            )
+    return {name: value for name, value in flat.items() if np.isfinite(value)}
+
+
 def _figures(results: dict, scored: dict, out: Path, feature_set: str) -> None:
     from mmsearch.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability
 
@@ -141,18 +157,22 @@ def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.Ru
     scorers, champion = _scorers(model, baselines, cfg, available)
     scored = score_test_split(merged_dir, scorers)
     labels, query_ids = scored["labels"], scored["query_ids"]
-    results = {}
-    for name in scorers:
-        probabilities, served, *ranking = scored[name]
-        results[name] = classification_metrics(labels, probabilities, query_ids, served, *ranking)
-    results["baseline_majority"] = classification_metrics(
-        labels, _majority(baselines["majority_label"], len(labels)), query_ids
-    )
+    results, served_and_ranked = {}, {}
+    scored["baseline_majority"] = (_majority(baselines["majority_label"], len(labels)),)
+    for name in [*scorers, "baseline_majority"]:
+        probabilities, *rest = scored[name]
+        served = rest[0] if rest else probabilities.argmax(axis=1)
+        ranking = rest[1] if len(rest) > 1 else probabilities @ GAIN_BY_ID
+        results[name] = classification_metrics(labels, probabilities, query_ids, served, ranking)
+        served_and_ranked[name] = (served, ranking)
+    resampled = bootstrap(labels, query_ids, served_and_ranked, cfg.bootstrap_resamples, cfg.seed)
+    uncertainty = intervals({name: headline(m) for name, m in results.items()}, resampled, reference=MODEL)
     feature_set = model["feature_set"]
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", {"test_rows": len(labels), "champion": champion, **results})
+        write_json(tmp / "intervals.json", uncertainty)
         _figures(results, scored, tmp, feature_set)
-    logged = _mlflow_metrics(results)
+    logged = {**_mlflow_metrics(results), **_interval_metrics(uncertainty)}
     with mlflow.start_run(run_id=model["mlflow_run_id"]):
         mlflow.log_metrics(logged)
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
@@ -164,6 +184,7 @@ def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.Ru
         "test_rows": len(labels),
         "champion": champion,
         "metrics": {name: headline(metrics) for name, metrics in results.items()},
+        "uncertainty": uncertainty,
     }
     write_json(Path(out_dir) / SCORES, scores)
     log.info("test metrics on %d rows: %s", len(labels), scores["metrics"])

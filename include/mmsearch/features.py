@@ -43,6 +43,18 @@ COSINES = {  # name: (left embedding, right embedding)
 }
 # The raw cosines (not z-scored): what the training-free CLIP baseline ranks by.
 RAW_COSINE_SUFFIX = "_raw"
+# Whitening: one PCA over the three z-scored embeddings (CLIP puts query text, product text and
+# image in one space), fitted on the train split, its components scaled to unit variance. The
+# few directions that vary most carry what the items are; the rest of the 768 is mostly noise a
+# 768-wide projection would fit to a few hundred training queries. The pair model's towers read
+# these; the original design's query model keeps the 768-wide z-scores.
+WHITENED_DIM = 32
+WHITENED = {name: f"{name}_whitened" for name in EMBEDDING_COLUMNS["query_product"]}
+# Cosines of the whitened vectors: the common direction and the low-variance noise gone, they say
+# what the two sides share beyond "both are products".
+WHITENED_COSINES = {f"whitened_{name}": (WHITENED[left], WHITENED[right]) for name, (left, right) in COSINES.items()}
+# Every scalar pair feature the pair model reads: its wide part is a regression on them.
+PAIR_FEATURES = (*COSINES, *WHITENED_COSINES)
 
 
 def raw_cosine(name: str) -> str:
@@ -50,12 +62,18 @@ def raw_cosine(name: str) -> str:
 
 
 def pair_features(feature_set: str) -> tuple[str, ...]:
-    return tuple(COSINES) if feature_set == "query_product" else ()
+    return PAIR_FEATURES if feature_set == "query_product" else ()
 
 
 def model_features(feature_set: str) -> tuple[str, ...]:
     """The transformed features a model of this feature set reads."""
-    return EMBEDDING_COLUMNS[feature_set] + pair_features(feature_set)
+    if feature_set == "query":
+        return EMBEDDING_COLUMNS["query"]
+    return tuple(WHITENED.values()) + pair_features(feature_set)
+
+
+def whitened_dim(dim: int) -> int:
+    return min(WHITENED_DIM, dim)
 
 
 def raw_feature_spec(embedding_columns, dim: int) -> dict:
@@ -67,7 +85,8 @@ def raw_feature_spec(embedding_columns, dim: int) -> dict:
 
 
 def preprocessing_fn(inputs: dict) -> dict:
-    """Elementwise z-scores of every embedding; the pair cosines raw and z-scored; the label."""
+    """Elementwise z-scores of every embedding; the pair cosines raw and z-scored; the whitened
+    embeddings and their cosines; the label."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
@@ -77,11 +96,30 @@ def preprocessing_fn(inputs: dict) -> dict:
         if name in inputs
     }
     if PRODUCT_TEXT_EMBEDDING in inputs:
-        unit = {name: tf.math.l2_normalize(inputs[name], axis=1) for name in EMBEDDING_COLUMNS["query_product"]}
+        columns = EMBEDDING_COLUMNS["query_product"]
+        unit = {name: tf.math.l2_normalize(inputs[name], axis=1) for name in columns}
         for name, (left, right) in COSINES.items():
             cosine = tf.reduce_sum(unit[left] * unit[right], axis=1)
             outputs[raw_cosine(name)] = cosine
-            # z-scored: raw cosines in a narrow band would be drowned by 2,304 z-scored inputs
+            # z-scored: raw cosines in a narrow band would be drowned by the other inputs
             outputs[name] = tft.scale_to_z_score(cosine)
+        outputs.update(_whitened(outputs, columns))
+        for name, (left, right) in WHITENED_COSINES.items():
+            unit_left, unit_right = (tf.math.l2_normalize(outputs[side], axis=1) for side in (left, right))
+            outputs[name] = tf.reduce_sum(unit_left * unit_right, axis=1)
     outputs[LABEL] = inputs[LABEL]
     return outputs
+
+
+def _whitened(z_scored: dict, columns) -> dict:
+    """Each embedding projected on the shared PCA's first components, scaled to unit variance."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    stacked = tf.concat([z_scored[name] for name in columns], axis=0)
+    components = tft.pca(stacked, whitened_dim(stacked.shape[1]), tf.float32)
+    # each component's variance from the covariance the PCA came from, in the same analyzer pass
+    # (a tft.var of the projections would be a third pass, which the Beam runner here cannot run)
+    covariance = tft.covariance(stacked, tf.float32)
+    scale = tf.math.rsqrt(tf.reduce_sum(components * tf.matmul(covariance, components), axis=0) + 1e-6)
+    return {WHITENED[name]: tf.matmul(z_scored[name], components) * scale for name in columns}

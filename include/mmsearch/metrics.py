@@ -18,24 +18,33 @@ CALIBRATION_BINS = 10
 MAX_ACCURACY_DROP = 0.0
 
 
-def mean_ndcg(query_ids: np.ndarray, true_gain: np.ndarray, scores: np.ndarray) -> tuple[float, int]:
-    """Mean nDCG over queries (scikit-learn's ndcg_score per query), and how many queries counted.
+def query_groups(query_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each row's query group as an index 0..Q-1, and Q."""
+    _, group = np.unique(query_ids, return_inverse=True)
+    return group, int(group.max()) + 1 if len(group) else 0
 
-    Queries with one judged product, or with no product of positive gain, carry no
-    ranking information and are left out.
-    """
+
+def ndcg_per_query(query_ids: np.ndarray, true_gain: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """nDCG of each query group (scikit-learn's ndcg_score), in `query_groups` order; NaN for a
+    query with one judged product or none of positive gain: it carries no ranking information."""
     from sklearn.metrics import ndcg_score
 
-    order = np.argsort(query_ids, kind="stable")
-    sorted_ids = query_ids[order]
-    bounds = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1], True])
-    values = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        rows = order[start:stop]
-        if len(rows) < 2 or true_gain[rows].max() <= 0:
-            continue
-        values.append(ndcg_score(true_gain[rows][None, :], scores[rows][None, :]))
-    return (float(np.mean(values)) if values else float("nan")), len(values)
+    group, count = query_groups(query_ids)
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(count + 1))
+    values = np.full(count, np.nan)
+    for g in range(count):
+        rows = order[bounds[g] : bounds[g + 1]]
+        if len(rows) >= 2 and true_gain[rows].max() > 0:
+            values[g] = ndcg_score(true_gain[rows][None, :], scores[rows][None, :])
+    return values
+
+
+def mean_ndcg(query_ids: np.ndarray, true_gain: np.ndarray, scores: np.ndarray) -> tuple[float, int]:
+    """Mean nDCG over the queries that carry ranking information, and how many counted."""
+    values = ndcg_per_query(query_ids, true_gain, scores)
+    counted = values[np.isfinite(values)]
+    return (float(np.mean(counted)) if len(counted) else float("nan")), len(counted)
 
 
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
@@ -142,3 +151,71 @@ def fit_decision_rule(labels: np.ndarray, probabilities: np.ndarray, rounds: int
         "validation_macro_f1": best,
         "label_order": [F.LABELS_BY_ID[i] for i in LABEL_ORDER],
     }
+
+
+# The paired bootstrap over query groups: the test split's queries are a sample of queries, so a
+# resample draws queries (with all their judgements) with replacement, the same draw for every
+# scorer, and a metric's difference between two scorers is read off the same resamples.
+BOOTSTRAP_LEVEL = 0.95
+
+
+def _confusion_by_query(group: np.ndarray, count: int, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """[Q, 16]: each query group's confusion counts (true label x 4 + predicted)."""
+    cells = F.NUM_CLASSES * F.NUM_CLASSES
+    flat = group * cells + labels * F.NUM_CLASSES + predicted
+    return np.bincount(flat, minlength=count * cells).reshape(count, cells).astype(float)
+
+
+def _metrics_of_confusions(confusions: np.ndarray) -> dict:
+    """accuracy, micro- and macro-F1 of [B, 16] confusion counts, as scikit-learn computes them."""
+    matrix = confusions.reshape(-1, F.NUM_CLASSES, F.NUM_CLASSES)
+    true_positive = np.diagonal(matrix, axis1=1, axis2=2)
+    denominator = matrix.sum(axis=2) + matrix.sum(axis=1)
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+    accuracy = true_positive.sum(axis=1) / np.maximum(matrix.sum(axis=(1, 2)), 1)
+    return {"accuracy": accuracy, "micro_f1": accuracy, "macro_f1": f1.mean(axis=1)}
+
+
+def bootstrap(labels: np.ndarray, query_ids: np.ndarray, scorers: dict, resamples: int, seed: int) -> dict:
+    """The headline metrics of every scorer on `resamples` resamples of the query groups.
+
+    `scorers`: name -> (served labels, ranking scores). Returns name -> metric -> [resamples]."""
+    group, count = query_groups(query_ids)
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(count, np.full(count, 1.0 / count), size=resamples).astype(float)  # [B, Q]
+    found = {}
+    for name, (predicted, ranking) in scorers.items():
+        metrics = _metrics_of_confusions(weights @ _confusion_by_query(group, count, labels, predicted))
+        ndcg = ndcg_per_query(query_ids, GAIN_BY_ID[labels], ranking)
+        counted = np.isfinite(ndcg)
+        metrics["ndcg"] = (weights[:, counted] @ ndcg[counted]) / np.maximum(weights[:, counted].sum(axis=1), 1e-12)
+        found[name] = metrics
+    return found
+
+
+def interval(samples: np.ndarray, level: float = BOOTSTRAP_LEVEL) -> tuple[float, float]:
+    """The percentile interval of bootstrap samples."""
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def intervals(point: dict, resampled: dict, reference: str) -> dict:
+    """Each scorer's headline metrics with their intervals, and every other scorer's difference
+    from `reference` (reference minus other) with the interval of that difference.
+
+    `point`: name -> headline metrics on the whole split; `resampled`: `bootstrap`'s output."""
+    own = {
+        name: {metric: [*interval(samples)] for metric, samples in metrics.items()}
+        for name, metrics in resampled.items()
+    }
+    differences = {}
+    for name in resampled:
+        if name == reference:
+            continue
+        differences[name] = {}
+        for metric, samples in resampled[reference].items():
+            low, high = interval(samples - resampled[name][metric])
+            difference = point[reference][metric] - point[name][metric]
+            differences[name][metric] = {"difference": difference, "low": low, "high": high}
+    return {"level": BOOTSTRAP_LEVEL, "intervals": own, "differences": differences}

@@ -3,13 +3,17 @@
 `query`: the original design, kept for comparison. Dense 256 relu, Dropout 0.3, Dense 128
 relu, Dense 4 softmax on the query embedding; Adam; sparse categorical cross-entropy.
 
-`query_product`: a wide-and-deep pair model. Wide: a linear model on the three z-scored pair
-cosines (query-text, query-image, text-image), started from a logistic regression fitted on
-the train split, so the model begins where the strongest baseline ends. Deep: one
-projection, shared by the three 768-wide embeddings (CLIP puts query text, product text and
-image in one space), replaces 2,304 raw inputs by three small vectors; their elementwise
-products and squared differences are the query-product interactions; a hidden layer adds
-its logits to the wide ones, starting from zero. `hidden_units: 0` is the wide part alone.
+`query_product`: a wide-and-deep pair model. Wide: a linear model on the pair features (the
+z-scored raw cosines of query-text, query-image and text-image, and the same cosines of the
+whitened embeddings), started from a logistic regression fitted on the train split, so the
+model begins where a strong regression ends. Deep: a tower per input (query, product text,
+product image), each a projection of its whitened embedding (features.WHITENED, 32 wide: a
+768-wide projection fitted to a few hundred training queries learns them by heart) to a small
+vector. The elementwise products of the query's vector with each product vector are a low-rank
+bilinear form q^T U^T V p with U != V, so the model can learn relations that run one way (a
+case complements a phone query; a phone does not complement a case query), which one
+projection shared by both sides cannot. A hidden layer adds its logits to the wide ones,
+starting from zero. `hidden_units: 0` is the wide part alone.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class Hyperparameters:
     dropout: float = 0.3
     projection_dim: int = 64
     hidden_units: int = 128
-    l2: float = 1e-4
+    l2: float = 1e-3
     # Keras class weights: none, or sqrt (inverse square root of the train frequency)
     class_weighting: str = "none"
 
@@ -68,6 +72,16 @@ def keras():
     return tf.keras
 
 
+def make_deterministic(seed: int) -> None:
+    """The same weights from the same data, code and settings on the same machine: every seed
+    (Python, numpy, TensorFlow) set, and TensorFlow's kernels made deterministic. Call before the
+    model is built, since its initial weights are drawn then."""
+    import tensorflow as tf
+
+    keras().utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
 def fit_logistic_regression(features, labels) -> tuple:
     """A multinomial logistic regression (scikit-learn) as a dense layer's weights: kernel
     [features, 4] and bias [4] in label-id order; a label absent from `labels` gets a bias of -10
@@ -93,16 +107,22 @@ def softmax_probabilities(features, kernel, bias):
     return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
 
 
+def _widths(feature_set: str, dim: int) -> dict:
+    """The width of each transformed feature a model of this feature set reads."""
+    vectors = {
+        **dict.fromkeys(F.EMBEDDING_COLUMNS["query_product"], dim),
+        **dict.fromkeys(F.WHITENED.values(), F.whitened_dim(dim)),
+    }
+    return {name: vectors.get(name, 1) for name in F.model_features(feature_set)}
+
+
 def input_width(feature_set: str, dim: int) -> int:
-    return len(F.EMBEDDING_COLUMNS[feature_set]) * dim + len(F.pair_features(feature_set))
+    return sum(_widths(feature_set, dim).values())
 
 
 def _inputs(feature_set: str, dim: int) -> dict:
     k = keras()
-    return {
-        name: k.Input(shape=(dim,) if name in F.EMBEDDING_COLUMNS["query_product"] else (1,), name=name)
-        for name in F.model_features(feature_set)
-    }
+    return {name: k.Input(shape=(width,), name=name) for name, width in _widths(feature_set, dim).items()}
 
 
 def build_query_model(dim: int, dropout: float = 0.3, learning_rate: float = 0.001):
@@ -125,26 +145,27 @@ def build_query_model(dim: int, dropout: float = 0.3, learning_rate: float = 0.0
 def build_pair_model(dim: int, hp: Hyperparameters, decay_steps: int = 10_000, wide_init=None):
     """Wide and deep: logits = wide(cosines) + deep(pair features), softmax.
 
-    `wide_init`: (kernel [3, 4], bias [4]) of a logistic regression on the z-scored cosines;
+    `wide_init`: (kernel [6, 4], bias [4]) of a logistic regression on the z-scored pair features;
     with the deep output layer starting at zero, the untrained model *is* that regression, and
     training only moves it where validation loss says it should."""
     k = keras()
     inputs = _inputs("query_product", dim)
-    cosines = k.layers.Concatenate(name="pair_cosines")([inputs[name] for name in F.COSINES])
+    cosines = k.layers.Concatenate(name="pair_cosines")([inputs[name] for name in F.PAIR_FEATURES])
     wide = k.layers.Dense(F.NUM_CLASSES, name="wide_logits")
     logits = [wide(cosines)]
     if hp.hidden_units:
         regulariser = k.regularizers.l2(hp.l2) if hp.l2 else None
-        project = k.layers.Dense(hp.projection_dim, kernel_regularizer=regulariser, name="shared_projection")
-        query, text, image = (project(inputs[name]) for name in F.EMBEDDING_COLUMNS["query_product"])
-        interactions = []
-        for product, name in ((text, "text"), (image, "image")):
-            difference = k.layers.Subtract(name=f"query_minus_{name}")([query, product])
-            interactions += [
-                k.layers.Multiply(name=f"query_x_{name}")([query, product]),
-                k.layers.Multiply(name=f"squared_query_minus_{name}")([difference, difference]),
-            ]
-        x = k.layers.Concatenate(name="pair_features")([query, text, image, *interactions, cosines])
+        towers = {
+            name: k.layers.Dense(hp.projection_dim, kernel_regularizer=regulariser, name=f"{name}_tower")(
+                inputs[F.WHITENED[name]]
+            )
+            for name in F.EMBEDDING_COLUMNS["query_product"]
+        }
+        query = towers[F.QUERY_EMBEDDING]
+        interactions = [
+            k.layers.Multiply(name=f"query_x_{name}")([query, towers[name]]) for name in F.PRODUCT_EMBEDDINGS
+        ]
+        x = k.layers.Concatenate(name="pair_features")([*towers.values(), *interactions, cosines])
         x = k.layers.Dense(hp.hidden_units, activation="relu", kernel_regularizer=regulariser, name="hidden")(x)
         x = k.layers.Dropout(hp.dropout, name="dropout")(x)
         logits.append(

@@ -1,8 +1,10 @@
 """Stage 7, register: the MLflow model registry, with aliases, lineage and a model card.
 
-Every new version gets the alias `challenger`. The gate makes it `champion` only if, on this
-run's test split (scored by evaluate), it beats every baseline and the current champion on
-`promotion_metric`. A champion that could not be scored on this data keeps its alias. The
+Every new version gets the alias `challenger`. The gate (`decide`) makes it `champion` on this
+run's test split (scored by evaluate, with a paired bootstrap over its query groups) only if no
+baseline is significantly better on `promotion_metric` and, when there is a champion, the lower
+95 % bound of its difference from the champion is above `min_improvement`. A champion that
+could not be scored on this data keeps its alias. The
 reason is written to the version's tags, its description (a short model card), the task log
 and the run summary.
 
@@ -37,22 +39,43 @@ class Decision:
     champion_version: str | None = None
 
 
-def decide(
-    metric: str, scores: dict, champion_version: str | None = None, champion_error: str | None = None
-) -> Decision:
-    """The gate: strictly better than every baseline, then than the champion, on this test split.
+def _difference(metric: str, name: str, found: dict, label: str | None = None) -> str:
+    """e.g. `macro_f1 +0.031 over baseline_clip (95 % CI +0.012 to +0.050)`."""
+    return (
+        f"{metric} {found['difference']:+.3f} over {label or name} "
+        f"(95 % CI {found['low']:+.3f} to {found['high']:+.3f})"
+    )
 
-    `scores`: test metrics by name (`model`, `baseline_*`, `champion` when it was scored)."""
+
+def decide(
+    metric: str,
+    scores: dict,
+    differences: dict,
+    champion_version: str | None = None,
+    champion_error: str | None = None,
+    min_improvement: float = 0.0,
+) -> Decision:
+    """The gate, on this run's test split, with the uncertainty of a few hundred queries:
+
+    - never promoted when a baseline is significantly better (the difference's upper bound < 0);
+    - with no champion, promoted when no baseline is;
+    - over a champion, promoted only when the lower bound of the difference from it is above
+      `min_improvement`; a champion that could not be scored keeps its alias.
+
+    `scores`: test metrics by scorer; `differences`: scorer -> metric -> the model's difference
+    from it (`difference`, `low`, `high`: the 95 % interval of a paired bootstrap)."""
     ours = scores["model"][metric]
-    losses = [
-        f"{name} {scores[name][metric]:.4f}"
-        for name in sorted(scores)
-        if name.startswith("baseline_") and not ours > scores[name][metric]
-    ]
-    if losses:
-        return Decision(False, f"{metric} {ours:.4f} does not beat {', '.join(losses)}", ours, None, champion_version)
+    baselines = sorted(name for name in scores if name.startswith("baseline_"))
+    worse = [name for name in baselines if differences[name][metric]["high"] < 0]
+    if worse:
+        losses = "; ".join(_difference(metric, name, differences[name][metric]) for name in worse)
+        return Decision(False, f"{metric} {ours:.4f} is significantly below a baseline: {losses}", ours)
+    best_baseline = min(baselines, key=lambda name: differences[name][metric]["difference"])
+    against_baseline = _difference(metric, best_baseline, differences[best_baseline][metric])
     if champion_version is None:
-        return Decision(True, f"no champion yet; {metric} {ours:.4f} beats every baseline", ours)
+        return Decision(
+            True, f"no champion yet; {metric} {ours:.4f}, {against_baseline}, no baseline significantly better", ours
+        )
     if champion_error is not None:
         return Decision(
             False,
@@ -61,13 +84,15 @@ def decide(
             None,
             champion_version,
         )
-    theirs = scores["champion"][metric]
-    verdict = "beats" if ours > theirs else "does not beat"
+    found = differences["champion"][metric]
+    promote = found["low"] > min_improvement
+    verdict = "above" if promote else "not above"
     return Decision(
-        ours > theirs,
-        f"{metric} {ours:.4f} {verdict} champion v{champion_version} {theirs:.4f}",
+        promote,
+        f"{_difference(metric, 'champion', found, f'champion v{champion_version}')}: lower bound {verdict} "
+        f"min_improvement {min_improvement:g}; {against_baseline}",
         ours,
-        theirs,
+        scores["champion"][metric],
         champion_version,
     )
 
@@ -97,10 +122,24 @@ def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.R
     return found
 
 
-def model_card(model: dict, scores: dict, lineage: dict, decision: Decision, metric: str) -> str:
+CARD_METRICS = ("accuracy", "macro_f1", "ndcg")
+
+
+def with_interval(value: float, bounds: list | None) -> str:
+    """`0.4988 [0.452, 0.541]`: a metric and its 95 % interval, when it has one."""
+    return f"{value:.4f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+
+
+def model_card(
+    model: dict, scores: dict, lineage: dict, decision: Decision, metric: str, intervals: dict | None = None
+) -> str:
     """The registered version's description: what it is, its data, its scores beside the baselines."""
+    intervals = intervals or {}
     rows = "\n".join(
-        f"| {name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['ndcg']:.4f} |" for name, m in scores.items()
+        f"| {name} | "
+        + " | ".join(with_interval(m[key], intervals.get(name, {}).get(key)) for key in CARD_METRICS)
+        + " |"
+        for name, m in scores.items()
     )
     data = "\n".join(f"- `{path}`: md5 `{md5}`" for path, md5 in sorted(lineage.get("file_md5", {}).items()))
     overrides = model.get("overrides") or {}
@@ -108,7 +147,8 @@ def model_card(model: dict, scores: dict, lineage: dict, decision: Decision, met
         f"**ESCI relevance model** ({model['feature_set']}), candidate {model.get('candidate', 0)} "
         f"`{overrides}`, chosen by validation macro-F1 {model['validation']['macro_f1']:.4f}; "
         f"best epoch {model['best_epoch']} of {model['epochs_run']}.\n\n"
-        f"**Test split** (query groups never seen in training or selection):\n\n"
+        f"**Test split** (query groups never seen in training or selection; [95 % interval], a "
+        f"bootstrap over its queries):\n\n"
         f"| scorer | accuracy | macro-F1 | nDCG |\n| --- | --- | --- | --- |\n{rows}\n\n"
         f"**Gate** ({metric}): {'promoted to champion' if decision.promote else 'stays challenger'}: "
         f"{decision.reason}.\n\n**Data**: DVC `{lineage.get('dvc_md5', '')}`\n{data}\n"
@@ -184,6 +224,7 @@ def run(
         "run_dir": str(out_dir),
         "registry": registry,
         "metrics": scores["metrics"],
+        "intervals": scores["uncertainty"]["intervals"],
         "test_rows": scores["test_rows"],
         "model": {k: model[k] for k in ("candidate", "overrides", "epochs_run", "best_epoch", "validation")},
         "candidates": model.get("selection", {}).get("candidates", []),
@@ -221,11 +262,19 @@ def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, t
             champion.version,
         )
     else:
-        decision = decide(metric, metrics, scores["champion"]["version"], scores["champion"]["error"])
+        decision = decide(
+            metric,
+            metrics,
+            scores["uncertainty"]["differences"],
+            scores["champion"]["version"],
+            scores["champion"]["error"],
+            cfg.min_improvement,
+        )
         if decision.promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)
     client.set_model_version_tag(name, version.version, "promotion_decision", decision.reason)
-    client.update_model_version(name, version.version, model_card(model, metrics, lineage, decision, metric))
+    card = model_card(model, metrics, lineage, decision, metric, scores["uncertainty"]["intervals"])
+    client.update_model_version(name, version.version, card)
     with mlflow.start_run(run_id=model["mlflow_run_id"]):
         mlflow.set_tags(
             {"registered_model": name, "registered_version": version.version, "promotion_decision": decision.reason}
@@ -271,14 +320,16 @@ def summary_text(summary: dict) -> str:
             f"{summary['skipped']['reason']}\noutputs: {summary['run_dir']}"
         )
     registry, model = summary["registry"], summary["model"]
+    intervals = summary.get("intervals", {})
     lines = [
-        f"mmsearch run {summary['run_id']}: {summary['test_rows']:,} test judgements",
-        f"{'test split':<18} {'accuracy':>9} {'macro_f1':>9} {'ndcg':>7}",
+        f"mmsearch run {summary['run_id']}: {summary['test_rows']:,} test judgements [95 % intervals]",
+        f"{'test split':<18} " + " ".join(f"{key:<20}" for key in CARD_METRICS).rstrip(),
     ]
     scorers = ["model", *sorted(name for name in summary["metrics"] if name != "model")]
     for name in scorers:
-        metrics = summary["metrics"][name]
-        lines.append(f"{name:<18} {metrics['accuracy']:>9.4f} {metrics['macro_f1']:>9.4f} {metrics['ndcg']:>7.4f}")
+        metrics, bounds = summary["metrics"][name], intervals.get(name, {})
+        cells = " ".join(f"{with_interval(metrics[key], bounds.get(key)):<20}" for key in CARD_METRICS)
+        lines.append(f"{name:<18} {cells}".rstrip())
     epochs = (
         f"best epoch {model['best_epoch']} of {model['epochs_run']}"
         if model["best_epoch"]

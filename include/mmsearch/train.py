@@ -76,8 +76,8 @@ def read_scalar_features(transform_manifest: dict, split: str, names) -> tuple[n
 
 def wide_init(transform_manifest: dict) -> tuple[np.ndarray, np.ndarray]:
     """The wide part's starting weights: a logistic regression on the train split's z-scored pair
-    cosines, as (kernel [3, 4], bias [4])."""
-    return M.fit_logistic_regression(*read_scalar_features(transform_manifest, "train", list(F.COSINES)))
+    features, as (kernel [6, 4], bias [4])."""
+    return M.fit_logistic_regression(*read_scalar_features(transform_manifest, "train", list(F.PAIR_FEATURES)))
 
 
 def class_weights(label_counts: dict, weighting: str) -> dict | None:
@@ -104,8 +104,6 @@ def _fit(
 ):
     """Fit with early stopping on validation loss (best weights restored). `keep_start_if_better`:
     if no epoch beats the starting weights on validation loss, keep the starting weights."""
-    import tensorflow as tf
-
     k = M.keras()
     names = F.model_features(feature_set)
     train = make_dataset(transform_manifest, "train", names, batch_size, training=True, seed=cfg.seed)
@@ -121,7 +119,6 @@ def _fit(
         k.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
         k.callbacks.ModelCheckpoint(str(work_dir / "checkpoints" / "epoch-{epoch:03d}"), save_weights_only=True),
     ]
-    tf.keras.utils.set_random_seed(cfg.seed)
     start_loss = None
     if keep_start_if_better:
         start_loss = model.evaluate(val, steps=cfg.validation_steps or None, verbose=0, return_dict=True)[monitor[4:]]
@@ -325,7 +322,7 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, candidate: dict, t
     """Train one candidate in a nested MLflow run under the DAG run's parent run."""
     from mmsearch import tracking
 
-    M.keras()  # settle tf.keras as Keras 2 before anything else touches it
+    M.make_deterministic(cfg.seed)  # also settles tf.keras as Keras 2 before anything else touches it
     transform_manifest = read_json(Path(transform_dir) / "manifest.json")
     dim = transform_manifest["embedding_dim"]
     merged = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")

@@ -29,31 +29,56 @@ def test_query_model_is_the_original_design():
 
 def _random_inputs(rows: int, dim: int) -> dict:
     rng = np.random.default_rng(0)
+    widths = {**dict.fromkeys(F.WHITENED.values(), F.whitened_dim(dim))}
     return {
-        name: rng.standard_normal((rows, dim if name in F.EMBEDDING_COLUMNS["query_product"] else 1)).astype(np.float32)
+        name: rng.standard_normal((rows, widths.get(name, 1))).astype(np.float32)
         for name in F.model_features("query_product")
     }
 
 
 def test_pair_model_starts_as_the_logistic_regression_it_is_given():
     rng = np.random.default_rng(1)
-    kernel, bias = rng.standard_normal((len(F.COSINES), 4)), rng.standard_normal(4)
+    kernel, bias = rng.standard_normal((len(F.PAIR_FEATURES), 4)), rng.standard_normal(4)
     model = M.build_pair_model(16, M.Hyperparameters(projection_dim=8, hidden_units=16), wide_init=(kernel, bias))
     inputs = _random_inputs(5, 16)
-    cosines = np.column_stack([inputs[name] for name in F.COSINES])
-    logits = cosines @ kernel + bias
+    features = np.column_stack([inputs[name] for name in F.PAIR_FEATURES])
+    logits = features @ kernel + bias
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(model(inputs, training=False).numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_pair_model_shares_one_projection_and_reads_the_pair_features():
+def test_pair_model_has_a_tower_per_side_over_the_whitened_embeddings():
     model = M.build_pair_model(768, M.Hyperparameters(projection_dim=64, hidden_units=128))
     assert sorted(model.input_names) == sorted(F.model_features("query_product"))
-    assert model.get_layer("shared_projection").count_params() == 768 * 64 + 64  # one, for all three
-    assert model.get_layer("pair_features").output_shape == (None, 7 * 64 + len(F.COSINES))
-    assert M.input_width("query_product", 768) == 3 * 768 + 3
+    towers = [model.get_layer(f"{name}_tower") for name in F.EMBEDDING_COLUMNS["query_product"]]
+    assert len({id(tower) for tower in towers}) == 3  # query and product sides are not one projection
+    assert all(tower.count_params() == F.WHITENED_DIM * 64 + 64 for tower in towers)
+    # each side's vector, and the query's times each product vector: a bilinear form q^T U^T V p
+    assert model.get_layer("pair_features").output_shape == (None, 5 * 64 + len(F.PAIR_FEATURES))
+    assert M.input_width("query_product", 768) == 3 * F.WHITENED_DIM + len(F.PAIR_FEATURES)
     wide_only = M.build_pair_model(768, M.Hyperparameters(hidden_units=0))
-    assert wide_only.count_params() == len(F.COSINES) * 4 + 4
+    assert wide_only.count_params() == len(F.PAIR_FEATURES) * 4 + 4
+
+
+def test_the_pair_model_can_tell_which_way_a_relation_runs():
+    """phone -> case is a complement, case -> phone is not: a relation a symmetric form of the two
+    sides (a shared projection, elementwise products) cannot learn. The pair model learns it."""
+    M.make_deterministic(0)
+    rng = np.random.default_rng(0)
+    dim, rows = 16, 4000
+    phone, case = np.eye(dim, dtype=np.float32)[:2]
+    query_is_phone = rng.random(rows) < 0.5
+    query = np.where(query_is_phone[:, None], phone, case)
+    product = np.where(query_is_phone[:, None], case, phone)
+    inputs = _random_inputs(rows, dim)
+    inputs = {name: np.zeros_like(value) for name, value in inputs.items()}
+    inputs[F.WHITENED[F.QUERY_EMBEDDING]] = query
+    inputs[F.WHITENED[F.PRODUCT_TEXT_EMBEDDING]] = product
+    labels = np.where(query_is_phone, F.LABEL_IDS["C"], F.LABEL_IDS["I"])
+    model = M.build_pair_model(dim, M.Hyperparameters(projection_dim=8, hidden_units=16, learning_rate=0.01))
+    model.fit(inputs, labels, epochs=5, batch_size=128, verbose=0)
+    predicted = model(inputs, training=False).numpy().argmax(axis=1)
+    assert (predicted == labels).mean() > 0.99
 
 
 def test_candidate_overrides_are_checked():

@@ -8,7 +8,7 @@ import pytest
 from mmsearch import features as F
 from mmsearch import merge, transform
 from mmsearch.io import read_json
-from tests.helpers import small_config
+from tests.helpers import SMALL, small_config
 
 pytestmark = pytest.mark.ml
 
@@ -76,6 +76,29 @@ def test_z_scores_and_cosines_match_numpy(transformed):
     got = [examples[n] for n in names] + [examples[n] for name in F.COSINES for n in (name, F.raw_cosine(name))]
     got.append(examples[F.LABEL])
     np.testing.assert_allclose(_rows_sorted(got), _rows_sorted(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_whitened_embeddings_have_unit_variance_and_their_cosines_match_numpy(transformed):
+    root, manifest = transformed
+    train = merge.read_merged(root / "merged", "train")
+    names = list(F.EMBEDDING_COLUMNS["query_product"])
+    examples = _read_examples(manifest, "train")
+    stacked = np.vstack([examples[F.WHITENED[n]] for n in names])
+    assert stacked.shape[1] == F.whitened_dim(SMALL.dim)
+    # uncorrelated, unit variance: the covariance the PCA came from, whitened, is the identity
+    np.testing.assert_allclose(np.cov(stacked, rowvar=False, bias=True), np.eye(stacked.shape[1]), atol=0.02)
+    # the same whitening in numpy; a component's sign is arbitrary, cosines do not see it
+    z = {n: _zscore(_matrix(train, n), _matrix(train, n)) for n in names}
+    values, vectors = np.linalg.eigh(np.cov(np.vstack(list(z.values())), rowvar=False, bias=True))
+    top = np.argsort(values)[::-1][: F.whitened_dim(SMALL.dim)]
+    white = {n: z[n] @ vectors[:, top] / np.sqrt(values[top]) for n in names}
+    unit = {n: white[n] / np.linalg.norm(white[n], axis=1, keepdims=True) for n in names}
+    expected = [np.sum(unit[left] * unit[right], axis=1) for left, right in F.COSINES.values()]
+    got = [examples[name] for name in F.WHITENED_COSINES]
+    label = train.column(F.LABEL).to_numpy()
+    np.testing.assert_allclose(
+        _rows_sorted([*got, examples[F.LABEL]]), _rows_sorted([*expected, label]), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_raw_schema_has_the_raw_features(transformed):

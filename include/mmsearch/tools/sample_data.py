@@ -1,28 +1,33 @@
-"""Generate ESCI and SQID files with the real names and schemas, and a learnable structure.
+"""Generate ESCI and SQID files with the real names and schemas, and the structure of search data.
 
-The structure, so that relevance depends on the query-product *pair*:
+A reader of ESCI should recognise it (docs/sample-data.md has the long form):
 
-* There are ``topics`` product topics, each with ``intents`` sub-topics (intents).
-  Topics come in complementary pairs (0-1, 2-3, ...): a phone and its case.
-* Every query and every product has one (topic, intent). Its CLIP-like embedding is
-  ``normalize(topic_center + 0.8 * intent_vector + noise)``; topic centres of a
-  complementary pair share a component. Product image embeddings add a fixed modality
-  offset and more noise than the text ones, as CLIP image vectors do.
-* Each query gets a handful of judged products. Their relation is drawn with frequencies
-  near ESCI's (E 65 %, S 22 %, I 10 %, C 3 %) and the product is then drawn to fit it:
-  E same topic and intent, S same topic other intent, C the complementary topic,
-  I any unrelated topic. Every query so carries several labels, and only the pair
-  tells them apart: a query-only model can do no better than the majority label.
-* The judge's label is drawn from a known p(label | pair): the relation with probability
-  ``1 - label_noise``, else a nearby label (an exact match called a substitute, a
-  complement called irrelevant; `STRAY`), as ESCI's judges disagree. That distribution is
-  written beside the raw files (`generator_truth.parquet`, by example_id), so the best
-  possible scores on any split are known (`ceiling`): the honest yardstick of a model.
+* **Product types** (``topics``) come in sibling pairs (0-1, 2-3, ...: running shoe, trail
+  shoe), each with ``intents`` values of an attribute (colour, size, brand line). A query names a
+  type and, six times in ten, an attribute value ("black phone"); a product has both.
+* **Exact**: the type and the attribute the query asked for. **Substitute**: the type with another
+  attribute value than the one the query named, or the sibling type. **Complement**: a product of
+  an accessory type of the query's type (phone -> case). The accessory relation is a directed
+  graph with no two-way edges: a case complements a phone query, a phone does not complement a
+  case query (that pair is judged irrelevant). **Irrelevant**: an unrelated type; half of them
+  lexical hard negatives, products whose *title* carries the query's type word (an "apple" that
+  is a fruit), so their text embedding is close while their image is not.
+* **CLIP-like geometry**: every vector shares a common direction (as CLIP's do), so cosines sit
+  mostly between 0.5 and 0.9; the type, attribute, title-word and brand components vary in
+  strength from item to item (a long generic title, a weak photo); brands are nuisance factors
+  that raise a cosine without meaning relevance. Image vectors add a modality offset, carry no
+  words and more noise. An accessory's title names the type it fits ("case for phone").
+* **Judges disagree**: the label is drawn from a known p(label | pair), the relation with
+  probability ``1 - label_noise`` (more often disputed for substitutes and complements, less
+  for plain exact matches), else a nearby label (`STRAY`). That distribution is written beside
+  the raw files (`generator_truth.parquet`, by example_id), so the best possible scores on any
+  split are known (`ceiling`): the honest yardstick of a model.
 
-Besides the working set (locale ``us``, ``small_version`` 1, split ``test``, the rows
-SQID has embeddings for), ESCI gets rows outside it (other locales, the train split,
-large-version only) with no SQID features, as in the public files.
-Everything is deterministic for a given seed.
+Relations are drawn with frequencies that make the judged labels come out at ESCI's (E 65 %,
+S 22 %, I 10 %, C 3 %); every query carries several labels, and only the pair tells them apart.
+Besides the working set (locale ``us``, ``small_version`` 1, split ``test``, the rows SQID has
+embeddings for), ESCI gets rows outside it (other locales, the train split, large-version only)
+with no SQID features, as in the public files. Everything is deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -43,36 +48,41 @@ from mmsearch.raw import embedding_array
 LABEL_FREQUENCIES = {"E": 0.65, "S": 0.22, "I": 0.10, "C": 0.03}
 TOPIC_WORDS = [
     "phone",
+    "smartphone",
     "laptop",
-    "shoe",
-    "sock",
-    "lamp",
-    "bulb",
+    "tablet",
+    "running shoe",
+    "trail shoe",
+    "desk lamp",
+    "floor lamp",
     "camera",
-    "tripod",
+    "camcorder",
     "guitar",
-    "strings",
+    "ukulele",
     "printer",
-    "ink",
-    "coffee",
-    "filter",
+    "scanner",
+    "coffee maker",
+    "espresso machine",
     "bike",
-    "helmet",
+    "scooter",
     "tent",
-    "sleeping bag",
+    "hammock",
     "razor",
-    "blade",
+    "trimmer",
     "drill",
-    "drill bit",
-    "dog leash",
-    "dog collar",
-    "pen",
-    "notebook",
+    "impact driver",
 ]
+INTENT_WORDS = ["black", "waterproof", "kids", "pro", "wireless", "large", "cheap", "vintage"]
 PRODUCT_CHUNK = 8_192
 # The generator's own knowledge, beside the raw files: the pipeline never reads it.
 TRUTH_FILE = "generator_truth.parquet"
-INTENT_WORDS = ["cheap", "waterproof", "kids", "pro", "wireless", "large", "black", "vintage"]
+ATTRIBUTE_SHARE = 0.6  # queries that name an attribute value
+HARD_NEGATIVE_SHARE = 0.5  # irrelevant judgements that are lexical hard negatives
+DECOY_SHARE = 0.12  # products whose title carries another type's word
+SIBLING_SUBSTITUTE_SHARE = 0.4  # substitutes of the sibling type (the rest: another attribute value)
+BRANDS = 40
+# How much more (or less) often judges dispute each relation than `label_noise` says.
+DISPUTE = {"E": 0.75, "S": 1.5, "I": 1.0, "C": 1.75}
 
 
 @dataclass(frozen=True)
@@ -92,70 +102,161 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
 
 
+def accessory_graph(topics: int, rng: np.random.Generator) -> np.ndarray:
+    """accessory[k]: the type that complements a query for type k (phone -> case), in another sibling
+    pair, with no two-way edge: if k's accessory is j, j's is not k."""
+    accessory = np.full(topics, -1)
+    for k in rng.permutation(topics):
+        options = [j for j in range(topics) if j // 2 != k // 2 and accessory[j] != k]
+        accessory[k] = rng.choice(options) if options else (k + 2) % topics
+    return accessory
+
+
 class _Space:
-    """The shared embedding geometry: topic centres, intent vectors, modality offset."""
+    """The shared geometry: a common direction, type, attribute, title-word and brand vectors, and
+    the image modality's offset. An item's vector is their sum, each with its own strength."""
+
+    COMMON, TYPE, ATTRIBUTE, WORD, BRAND = 1.35, 0.8, 0.55, 0.45, 0.35
 
     def __init__(self, spec: SampleSpec, rng: np.random.Generator):
-        base = _unit(rng.standard_normal((spec.topics, spec.dim)))
-        partner = base[np.arange(spec.topics) ^ 1]
-        self.centres = _unit(base + 0.35 * partner)
-        self.intent_vectors = _unit(rng.standard_normal((spec.topics, spec.intents, spec.dim)))
-        self.image_offset = _unit(rng.standard_normal(spec.dim))
-        self.dim = spec.dim
+        d = spec.dim
+        self.common = _unit(rng.standard_normal(d))
+        # sibling types (running shoe, trail shoe) are close: a shared family vector and their own
+        family = _unit(rng.standard_normal(((spec.topics + 1) // 2, d)))
+        self.types = _unit(family[np.arange(spec.topics) // 2] + 0.8 * _unit(rng.standard_normal((spec.topics, d))))
+        # an attribute value means the same across types ("black" phone, "black" shoe), as in CLIP
+        self.attributes = _unit(rng.standard_normal((spec.intents, d)))
+        self.words = _unit(rng.standard_normal((spec.topics, d)))
+        self.brands = _unit(rng.standard_normal((BRANDS, d)))
+        self.image_offset = _unit(rng.standard_normal(d))
+        self.dim = d
 
-    def embed(self, topic, intent, rng, noise: float, offset: float = 0.0) -> np.ndarray:
-        mean = self.centres[topic] + 0.8 * self.intent_vectors[topic, intent]
-        noisy = mean + noise * _unit(rng.standard_normal((len(topic), self.dim)))
-        return _unit(noisy + offset * self.image_offset).astype(np.float32)
+    def embed(self, parts: dict, rng: np.random.Generator, noise: float, image: bool = False) -> np.ndarray:
+        """parts: type, attribute (-1: none), brand (-1: none) and, for text, word and extra_word
+        (-1: none) per item; every component's strength is jittered per item."""
+        n = len(parts["type"])
+
+        def jitter(scale):
+            return (scale * rng.uniform(0.75, 1.25, n))[:, None]
+
+        vector = self.COMMON * self.common + jitter(self.TYPE) * self.types[parts["type"]]
+        has_attribute = (parts["attribute"] >= 0)[:, None]
+        vector = vector + has_attribute * jitter(self.ATTRIBUTE) * self.attributes[parts["attribute"]]
+        vector = vector + (parts["brand"] >= 0)[:, None] * jitter(self.BRAND) * self.brands[parts["brand"]]
+        if image:
+            vector = vector + 0.5 * self.image_offset
+        else:
+            vector = vector + jitter(self.WORD) * self.words[parts["word"]]
+            extra = parts.get("extra_word", np.full(n, -1))
+            vector = vector + (extra >= 0)[:, None] * jitter(self.WORD) * self.words[extra]
+        vector = vector + noise * _unit(rng.standard_normal((n, self.dim)))
+        return _unit(vector).astype(np.float32)
 
 
-def _product_cells(spec, rng):
-    """Each product's (topic, intent); the first products cover every cell, so every label is drawable."""
+@dataclass
+class _Catalogue:
+    """Each product's type, attribute value, brand and decoy word (-1: none): what its title says."""
+
+    topic: np.ndarray
+    intent: np.ndarray
+    brand: np.ndarray
+    decoy: np.ndarray
+    accessory: np.ndarray
+
+    def title_word(self) -> np.ndarray:
+        """A second word in the title: the decoy word, or the type an accessory fits ("case for phone")."""
+        fits = np.full(len(self.topic), -1)
+        base_of = {int(a): k for k, a in enumerate(self.accessory)}
+        fitted = np.array([base_of.get(int(t), -1) for t in self.topic])
+        fits[fitted >= 0] = fitted[fitted >= 0]
+        return np.where(self.decoy >= 0, self.decoy, fits)
+
+
+def _catalogue(spec: SampleSpec, rng: np.random.Generator, accessory: np.ndarray) -> _Catalogue:
+    """The first products cover every (type, attribute) cell, the next ones give every type a decoy,
+    so every relation is drawable."""
     topic = rng.integers(0, spec.topics, spec.products)
     intent = rng.integers(0, spec.intents, spec.products)
     cells = spec.topics * spec.intents
     if spec.products >= cells:
         topic[:cells] = np.arange(cells) // spec.intents
         intent[:cells] = np.arange(cells) % spec.intents
-    return topic, intent
+    decoy = np.where(rng.random(spec.products) < DECOY_SHARE, rng.integers(0, spec.topics, spec.products), -1)
+    if spec.products >= cells + spec.topics:
+        decoy[cells : cells + spec.topics] = np.arange(spec.topics)
+    # a decoy word is another sibling pair's word: a title naming its own type is no decoy
+    decoy[(decoy >= 0) & (decoy // 2 == topic // 2)] = -1
+    if spec.products >= cells + spec.topics:
+        clash = cells + np.flatnonzero(decoy[cells : cells + spec.topics] < 0)
+        topic[clash] = (np.arange(spec.topics)[clash - cells] + 2) % spec.topics
+        decoy[clash] = clash - cells
+    brand = rng.integers(0, BRANDS, spec.products)
+    return _Catalogue(topic, intent, brand, decoy, accessory)
 
 
 def product_id(index: np.ndarray) -> np.ndarray:
     return np.char.add("B0", np.char.zfill(np.char.upper(np.vectorize(lambda n: format(n, "X"))(index)), 8))
 
 
-def _draw_judgements(spec, rng, q_topic, q_intent, p_topic, p_intent):
-    """(query index, product index, label) arrays, vectorised: the label first, then a product
-    drawn from the (topic, intent) cell that the label calls for."""
-    labels = np.array(list(LABEL_FREQUENCIES))
-    freqs = relation_frequencies(spec.label_noise)
+def _pick(rng: np.random.Generator, keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each wanted key, a random item index whose key equals it (-1 where none has it)."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    start = np.searchsorted(sorted_keys, wanted, side="left")
+    count = np.searchsorted(sorted_keys, wanted, side="right") - start
+    offset = (rng.random(len(wanted)) * np.maximum(count, 1)).astype(np.int64)
+    return np.where(count > 0, order[np.minimum(start + offset, len(keys) - 1)], -1)
+
+
+def _unrelated(rng, topic: np.ndarray, accessory: np.ndarray, topics: int) -> np.ndarray:
+    """A type in another sibling pair that is not the query type's accessory."""
+    other = rng.integers(0, topics, len(topic))
+    for _ in range(20):
+        bad = (other // 2 == topic // 2) | (other == accessory[topic])
+        if not bad.any():
+            break
+        other[bad] = rng.integers(0, topics, bad.sum())
+    return other
+
+
+def _draw_judgements(spec, rng, queries: dict, catalogue: _Catalogue):
+    """(query index, product index, relation, label, truth): the relation first, then a product
+    that fits it, then the judge's label drawn from the pair's true p(label | pair)."""
+    names = np.array(list(LABEL_FREQUENCIES))
     per_query = np.maximum(2, rng.poisson(spec.mean_judgements, spec.queries))
     query = np.repeat(np.arange(spec.queries), per_query)
-    label = rng.choice(labels, size=len(query), p=freqs)
-    topic, intent = q_topic[query].copy(), q_intent[query].copy()
-    substitute, complement, irrelevant = label == "S", label == "C", label == "I"
-    intent[substitute] = (intent[substitute] + rng.integers(1, spec.intents, substitute.sum())) % spec.intents
-    topic[complement] = topic[complement] ^ 1
-    # an unrelated topic: any but the query's own pair of complementary topics
-    other = rng.integers(0, spec.topics - 2, irrelevant.sum())
-    pair = topic[irrelevant] & ~1
-    topic[irrelevant] = other + 2 * (other >= pair)
-    redraw = complement | irrelevant
-    intent[redraw] = rng.integers(0, spec.intents, redraw.sum())
+    relation = rng.choice(names, size=len(query), p=relation_frequencies(spec.label_noise))
+    q_topic, q_intent = queries["type"][query], queries["attribute"][query]
+    topic, intent = q_topic.copy(), q_intent.copy()
+    any_intent = rng.integers(0, spec.intents, len(query))
+    exact = relation == "E"
+    intent[exact & (q_intent < 0)] = any_intent[exact & (q_intent < 0)]
+    substitute = relation == "S"
+    sibling = substitute & ((q_intent < 0) | (rng.random(len(query)) < SIBLING_SUBSTITUTE_SHARE))
+    topic[sibling] = q_topic[sibling] ^ 1
+    intent[sibling] = any_intent[sibling]
+    other_value = substitute & ~sibling
+    intent[other_value] = (q_intent[other_value] + rng.integers(1, spec.intents, other_value.sum())) % spec.intents
+    complement = relation == "C"
+    topic[complement], intent[complement] = catalogue.accessory[q_topic[complement]], any_intent[complement]
+    irrelevant = relation == "I"
+    topic[irrelevant] = _unrelated(rng, q_topic[irrelevant], catalogue.accessory, spec.topics)
+    intent[irrelevant] = any_intent[irrelevant]
 
-    cell = p_topic * spec.intents + p_intent
-    by_cell = np.argsort(cell, kind="stable")
-    counts = np.bincount(cell, minlength=spec.topics * spec.intents)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    wanted = topic * spec.intents + intent
-    product = by_cell[starts[wanted] + (rng.random(len(query)) * counts[wanted]).astype(np.int64)]
-
-    first = np.unique(query * spec.products + product, return_index=True)[1]  # one judgement per pair
-    keep = np.sort(first)
-    query, product, relation = query[keep], product[keep], label[keep]
+    cell = catalogue.topic * spec.intents + catalogue.intent
+    product = _pick(rng, cell, topic * spec.intents + intent)
+    hard = irrelevant & (rng.random(len(query)) < HARD_NEGATIVE_SHARE)
+    decoys = _pick(rng, catalogue.decoy, q_topic[hard])
+    # a decoy that happens to be the query type's accessory is a complement, not a hard negative
+    usable = (decoys >= 0) & (catalogue.topic[decoys] != catalogue.accessory[q_topic[hard]])
+    product[np.flatnonzero(hard)[usable]] = decoys[usable]
+    keep = product >= 0
+    first = np.unique(query[keep] * spec.products + product[keep], return_index=True)[1]  # one judgement a pair
+    keep = np.flatnonzero(keep)[np.sort(first)]
+    query, product, relation = query[keep], product[keep], relation[keep]
     truth = label_probabilities(relation, spec.label_noise)
     drawn = (rng.random(len(relation))[:, None] > np.cumsum(truth, axis=1)).sum(axis=1)
-    return query, product, labels[np.minimum(drawn, len(labels) - 1)], truth
+    return query, product, names[np.minimum(drawn, len(names) - 1)], truth
 
 
 # Where a judge's label strays from the pair's relation, it strays as people do: an exact match
@@ -170,9 +271,11 @@ STRAY = {
 
 def _stray_table(label_noise: float) -> np.ndarray:
     names = list(LABEL_FREQUENCIES)
-    return np.array(
-        [[1 - label_noise if label == rel else label_noise * STRAY[rel][label] for label in names] for rel in names]
-    )
+    table = []
+    for rel in names:
+        noise = min(0.6, label_noise * DISPUTE[rel])
+        table.append([1 - noise if label == rel else noise * STRAY[rel][label] for label in names])
+    return np.array(table)
 
 
 def relation_frequencies(label_noise: float) -> np.ndarray:
@@ -184,7 +287,7 @@ def relation_frequencies(label_noise: float) -> np.ndarray:
 
 def label_probabilities(relation: np.ndarray, label_noise: float) -> np.ndarray:
     """The true p(label | pair) each label is drawn from, [n, 4] in LABEL_FREQUENCIES' order:
-    1 - label_noise on the pair's relation, the rest spread as STRAY says."""
+    the relation undisputed with probability 1 - its noise, the rest spread as STRAY says."""
     names = list(LABEL_FREQUENCIES)
     return _stray_table(label_noise)[np.vectorize(names.index, otypes=[np.int64])(relation)]
 
@@ -199,10 +302,9 @@ def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> tuple[pa.Tab
     q_all = np.concatenate([query, rng.integers(0, spec.queries, n_out)])
     query_id = q_ids[q_all] + np.where(np.arange(n_in + n_out) < n_in, 0, 1_000_000)
     order = rng.permutation(n_in + n_out)
-    text = np.char.add(
-        np.char.add(np.array(INTENT_WORDS)[q_intent[q_all] % len(INTENT_WORDS)], " "),
-        np.char.add(np.array(TOPIC_WORDS)[q_topic[q_all] % len(TOPIC_WORDS)], " "),
-    )
+    attribute = np.where(q_intent[q_all] >= 0, np.array(INTENT_WORDS)[q_intent[q_all] % len(INTENT_WORDS)], "")
+    words = np.char.add(np.array(TOPIC_WORDS)[q_topic[q_all] % len(TOPIC_WORDS)], " ")
+    text = np.char.lstrip(np.char.add(np.char.add(attribute, " "), words))
     columns = {
         "example_id": np.arange(n_in + n_out, dtype=np.int64),
         "query": np.char.add(text, query_id.astype(str))[order],
@@ -224,7 +326,7 @@ def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> tuple[pa.Tab
     return pa.table({name: pa.array(values) for name, values in columns.items()}), truth_table
 
 
-def _write_products(path: Path, spec, space, p_topic, p_intent) -> None:
+def _write_products(path: Path, spec, space: _Space, catalogue: _Catalogue) -> None:
     """Product embeddings in chunks, each from its own seeded stream: memory bounded by the chunk."""
     schema = pa.schema(
         [
@@ -233,17 +335,24 @@ def _write_products(path: Path, spec, space, p_topic, p_intent) -> None:
             ("clip_image_features", pa.list_(pa.float32())),
         ]
     )
+    title_word = catalogue.title_word()
     with pq.ParquetWriter(path, schema) as writer:
         for chunk, start in enumerate(range(0, spec.products, PRODUCT_CHUNK)):
             rows = np.arange(start, min(start + PRODUCT_CHUNK, spec.products))
             rng = np.random.default_rng([spec.seed, chunk])
-            topic, intent = p_topic[rows], p_intent[rows]
+            parts = {
+                "type": catalogue.topic[rows],
+                "attribute": catalogue.intent[rows],
+                "brand": catalogue.brand[rows],
+                "word": catalogue.topic[rows],
+                "extra_word": title_word[rows],
+            }
             writer.write_table(
                 pa.table(
                     {
                         "product_id": pa.array(product_id(rows)),
-                        "clip_text_features": embedding_array(space.embed(topic, intent, rng, noise=0.6)),
-                        "clip_image_features": embedding_array(space.embed(topic, intent, rng, noise=0.9, offset=0.5)),
+                        "clip_text_features": embedding_array(space.embed(parts, rng, noise=0.55)),
+                        "clip_image_features": embedding_array(space.embed(parts, rng, noise=0.8, image=True)),
                     },
                     schema=schema,
                 )
@@ -266,12 +375,16 @@ def generate(out_dir: Path, spec: SampleSpec = SampleSpec(), legacy_csv: bool = 
     """Write the three raw files (and optionally the legacy CSV) into `out_dir`, atomically."""
     rng = np.random.default_rng(spec.seed)
     space = _Space(spec, rng)
+    accessory = accessory_graph(spec.topics, rng)
     q_topic = rng.integers(0, spec.topics, spec.queries)
-    q_intent = rng.integers(0, spec.intents, spec.queries)
-    q_vectors = space.embed(q_topic, q_intent, rng, noise=0.6)
+    q_intent = np.where(rng.random(spec.queries) < ATTRIBUTE_SHARE, rng.integers(0, spec.intents, spec.queries), -1)
+    # a query's brand: most queries name none
+    q_brand = np.where(rng.random(spec.queries) < 0.2, rng.integers(0, BRANDS, spec.queries), -1)
+    queries = {"type": q_topic, "attribute": q_intent, "brand": q_brand, "word": q_topic}
+    q_vectors = space.embed(queries, rng, noise=0.55)
     q_ids = rng.choice(np.arange(1, 10 * spec.queries + 1), spec.queries, replace=False).astype(np.int64)
-    p_topic, p_intent = _product_cells(spec, rng)
-    judgements = _draw_judgements(spec, rng, q_topic, q_intent, p_topic, p_intent)
+    catalogue = _catalogue(spec, rng, accessory)
+    judgements = _draw_judgements(spec, rng, queries, catalogue)
     esci, truth = _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent)
 
     with atomic_dir(Path(out_dir)) as tmp:
@@ -280,7 +393,7 @@ def generate(out_dir: Path, spec: SampleSpec = SampleSpec(), legacy_csv: bool = 
         pq.write_table(truth, tmp / TRUTH_FILE)
         queries = pa.table({"query_id": pa.array(q_ids.astype(str)), "clip_text_features": embedding_array(q_vectors)})
         pq.write_table(queries, tmp / C.QUERY_FEATURES_FILE)
-        _write_products(tmp / C.PRODUCT_FEATURES_FILE, spec, space, p_topic, p_intent)
+        _write_products(tmp / C.PRODUCT_FEATURES_FILE, spec, space, catalogue)
         if legacy_csv:
             write_legacy_query_csv(tmp / C.LEGACY_QUERY_CSV, q_ids, q_vectors, spec.seed)
     working_labels, counts = np.unique(judgements[2], return_counts=True)
