@@ -82,6 +82,18 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def weights_digest(model) -> str:
+    """sha256 of every weight's bytes, in layer order: two models with the same digest are the same."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()
+
+
 def fit_logistic_regression(features, labels) -> tuple:
     """A multinomial logistic regression (scikit-learn) as a dense layer's weights: kernel
     [features, 4] and bias [4] in label-id order; a label absent from `labels` gets a bias of -10

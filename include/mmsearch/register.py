@@ -109,6 +109,7 @@ def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.R
         LOGICAL_DATE_TAG: tags.get("logical_date") or "",
         "feature_set": model["feature_set"],
         "candidate": str(model.get("candidate", "")),
+        "weights_sha256": model.get("weights_sha256", ""),
         "dvc_md5.raw": lineage.get("dvc_md5", ""),
     }
     if lineage.get("file_md5"):  # without the data's lineage (a CLI call without --lineage) no fingerprint
@@ -226,7 +227,10 @@ def run(
         "metrics": scores["metrics"],
         "intervals": scores["uncertainty"]["intervals"],
         "test_rows": scores["test_rows"],
-        "model": {k: model[k] for k in ("candidate", "overrides", "epochs_run", "best_epoch", "validation")},
+        "model": {
+            k: model.get(k)
+            for k in ("candidate", "overrides", "epochs_run", "best_epoch", "validation", "weights_sha256")
+        },
         "candidates": model.get("selection", {}).get("candidates", []),
     }
     Path(out_dir).mkdir(parents=True, exist_ok=True)

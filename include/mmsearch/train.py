@@ -265,6 +265,8 @@ def train_and_log(
     plot_training_curves(history, f"{feature_set}: loss and accuracy per epoch", work_dir / "training_curves.png")
     mlflow.log_artifact(str(work_dir / "training_curves.png"))
 
+    weights_sha256 = M.weights_digest(model)
+    mlflow.set_tag("weights_sha256", weights_sha256)
     labels, probabilities = predict_split(model, transform_manifest, "val", feature_set)
     rule_path, predicted = None, None
     if fit_rule:
@@ -285,6 +287,7 @@ def train_and_log(
         "validation": validation,
         "validation_rows": len(labels),
         "parameters": int(model.count_params()),
+        "weights_sha256": weights_sha256,
         "epochs_run": len(history["loss"]),
         "best_epoch": history["best_epoch"],
         "best_val_loss": float(history["val_loss"][best]) if best is not None else None,

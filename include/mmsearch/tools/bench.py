@@ -313,7 +313,7 @@ def bench_size(
             [str(_venv_bin("ml") / "mmsearch"), "ceiling", "--raw-dir", str(raw), "--merged-dir", str(run / "merged")],
             env,
         )
-        quality[:] = _quality(pairs, scores["metrics"], json.loads(best["stdout"]))
+        quality[:] = _quality(pairs, scores, json.loads(best["stdout"]))
         if not (
             n == merged["rows"] and split_rows == transformed["rows_out"] and split_rows["test"] == scores["test_rows"]
         ):
@@ -349,17 +349,26 @@ def bench_size(
     return _summarise(pairs, measured), quality
 
 
-def _quality(pairs: int, metrics: dict, ceiling: dict) -> list[dict]:
-    """The test metrics of the model and each baseline, the ceiling, and each one's gap to it."""
+QUALITY = ("accuracy", "macro_f1", "ndcg")
+
+
+def _quality(pairs: int, scores: dict, ceiling: dict) -> list[dict]:
+    """The test metrics of the model and each baseline with their 95 % intervals, the model's
+    difference from each baseline with its interval, the ceiling, and each one's gap to it."""
+    uncertainty = scores["uncertainty"]
     rows = [
-        {"pairs": pairs, "scorer": name, **{k: m[k] for k in ("accuracy", "macro_f1", "ndcg")}}
-        for name, m in metrics.items()
+        {
+            "pairs": pairs,
+            "scorer": name,
+            **{k: m[k] for k in QUALITY},
+            "intervals": uncertainty["intervals"].get(name, {}),
+            "difference": uncertainty["differences"].get(name),
+        }
+        for name, m in scores["metrics"].items()
     ]
-    rows.append(
-        {"pairs": pairs, "scorer": "best possible", **{k: ceiling[k] for k in ("accuracy", "macro_f1", "ndcg")}}
-    )
+    rows.append({"pairs": pairs, "scorer": "best possible", **{k: ceiling[k] for k in QUALITY}, "intervals": {}})
     for row in rows:
-        row["gap"] = {k: row[k] - ceiling[k] for k in ("accuracy", "macro_f1", "ndcg")}
+        row["gap"] = {k: row[k] - ceiling[k] for k in QUALITY}
     return rows
 
 
@@ -402,6 +411,8 @@ def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
 
 
 def write_report(rows: list[dict], quality: list[dict], out_dir: Path) -> Path:
+    from mmsearch.register import with_interval
+
     out_dir.mkdir(parents=True, exist_ok=True)
     fields = [
         "pairs",
@@ -435,17 +446,24 @@ def write_report(rows: list[dict], quality: list[dict], out_dir: Path) -> Path:
     lines += [
         "",
         "Model quality on the test split of the last direct pass, beside the best possible (the generator's "
-        "true p(label | pair)); gap = score - best possible",
+        "true p(label | pair)): [95 % interval] of a bootstrap over test queries; model - scorer: the model's "
+        "difference from it (paired bootstrap); gap = score - best possible",
         "",
-        "| pairs | scorer | accuracy | macro-F1 | nDCG | gap accuracy | gap macro-F1 | gap nDCG |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| pairs | scorer | accuracy | macro-F1 | nDCG | model - scorer: accuracy | macro-F1 | nDCG "
+        "| gap accuracy | gap macro-F1 | gap nDCG |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for q in quality:
-        gap = q["gap"]
-        lines.append(
-            f"| {q['pairs']:,} | {q['scorer']} | {q['accuracy']:.4f} | {q['macro_f1']:.4f} | {q['ndcg']:.4f} | "
-            f"{gap['accuracy']:+.4f} | {gap['macro_f1']:+.4f} | {gap['ndcg']:+.4f} |"
-        )
+        gap, difference = q["gap"], q.get("difference") or {}
+        cells = [with_interval(q[k], q["intervals"].get(k)) for k in QUALITY]
+        cells += [
+            f"{difference[k]['difference']:+.4f} [{difference[k]['low']:+.3f}, {difference[k]['high']:+.3f}]"
+            if k in difference
+            else ""
+            for k in QUALITY
+        ]
+        cells += [f"{gap[k]:+.4f}" for k in QUALITY]
+        lines.append(f"| {q['pairs']:,} | {q['scorer']} | " + " | ".join(cells) + " |")
     report = out_dir / "bench.md"
     report.write_text("\n".join(lines) + "\n")
     return report
