@@ -134,10 +134,14 @@ def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
     registry = first_run["registry"]
     assert registry["aliases"] == ["challenger", "champion"], registry["decision"]
     assert registry["decision"]["reason"].startswith("no champion yet; macro_f1 ")
+    assert " over baseline_clip (95 % CI " in registry["decision"]["reason"]
     assert set(first_run["metrics"]) == {"model", "baseline_majority", "baseline_clip", "baseline_query"}
-    for name, scores in first_run["metrics"].items():  # the gate's promise, checked on the summary
+    uncertainty = json.loads((run_dir / "evaluate" / "intervals.json").read_text())
+    for name in first_run["metrics"]:  # the gate's promise: no baseline significantly better
         if name != "model":
-            assert first_run["metrics"]["model"]["macro_f1"] > scores["macro_f1"], name
+            assert uncertainty["differences"][name]["macro_f1"]["high"] >= 0, name
+        low, high = first_run["intervals"][name]["macro_f1"]
+        assert low <= first_run["metrics"][name]["macro_f1"] <= high, name
     assert len(first_run["candidates"]) == 2  # the default grid, chosen on validation
     assert first_run["model"]["candidate"] in {row["candidate"] for row in first_run["candidates"]}
 
@@ -165,7 +169,7 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
     )
     for name in ("batch_size", "epochs", "input_dim", "optimizer", "feature_set", "steps_per_epoch", "patience"):
         assert name in found["params"]
-    assert found["params"]["input_dim"] == str(3 * 768 + 3)
+    assert found["params"]["input_dim"] == str(3 * F.WHITENED_DIM + len(F.PAIR_FEATURES))
     for name in (
         "accuracy",
         "val_accuracy",
@@ -173,6 +177,9 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
         "val_loss",
         "codecarbon_emissions_kg",
         "test/macro_f1",
+        "test/macro_f1_ci_low",
+        "test/macro_f1_ci_high",
+        "test_model_minus_baseline_clip/macro_f1_ci_low",
         "test/ece",
         "test_baseline_majority/macro_f1",
         "test_baseline_clip/ndcg",
@@ -191,6 +198,7 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
     assert found["parent_tags"]["selected_run_id"]
     assert found["kind"] == "custom_model_development"  # MLflow's UI opens it on its training runs
     assert "| baseline_clip |" in found["card"] and "promoted to champion" in found["card"]
+    assert "95 % interval" in found["card"]
     tags = found["tags"]
     assert tags["airflow_dag_id"] == "mmsearch_training" and tags["airflow_run_id"].startswith("manual__")
     assert (
@@ -229,7 +237,8 @@ def test_weaker_run_stays_challenger_and_champion_is_untouched(stack, first_run)
     assert registry["aliases"] == ["challenger"]
     decision = registry["decision"]
     assert decision["promote"] is False and decision["champion_version"] == champion
-    assert "does not beat baseline_clip" in decision["reason"]  # refused by the baselines already
+    assert "is significantly below a baseline: " in decision["reason"]  # refused by the baselines already
+    assert " over baseline_clip (95 % CI -" in decision["reason"]
     found = in_ml_env(
         stack,
         """
@@ -268,10 +277,14 @@ def test_a_run_with_nothing_new_skips_in_seconds_and_says_why(stack, first_run):
     raw_events = asset_events(stack, "mmsearch_raw_data")
     assert len(raw_events) == 1  # the first run's pull saw the data first; nothing new since
 
-    forced = dags_test(
-        stack, {**FAST, "force_retrain": True, "epochs": 1, "steps_per_epoch": 2}, "2026-01-06T02:00:00+00:00"
-    )
-    assert "registry" in forced  # trained and registered (other settings: another fingerprint anyway)
+    forced = dags_test(stack, {**FAST, "force_retrain": True}, "2026-01-06T02:00:00+00:00")
+    # the same data, code and settings: the same weights and the same test metrics, to the last bit
+    assert forced["model"]["weights_sha256"] == first_run["model"]["weights_sha256"]
+    assert forced["metrics"]["model"] == first_run["metrics"]["model"]
+    assert {name: forced["intervals"][name] for name in first_run["intervals"]} == first_run["intervals"]
+    decision = forced["registry"]["decision"]  # identical to the champion: no gain, stays challenger
+    assert not decision["promote"], decision
+    assert decision["reason"].startswith(f"macro_f1 +0.000 over champion v{version} (95 % CI +0.000 to +0.000)")
     drift = json.loads((Path(forced["run_dir"]) / "drift" / "drift.json").read_text())
     assert drift["against"] == f"champion v{version}'s training data"
     assert drift["score"] < 0.6 and drift["labels"]["chi2_pvalue"] > 0.9  # the same data: no drift

@@ -110,3 +110,48 @@ def _esci(spec):
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp) / "raw", spec)
         return pq.read_table(Path(tmp) / "raw" / C.ESCI_FILE).to_pandas()
+
+
+@pytest.fixture(scope="module")
+def clip_wide(tmp_path_factory) -> pd.DataFrame:
+    """Working-set judgements of a sample at CLIP's width, with each pair's relation (the most
+    probable label of its true p) and its query-text and query-image cosines."""
+    out = tmp_path_factory.mktemp("clip") / "raw"
+    generate(out, SampleSpec(queries=120, products=700, seed=5))
+    esci = pq.read_table(out / C.ESCI_FILE).to_pandas()
+    truth = pq.read_table(out / TRUTH_FILE).to_pandas()
+    judged = esci.merge(truth, on="example_id")
+    queries = pq.read_table(out / C.QUERY_FEATURES_FILE).to_pandas().set_index("query_id")
+    products = pq.read_table(out / C.PRODUCT_FEATURES_FILE).to_pandas().set_index("product_id")
+    query = np.stack(queries.loc[judged.query_id.astype(str), "clip_text_features"].to_numpy())
+    for side in ("text", "image"):
+        product = np.stack(products.loc[judged.product_id, f"clip_{side}_features"].to_numpy())
+        judged[f"cos_{side}"] = np.sum(query * product, axis=1)  # unit vectors
+    judged["relation"] = judged[["p_E", "p_S", "p_I", "p_C"]].to_numpy().argmax(axis=1)
+    judged["relation"] = judged.relation.map(dict(enumerate("ESIC")))
+    return judged
+
+
+def test_cosines_sit_in_clips_high_band_and_still_order_the_relations(clip_wide):
+    inside = clip_wide.cos_text.between(0.5, 0.9).mean()
+    assert inside > 0.8, inside  # a common direction lifts every cosine
+    median = clip_wide.groupby("relation").cos_text.median()
+    assert median["E"] > median["S"] > median["I"]
+
+
+def test_lexical_hard_negatives_look_close_in_text_and_far_in_image(clip_wide):
+    substitutes = clip_wide[clip_wide.relation == "S"]
+    irrelevant = clip_wide[clip_wide.relation == "I"]
+    close = irrelevant[irrelevant.cos_text > substitutes.cos_text.median()]
+    assert len(close) / len(irrelevant) > 0.15  # a title that shares the query's words
+    assert close.cos_image.mean() < substitutes.cos_image.mean()  # a photo of something else
+
+
+def test_complements_run_one_way_between_types_of_other_families():
+    from mmsearch.tools.sample_data import accessory_graph
+
+    for topics in (4, 12, 24):
+        accessory = accessory_graph(topics, np.random.default_rng(topics))
+        kinds = np.arange(topics)
+        assert (accessory // 2 != kinds // 2).all()  # never a sibling, never itself
+        assert (accessory[accessory] != kinds).all()  # a case complements a phone, not the reverse

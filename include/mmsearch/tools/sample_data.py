@@ -105,11 +105,16 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 def accessory_graph(topics: int, rng: np.random.Generator) -> np.ndarray:
     """accessory[k]: the type that complements a query for type k (phone -> case), in another sibling
     pair, with no two-way edge: if k's accessory is j, j's is not k."""
-    accessory = np.full(topics, -1)
-    for k in rng.permutation(topics):
-        options = [j for j in range(topics) if j // 2 != k // 2 and accessory[j] != k]
-        accessory[k] = rng.choice(options) if options else (k + 2) % topics
-    return accessory
+    for _ in range(100):  # a greedy draw can corner itself on few types: draw again
+        accessory = np.full(topics, -1)
+        for k in rng.permutation(topics):
+            options = [j for j in range(topics) if j // 2 != k // 2 and accessory[j] != k]
+            if not options:
+                break
+            accessory[k] = rng.choice(options)
+        else:
+            return accessory
+    raise ValueError(f"no one-way accessory graph over {topics} product types: use at least 4")
 
 
 class _Space:
