@@ -128,9 +128,13 @@ def pull_data(settings: dict) -> dict:
     is. Returns the data's lineage; a raw-data asset event when its files changed."""
     from mmsearch import pull
     from mmsearch.config import RunConfig
+    from mmsearch.io import DataError
 
     cfg = RunConfig.from_mapping(settings["config"])
-    lineage = pull.run(cfg.repo_dir, cfg.raw_dir, cfg)
+    try:
+        lineage = pull.run(cfg.repo_dir, cfg.raw_dir, cfg)
+    except DataError as error:
+        raise _fail_on_bad_input(error) from error
     if pull.remember(lineage):
         get_current_context()["outlet_events"][RAW_DATA_EVENTS].add(RAW_DATA, extra={"dvc_md5": lineage["dvc_md5"]})
     return lineage

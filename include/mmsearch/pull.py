@@ -190,12 +190,31 @@ def remember(lineage: dict) -> bool:
     return True
 
 
+def _check_given_directory(raw_dir: Path) -> None:
+    """A raw_data_dir that does not exist or holds no file: bad input, named, before any work."""
+    from mmsearch.io import DataError
+
+    if not raw_dir.is_dir():
+        raise DataError(
+            raw_dir,
+            "raw_data_dir does not exist (or is not a directory): set it to the raw ESCI/SQID "
+            "directory, or leave it empty to pull data/raw with DVC",
+        )
+    if not any(p.is_file() for p in raw_dir.rglob("*")):
+        raise DataError(
+            raw_dir,
+            f"raw_data_dir holds no file: expected {C.ESCI_FILE}, {C.QUERY_FEATURES_FILE} "
+            f"and {C.PRODUCT_FEATURES_FILE}",
+        )
+
+
 def run(repo_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     """The raw data in `out_dir` and its lineage (the md5 of every file): `dvc pull` of the DVC
     repository's `out_dir` (the bundled sample), `dvc update` of the files imported into it
     (`make real-data`), or, with `raw_data_dir` set, that directory described as it is."""
     repo_dir, out_dir = Path(repo_dir).resolve(), Path(out_dir).resolve()
     if cfg.raw_data_dir:
+        _check_given_directory(out_dir)
         return describe_untracked(out_dir)
     target = str(out_dir.relative_to(repo_dir)) + ".dvc"
     if not (repo_dir / target).exists():

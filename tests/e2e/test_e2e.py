@@ -482,3 +482,15 @@ def test_a_fresh_clone_imports_from_a_mirror_and_trains_with_the_sources_in_its_
         "/crossingminds/shopping-queries-image-dataset/r1/data/product_features.parquet"
     )
     assert tags[f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"] and len(tags["fingerprint"]) == 64
+
+
+def test_a_missing_raw_data_dir_fails_pull_data_at_once_naming_it(stack, tmp_path):
+    missing = tmp_path / "does-not-exist"
+    result, log = run_dag(stack, {**FAST, "raw_data_dir": str(missing)}, "2026-01-04T02:00:00+00:00")
+    assert "state=failed" in log
+    failed_run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
+    failed_dir = C.run_dir_for(failed_run_id).relative_to(C.runs_root())
+    failures = json.loads((stack["home"] / "failures" / f"{failed_dir}.json").read_text())["failed"]
+    assert [f["task_id"] for f in failures] == ["data.pull_data"]  # one try: bad input is not retried
+    assert failures[0]["reason"].startswith(f"{missing}: raw_data_dir does not exist")
+    assert not (stack["home"] / "runs" / failed_dir).exists()  # no run outputs at all

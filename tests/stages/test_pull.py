@@ -84,3 +84,13 @@ def test_a_raw_directory_given_directly_is_described_by_its_own_md5s(repo):
     described = describe_untracked(repo / "data" / "raw")
     assert described["file_md5"] == pulled["file_md5"]  # the same hashes DVC records
     assert described["dvc_md5"] == "not tracked by DVC (raw_data_dir)"
+
+
+def test_a_raw_data_dir_that_is_missing_or_empty_is_named(tmp_path):
+    from mmsearch import pull as stage
+    from mmsearch.io import DataError
+
+    for directory, problem in ((tmp_path / "nowhere", "does not exist"), (tmp_path, "holds no file")):
+        cfg = C.RunConfig(raw_data_dir=str(directory))
+        with pytest.raises(DataError, match=f"^{directory}: raw_data_dir {problem}"):
+            stage.run(tmp_path, directory, cfg)

@@ -168,13 +168,15 @@ class _Catalogue:
     decoy: np.ndarray
     accessory: np.ndarray
 
+    def title_type(self) -> np.ndarray:
+        """The type a title reads as: its own, or the decoy's (an "apple" that is a fruit reads as
+        the phone brand's word, and its text embedding with it; its image shows the fruit)."""
+        return np.where(self.decoy >= 0, self.decoy, self.topic)
+
     def title_word(self) -> np.ndarray:
-        """A second word in the title: the decoy word, or the type an accessory fits ("case for phone")."""
-        fits = np.full(len(self.topic), -1)
+        """A second word in the title: the type an accessory fits ("case for phone"), -1 if none."""
         base_of = {int(a): k for k, a in enumerate(self.accessory)}
-        fitted = np.array([base_of.get(int(t), -1) for t in self.topic])
-        fits[fitted >= 0] = fitted[fitted >= 0]
-        return np.where(self.decoy >= 0, self.decoy, fits)
+        return np.array([base_of.get(int(t), -1) for t in self.topic])
 
 
 def _catalogue(spec: SampleSpec, rng: np.random.Generator, accessory: np.ndarray) -> _Catalogue:
@@ -340,7 +342,7 @@ def _write_products(path: Path, spec, space: _Space, catalogue: _Catalogue) -> N
             ("clip_image_features", pa.list_(pa.float32())),
         ]
     )
-    title_word = catalogue.title_word()
+    title_type, title_word = catalogue.title_type(), catalogue.title_word()
     with pq.ParquetWriter(path, schema) as writer:
         for chunk, start in enumerate(range(0, spec.products, PRODUCT_CHUNK)):
             rows = np.arange(start, min(start + PRODUCT_CHUNK, spec.products))
@@ -349,14 +351,13 @@ def _write_products(path: Path, spec, space: _Space, catalogue: _Catalogue) -> N
                 "type": catalogue.topic[rows],
                 "attribute": catalogue.intent[rows],
                 "brand": catalogue.brand[rows],
-                "word": catalogue.topic[rows],
-                "extra_word": title_word[rows],
             }
+            text = {**parts, "type": title_type[rows], "word": title_type[rows], "extra_word": title_word[rows]}
             writer.write_table(
                 pa.table(
                     {
                         "product_id": pa.array(product_id(rows)),
-                        "clip_text_features": embedding_array(space.embed(parts, rng, noise=0.55)),
+                        "clip_text_features": embedding_array(space.embed(text, rng, noise=0.55)),
                         "clip_image_features": embedding_array(space.embed(parts, rng, noise=0.8, image=True)),
                     },
                     schema=schema,
