@@ -88,10 +88,11 @@ def test_whitened_embeddings_have_unit_variance_and_their_cosines_match_numpy(tr
     # uncorrelated, unit variance: the covariance the PCA came from, whitened, is the identity
     np.testing.assert_allclose(np.cov(stacked, rowvar=False, bias=True), np.eye(stacked.shape[1]), atol=0.02)
     # the same whitening in numpy; a component's sign is arbitrary, cosines do not see it
-    z = {n: _zscore(_matrix(train, n), _matrix(train, n)) for n in names}
-    values, vectors = np.linalg.eigh(np.cov(np.vstack(list(z.values())), rowvar=False, bias=True))
+    raw = {n: _matrix(train, n) for n in names}
+    stacked_raw = np.vstack(list(raw.values()))
+    values, vectors = np.linalg.eigh(np.cov(stacked_raw, rowvar=False, bias=True))
     top = np.argsort(values)[::-1][: F.whitened_dim(SMALL.dim)]
-    white = {n: z[n] @ vectors[:, top] / np.sqrt(values[top]) for n in names}
+    white = {n: (raw[n] - stacked_raw.mean(axis=0)) @ vectors[:, top] / np.sqrt(values[top]) for n in names}
     unit = {n: white[n] / np.linalg.norm(white[n], axis=1, keepdims=True) for n in names}
     expected = [np.sum(unit[left] * unit[right], axis=1) for left, right in F.COSINES.values()]
     got = [examples[name] for name in F.WHITENED_COSINES]
