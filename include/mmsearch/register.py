@@ -69,7 +69,9 @@ def decide(
     worse = [name for name in baselines if differences[name][metric]["high"] < 0]
     if worse:
         losses = "; ".join(_difference(metric, name, differences[name][metric]) for name in worse)
-        return Decision(False, f"{metric} {ours:.4f} is significantly below a baseline: {losses}", ours)
+        return Decision(
+            False, f"{metric} {ours:.4f} is significantly below a baseline: {losses}", ours, None, champion_version
+        )
     best_baseline = min(baselines, key=lambda name: differences[name][metric]["difference"])
     against_baseline = _difference(metric, best_baseline, differences[best_baseline][metric])
     if champion_version is None:

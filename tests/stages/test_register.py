@@ -69,7 +69,7 @@ def test_min_improvement_raises_the_bar():
 def test_a_model_significantly_worse_than_a_baseline_is_never_promoted():
     for champion in (None, "3"):
         decision = gate({"model": 0.55, "champion": 0.40, "baseline_clip": 0.72}, champion_version=champion)
-        assert not decision.promote
+        assert not decision.promote and decision.champion_version == champion
         assert "is significantly below a baseline: accuracy -0.1" in decision.reason
         assert "over baseline_clip (95 % CI -0." in decision.reason
 
