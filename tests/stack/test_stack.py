@@ -258,7 +258,8 @@ def test_triggered_runs_register_their_models_in_the_mlflow_server(stack, defaul
 def test_register_task_log_shows_the_run_summary(airflow_api, edited_run):
     log = task_log(airflow_api, edited_run["dag_run_id"], "model.register")
     assert re.search(r"registered mmsearch-esci v\d+, aliases challenger(, champion)?: ", log), log[-3000:]
-    assert re.search(r"^model\s+0\.\d{4}\s+0\.\d{4}\s+0\.\d{4}$", log, re.M), log[-3000:]
+    # each figure with its 95 % interval: accuracy, macro_f1, ndcg
+    assert re.search(r"^model\s+(0\.\d{4} \[0\.\d{3}, [01]\.\d{3}\]\s*){3}$", log, re.M), log[-3000:]
     assert re.search(r"^baseline_clip\s+0\.\d{4}", log, re.M), log[-3000:]
 
 
