@@ -23,10 +23,11 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(AIRFLOW_BIN):$(PATH)
 
-.PHONY: help envs system-deps run up serve down status lint test bench bench-stack lock clean distclean sample-data real-data
+.PHONY: help envs system-deps run mlflow-ui up serve down status lint test bench bench-stack lock clean distclean sample-data real-data
 
 help:
 	@echo "make run         set up, pull the sample through DVC, run the DAG once (airflow dags test)"
+	@echo "make mlflow-ui   MLflow's UI on make run's store, on a free port; prints the runs' address"
 	@echo "make up          start PostgreSQL, Airflow (UI on :8080), MLflow (:5000, basic auth) on 127.0.0.1"
 	@echo "                 EXECUTOR=celery WORKERS=2: the CeleryExecutor, Redis and two workers"
 	@echo "make serve       serve the champion model on :5001 (mlflow models serve)"
@@ -74,6 +75,10 @@ $(AIRFLOW_HOME)/airflow.db: $(AIRFLOW_VENV)/.stamp
 CONF ?= {}
 run: envs $(AIRFLOW_HOME)/airflow.db
 	$(AIRFLOW_BIN)/mmsearch run-dag --conf '$(CONF)'
+
+# MLflow's UI on the store `make run` writes (MMSEARCH_HOME's), on a free port, until Ctrl-C.
+mlflow-ui: envs
+	$(AIRFLOW_BIN)/mmsearch mlflow-ui
 
 # The local server stack (no Docker): PostgreSQL, Airflow 3, MLflow with basic auth; with
 # EXECUTOR=celery, Redis and WORKERS Celery workers. Ports: MMSEARCH_{AIRFLOW,MLFLOW,POSTGRES,

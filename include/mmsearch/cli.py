@@ -150,7 +150,7 @@ def cmd_ceiling(args):
 def cmd_run_dag(args):
     from mmsearch.tools import run_dag
 
-    return run_dag.run_dag(args.conf, as_json=args.json)
+    return run_dag.run_dag(args.conf, as_json=args.json, logical_date=args.logical_date)
 
 
 def cmd_bench(args):
@@ -166,6 +166,12 @@ def cmd_bench_stack(args):
     return bench_stack.main(repeat=args.repeat)
 
 
+def cmd_mlflow_ui(args):
+    from mmsearch.tools import mlflow_ui
+
+    return mlflow_ui.main(args.port)
+
+
 def cmd_stack(args):
     from mmsearch.tools import stack
 
@@ -173,7 +179,10 @@ def cmd_stack(args):
         return stack.up(stack.StackSettings.from_env(executor=args.executor, workers=args.workers))
     if args.action == "restart":
         return stack.restart(args.component)
-    actions = {"down": stack.down, "status": stack.status, "serve": stack.serve}
+    if args.action == "status":
+        found = stack.status()
+        return found if args.json else stack.status_table(found)
+    actions = {"down": stack.down, "serve": stack.serve}
     return actions[args.action]()
 
 
@@ -310,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run-dag", help="run mmsearch_training once with `airflow dags test`; print its summary")
     p.add_argument("--conf", default="{}", help="DAG run conf (JSON)")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
+    p.add_argument("--logical-date", help="the run's logical date (default: now)")
     p.set_defaults(func=cmd_run_dag)
 
     p = sub.add_parser("bench", help="measure every stage at the real data's scale (make bench)")
@@ -324,11 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, help="repeats of each timing; the median is reported")
     p.set_defaults(func=cmd_bench_stack)
 
+    p = sub.add_parser("mlflow-ui", help="MLflow's UI on make run's store, on a free port (make mlflow-ui)")
+    p.add_argument("--port", type=int, help="default: a free port")
+    p.set_defaults(func=cmd_mlflow_ui)
+
     p = sub.add_parser("stack", help="the local server stack: PostgreSQL, Airflow 3, MLflow (make up / down / serve)")
     p.add_argument("action", choices=["up", "down", "status", "serve", "restart"])
     p.add_argument("component", nargs="?", help="restart: the component to restart (postgres, redis, worker-1, ...)")
     p.add_argument("--executor", choices=["local", "celery"], help="up: Airflow's executor (default: local)")
     p.add_argument("--workers", type=int, help="up: Celery workers (default: 2)")
+    p.add_argument("--json", action="store_true", help="status: the JSON a script reads, not the table")
     p.set_defaults(func=cmd_stack)
     return parser
 

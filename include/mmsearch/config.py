@@ -142,6 +142,16 @@ DEFAULT_CANDIDATES = (
 )
 
 
+def overridden_by_candidates(name: str) -> str:
+    """What the form says of a field the default candidates set for themselves."""
+    values = [str(c[name]) for c in DEFAULT_CANDIDATES if name in c]
+    if not values:
+        return "The pair-model candidates use it unless they override it."
+    return (
+        f"The default pair-model candidates set their own ({', '.join(values)}): to change theirs, edit `candidates`."
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything a DAG run can change: each field is a DAG param and a CLI `--set key=value`."""
@@ -173,12 +183,27 @@ class RunConfig:
         50, "Maximum epochs (early stopping on validation loss ends sooner).", "Training", **AT_LEAST_ONE
     )
     batch_size: int = setting(
-        32, "Training batch size (the original design's; a candidate may override it).", "Training", **AT_LEAST_ONE
+        32,
+        "Training batch size (the original design's): the query model's. " + overridden_by_candidates("batch_size"),
+        "Training",
+        **AT_LEAST_ONE,
     )
     steps_per_epoch: int = setting(200, "Training steps per epoch.", "Training", **AT_LEAST_ONE)
     patience: int = setting(5, "Early-stopping patience in epochs (best weights restored).", "Training", minimum=0)
-    learning_rate: float = setting(0.001, "Adam learning rate.", "Training", exclusiveMinimum=0, maximum=1)
-    dropout: float = setting(0.3, "Dropout after the first dense layer.", "Training", minimum=0, exclusiveMaximum=1)
+    learning_rate: float = setting(
+        0.001,
+        "Adam learning rate: the query model's. " + overridden_by_candidates("learning_rate"),
+        "Training",
+        exclusiveMinimum=0,
+        maximum=1,
+    )
+    dropout: float = setting(
+        0.3,
+        "Dropout after the first dense layer: the query model's. " + overridden_by_candidates("dropout"),
+        "Training",
+        minimum=0,
+        exclusiveMaximum=1,
+    )
     validation_steps: int = setting(
         0, "Validation steps per epoch (0: the whole validation split).", "Training", minimum=0
     )

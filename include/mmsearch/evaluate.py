@@ -146,6 +146,17 @@ def _figures(results: dict, scored: dict, out: Path, feature_set: str) -> None:
     )
 
 
+def _parent_note(mlflow, model: dict) -> str:
+    """The DAG run's MLflow run description (its Overview in the UI): where the model's figures are."""
+    experiment = mlflow.get_run(model["mlflow_run_id"]).info.experiment_id
+    link = f"#/experiments/{experiment}/runs/{model['mlflow_run_id']}"
+    return (
+        f"The chosen model is [candidate-{model['candidate']}]({link}): its training curves, validation "
+        "metrics, evaluation figures (confusion matrices, reliability, precision-recall under Artifacts → "
+        "evaluation) and the logged model. This run holds the test metrics with their 95 % intervals."
+    )
+
+
 def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     """Score everything on the test split; log to the selected candidate's MLflow run."""
     import pyarrow.dataset
@@ -178,7 +189,13 @@ def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.Ru
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
     with mlflow.start_run(run_id=model["parent_run_id"]):  # the model's headline, on the DAG run's run too
         mlflow.log_metrics({name: value for name, value in logged.items() if name.startswith("test/")})
-        mlflow.set_tags({"selected_candidate": str(model["candidate"]), "selected_run_id": model["mlflow_run_id"]})
+        mlflow.set_tags(
+            {
+                "selected_candidate": str(model["candidate"]),
+                "selected_run_id": model["mlflow_run_id"],
+                "mlflow.note.content": _parent_note(mlflow, model),
+            }
+        )
     scores = {
         "evaluation_dir": str(out_dir),
         "test_rows": len(labels),

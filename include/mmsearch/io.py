@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -71,11 +72,51 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+# TensorFlow's native start-up lines on a machine without a GPU or the CPU features its wheel
+# skips: absl writes them to fd 2 before any log level applies (TF_CPP_MIN_LOG_LEVEL does not
+# hide them), and they read as errors ("E0000 ... failed call to cuInit") in a healthy task.
+NATIVE_NOISE = re.compile(
+    rb"WARNING: All log messages before absl::InitializeLog|[IWE]0000 .*(cuda|cuInit|cpu_feature_guard|oneDNN)"
+    rb"|To enable the following instructions|.*oneDNN custom operations are on"
+)
+
+
+def filter_native_stderr() -> None:
+    """Drop NATIVE_NOISE from everything this process writes to fd 2 (C++ included), passing the
+    rest on at once; at exit the filter drains, so no last line (a traceback) is lost."""
+    import atexit
+    import sys
+    import threading
+
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as source, os.fdopen(original, "wb", buffering=0) as sink:
+            for line in source:
+                if not NATIVE_NOISE.match(line):
+                    sink.write(line)
+
+    pumping = threading.Thread(target=pump, name="native-stderr-filter", daemon=True)
+    pumping.start()
+
+    def drain() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # the pipe's last writer closes: the pump reads to its end
+        pumping.join(timeout=5)
+
+    atexit.register(drain)
+
+
 def log_to_stderr() -> None:
-    """Show mmsearch's INFO lines in a task's log (an external-python task has no logging set up)."""
+    """Show mmsearch's INFO lines in a task's log (an external-python task has no logging set up),
+    without TensorFlow's native start-up noise."""
     import logging
     import sys
 
+    filter_native_stderr()
     logger = logging.getLogger("mmsearch")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)

@@ -55,6 +55,12 @@ class Hyperparameters:
         return asdict(self)
 
 
+# Training steps Keras runs in one call of its compiled function: the same updates in the same
+# order, a tenth of the Python overhead that dominated these small models' steps on CPU (at 182k
+# pairs, an epoch of the pair model took 2.3 s at 1 and 1.4 s at 20).
+STEPS_PER_EXECUTION = 20
+
+
 def keras():
     """tf.keras as TensorFlow Transform configures it: Keras 2 (tf_keras).
 
@@ -149,6 +155,7 @@ def build_query_model(dim: int, dropout: float = 0.3, learning_rate: float = 0.0
     model.compile(
         optimizer=k.optimizers.Adam(learning_rate=learning_rate),
         loss="sparse_categorical_crossentropy",
+        steps_per_execution=STEPS_PER_EXECUTION,
         metrics=["accuracy"],
     )
     return model
@@ -198,6 +205,7 @@ def build_pair_model(dim: int, hp: Hyperparameters, decay_steps: int = 10_000, w
     model.compile(
         optimizer=k.optimizers.Adam(learning_rate=schedule),
         loss="sparse_categorical_crossentropy",
+        steps_per_execution=STEPS_PER_EXECUTION,
         metrics=["accuracy", k.metrics.SparseCategoricalCrossentropy(name="crossentropy")],
     )
     return model

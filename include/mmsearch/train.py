@@ -111,6 +111,9 @@ def _fit(
     # large batches make it ~10x faster. A step budget (validation_steps) keeps batch_size.
     val_batch = batch_size if cfg.validation_steps else VALIDATION_BATCH_ROWS
     val = make_dataset(transform_manifest, "val", names, val_batch, training=False)
+    # a finite dataset run several steps an execution needs its length (Keras cannot infer it)
+    val_rows = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")["splits"]["val"]["rows"]
+    validation_steps = cfg.validation_steps or -(-val_rows // val_batch)
     (work_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     # the pair model's loss carries an L2 penalty: it judges epochs by its cross-entropy alone
     monitor = "val_crossentropy" if feature_set == "query_product" else "val_loss"
@@ -121,14 +124,14 @@ def _fit(
     ]
     start_loss = None
     if keep_start_if_better:
-        start_loss = model.evaluate(val, steps=cfg.validation_steps or None, verbose=0, return_dict=True)[monitor[4:]]
+        start_loss = model.evaluate(val, steps=validation_steps, verbose=0, return_dict=True)[monitor[4:]]
     start_weights = model.get_weights()
     history = model.fit(
         train,
         epochs=cfg.epochs,
         steps_per_epoch=steps_per_epoch,
         validation_data=val,
-        validation_steps=cfg.validation_steps or None,
+        validation_steps=validation_steps,
         callbacks=callbacks,
         class_weight=weights,
         verbose=2,

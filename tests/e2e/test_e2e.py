@@ -111,7 +111,36 @@ def in_ml_env(stack, code: str) -> dict:
 
 @pytest.fixture(scope="module")
 def first_run(stack):
-    return dags_test(stack, FAST, "2026-01-01T02:00:00+00:00")
+    """Through `mmsearch run-dag`, what `make run` runs: its output is what a person reads."""
+    conf = json.dumps({"dvc_repo": str(stack["repo"]), **FAST})
+    command = [str(Path(sys.executable).parent / "mmsearch"), "run-dag", "--conf", conf]
+    result = subprocess.run(
+        [*command, "--logical-date", "2026-01-01T02:00:00+00:00"],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=stack["cwd"],
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    printed = result.stderr + result.stdout
+    summary = json.loads((Path(re.search(r"^outputs: (.+)$", printed, re.M).group(1)) / "summary.json").read_text())
+    return {**summary, "printed": printed}
+
+
+def test_make_run_prints_a_line_per_task_the_summary_and_what_to_do_next(first_run):
+    lines = first_run["printed"].splitlines()
+    assert len(lines) <= 40, first_run["printed"]
+    progress = [line.split() for line in lines if line.startswith("  ")]
+    assert progress[0][:2] == ["configure", "success"] and progress[0][-1] == "s"
+    assert {"model.train[0]", "model.train[1]", "model.register"} <= {fields[0] for fields in progress}
+    assert all(fields[1] == "success" for fields in progress), progress
+    assert lines[-1].startswith("next: `make mlflow-ui` shows this run") and "v1 is the champion" in lines[-1]
+    log = Path(re.search(r"Airflow's log: (\S+)", first_run["printed"]).group(1))
+    assert log.parent == Path(first_run["run_dir"]) and "[DAG TEST] end task" in log.read_text()
+    # TensorFlow's native start-up lines are filtered out of the tasks' logs
+    assert "cuInit" not in log.read_text() and "cpu_feature_guard" not in log.read_text()
+    assert "INFO mmsearch.train: trained candidate-0" in log.read_text()
 
 
 def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
@@ -207,6 +236,38 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
     assert {"dvc_md5.raw", f"dvc_md5.{C.ESCI_FILE}", f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"} <= set(tags)
     for candidate in ("candidate-0", "candidate-1"):
         assert (Path(first_run["run_dir"]) / "train" / candidate / "emissions.csv").exists()
+
+
+def test_mlflow_ui_opens_on_the_training_runs(stack, first_run):
+    """`make mlflow-ui` (mmsearch mlflow-ui), looked at in Chromium: the printed address shows the
+    DAG run's parent run, whose description links the chosen candidate. Screenshots for a person."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.stack.test_stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+    command = [str(Path(sys.executable).parent / "mmsearch"), "mlflow-ui"]
+    ui = subprocess.Popen(command, env=stack["env"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        printed = ""
+        while "stop with" not in printed:
+            line = ui.stderr.readline()
+            assert line, f"mmsearch mlflow-ui ended before printing its address: {printed}"
+            printed += line
+        runs_url = re.search(r"MLflow UI +(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs)", printed).group(1)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(runs_url)
+            expect(page.get_by_text(first_run["run_id"]).first).to_be_visible(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "mlflow-ui-training-runs.png"))
+            page.get_by_text(first_run["run_id"]).first.click()
+            expect(page.get_by_text("The chosen model is").first).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "mlflow-ui-parent-run.png"))
+            browser.close()
+    finally:
+        ui.terminate()
+        assert ui.wait(timeout=30) == 0
 
 
 def test_champion_predicts_raw_rows_from_another_process(stack, first_run):

@@ -52,7 +52,7 @@ def stack():
         FIGURES["startup_seconds"] = running["status"]["startup_seconds"]
         FIGURES["memory_mb_idle"] = running["status"]["memory_mb"]
         yield running
-        FIGURES["memory_mb_after_runs"] = mmsearch(env, "stack", "status")["memory_mb"]
+        FIGURES["memory_mb_after_runs"] = mmsearch(env, "stack", "status", "--json")["memory_mb"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "production-figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
 
@@ -113,7 +113,7 @@ def form_run(stack, airflow_api, page):  # noqa: F811
 
 
 def test_every_port_listens_on_loopback_only(stack):
-    status = mmsearch(stack["env"], "stack", "status")
+    status = mmsearch(stack["env"], "stack", "status", "--json")
     listening = status["listening"]
     assert {s["ip"] for s in listening} == {"127.0.0.1"}, listening
     assert {s["port"] for s in listening} == set(status["ports"].values()), (listening, status["ports"])
@@ -200,7 +200,11 @@ def test_a_malformed_request_gets_a_4xx_naming_the_problem(served, body, expecte
 def test_a_worker_killed_in_train_is_replaced_by_the_other(stack, airflow_api, form_run):
     run_id = trigger(airflow_api, {**FAST, "force_retrain": True})
     running = wait_for_task(airflow_api, run_id, "model.train", {"running"})
-    workers = {name: pid for name, pid in mmsearch(stack["env"], "stack", "status")["pids"].items() if "worker" in name}
+    workers = {
+        name: pid
+        for name, pid in mmsearch(stack["env"], "stack", "status", "--json")["pids"].items()
+        if "worker" in name
+    }
     deadline = time.monotonic() + 30
     while not running.get("pid") and time.monotonic() < deadline:  # the runner reports its PID on start
         time.sleep(0.5)
@@ -232,7 +236,7 @@ def test_a_worker_killed_in_train_is_replaced_by_the_other(stack, airflow_api, f
 def test_a_postgres_restart_during_a_run_loses_nothing(stack, airflow_api, form_run):
     run_id = trigger(airflow_api, {**FAST, "force_retrain": True})
     wait_for_task(airflow_api, run_id, "model.transform", {"running"})
-    before = mmsearch(stack["env"], "stack", "status")["pids"]["postgres"]
+    before = mmsearch(stack["env"], "stack", "status", "--json")["pids"]["postgres"]
     restarted = mmsearch(stack["env"], "stack", "restart", "postgres")
     assert restarted["pid"] != before
     finished = wait_for_run(airflow_api, run_id, timeout=900)

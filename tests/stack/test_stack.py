@@ -41,10 +41,13 @@ CHROMIUM_ARGS = [
 ]
 
 
+def run_mmsearch(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "mmsearch"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def mmsearch(env: dict, *args: str, timeout: float = 300) -> dict:
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "mmsearch"), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    result = run_mmsearch(env, *args, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout)
 
@@ -60,7 +63,7 @@ def running_stack(env: dict, *up_args: str):
         yield {"env": env, "status": status}
     finally:
         started_pids = set()
-        for pid in mmsearch(env, "stack", "status")["pids"].values():
+        for pid in mmsearch(env, "stack", "status", "--json")["pids"].values():
             with contextlib.suppress(psutil.NoSuchProcess):
                 started_pids |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
         stopped = mmsearch(env, "stack", "down")
@@ -210,6 +213,28 @@ def edited_run(stack, airflow_api, page, default_run):
     return finished
 
 
+def test_serve_without_a_champion_exits_at_once_saying_why(stack):
+    # first in the module: nothing is registered yet
+    started = time.monotonic()
+    result = run_mmsearch(stack["env"], "stack", "serve", timeout=60)
+    seconds = time.monotonic() - started
+    assert result.returncode == 3 and seconds < 5, (seconds, result.stderr[-2000:])
+    assert "nothing to serve: no model is registered as mmsearch-esci yet. Next: trigger" in result.stderr
+    assert "serve" not in mmsearch(stack["env"], "stack", "status", "--json")["pids"]  # nothing was started
+
+
+def test_status_is_a_table_of_the_running_processes(stack):
+    result = run_mmsearch(stack["env"], "stack", "status")
+    assert result.returncode == 0, result.stderr[-2000:]
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["component", "pid", "memory", "health", "listening"]
+    by_name = {row.split()[0]: row for row in rows}
+    for name, pid in stack["status"]["pids"].items():
+        assert str(pid) in by_name[name]
+    assert "healthy" in by_name["mlflow"] and "healthy" in by_name["scheduler"]
+    assert f"Airflow UI   {stack['status']['airflow_url']}" in result.stdout
+
+
 def test_the_form_triggers_with_its_defaults(default_run):
     from mmsearch.config import RunConfig, param_default, params_by_section
 
@@ -293,12 +318,12 @@ def test_a_second_stack_up_refuses_while_one_runs(stack):
     )
     assert result.returncode == 3
     assert "the stack is already running" in result.stderr and "make down" in result.stderr
-    assert mmsearch(stack["env"], "stack", "status")["pids"] == stack["status"]["pids"]  # nothing replaced
+    assert mmsearch(stack["env"], "stack", "status", "--json")["pids"] == stack["status"]["pids"]  # nothing replaced
 
 
 def test_stack_figures_are_recorded(stack, default_run, edited_run):
     """Memory of the running stack after a run, and time from trigger to registered model."""
-    status = mmsearch(stack["env"], "stack", "status")
+    status = mmsearch(stack["env"], "stack", "status", "--json")
     assert set(status["health"].values()) == {"healthy"}
     figures = {
         "startup_seconds": stack["status"]["startup_seconds"],
@@ -310,6 +335,15 @@ def test_stack_figures_are_recorded(stack, default_run, edited_run):
     (ARTIFACTS / "stack-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
     assert status["memory_mb"]["total"] > 0
+
+
+def test_status_of_a_stopped_stack_says_so_and_fails():
+    env = stack_env("stopped")
+    for args in (("stack", "status"), ("stack", "status", "--json")):
+        result = run_mmsearch(env, *args, timeout=60)
+        assert result.returncode == 3, result.stdout
+        assert "error: the stack is not running" in result.stderr and "`make up` starts it" in result.stderr
+    shutil.rmtree(Path(env["MMSEARCH_HOME"]).parent)
 
 
 def test_stack_up_refuses_a_taken_port_and_starts_nothing():

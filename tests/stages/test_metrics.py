@@ -100,3 +100,22 @@ def test_decision_rule_raises_macro_f1_within_the_accuracy_budget():
     assert fitted["macro_f1"] == pytest.approx(rule["validation_macro_f1"])
     assert fitted["accuracy"] >= argmax["accuracy"] - MAX_ACCURACY_DROP - 1e-9
     assert rule["class_weights"][3] == pytest.approx(1.0) and rule["label_order"] == ["I", "C", "S", "E"]
+
+
+def test_ndcg_per_query_equals_sklearn_with_tied_scores_and_gains():
+    from sklearn.metrics import ndcg_score
+
+    from mmsearch.metrics import ndcg_per_query, query_groups
+
+    rng = np.random.default_rng(1)
+    queries = rng.integers(0, 60, 900)
+    gains = rng.choice(GAIN_BY_ID, len(queries))
+    scores = rng.integers(0, 4, len(queries)) / 4  # few distinct values: many ties within a query
+    values = ndcg_per_query(queries, gains, scores)
+    group, count = query_groups(queries)
+    for g in range(count):
+        rows = group == g
+        if rows.sum() >= 2 and gains[rows].max() > 0:
+            assert values[g] == pytest.approx(ndcg_score([gains[rows]], [scores[rows]]))
+        else:
+            assert np.isnan(values[g])

@@ -205,12 +205,12 @@ def main(repeat: int = 3) -> dict:
         try:
             figures["up_celery_seconds"] = round(seconds, 1)
             time.sleep(20)  # idle: nothing scheduled, the components settled
-            idle = _mmsearch(env, "stack", "status")["memory_mb"]
+            idle = _mmsearch(env, "stack", "status", "--json")["memory_mb"]
             figures["idle_memory_celery_mb"] = idle["total"]
             figures["idle_memory_celery_by_component_mb"] = idle
             figures["trigger_to_registered_celery_seconds"] = round(_run_to_registered(status), 1)
             _mmsearch(env, "stack", "serve")
-            figures.update(_serving(_mmsearch(env, "stack", "status"), env, repeat))
+            figures.update(_serving(_mmsearch(env, "stack", "status", "--json"), env, repeat))
         finally:
             _mmsearch(env, "stack", "down")
     out = C.mmsearch_home() / "bench" / "stack.json"

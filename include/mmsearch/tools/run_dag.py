@@ -1,9 +1,11 @@
-"""`make run`: one run of mmsearch_training through `airflow dags test`, then the few lines a
-person reads (the run's summary), or, when it failed, the failing task and its one-line reason."""
+"""`make run`: one run of mmsearch_training through `airflow dags test`, a line per task as it
+ends, then the few lines a person reads (the run's summary and what to do next), or, when it
+failed, the failing task and its one-line reason. Airflow's own log goes to a file, named at the end."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +15,11 @@ from mmsearch import config as C
 from mmsearch.io import read_json
 
 DAG_ID = "mmsearch_training"
+LOG_NAME = "airflow-dags-test.log"
+# What `airflow dags test` logs around each task it runs, and its task runner inside one.
+TASK_STARTED = re.compile(r"\[DAG TEST\] starting task_id=(?P<task>\S+) map_index=(?P<index>-?\d+)")
+TASK_ENDED = re.compile(r"\[DAG TEST\] end task task_id=")
+TASK_STATES = {"Task failed with exception": "failed", "Skipping task.": "skipped"}
 
 
 class RunFailed(RuntimeError):
@@ -59,12 +66,64 @@ def failures_file(run_id: str) -> Path:
 def failure_reason(run_id: str) -> str:
     path = failures_file(run_id)
     if not path.exists():
-        return "no task recorded a reason (see the log above)"
+        return "no task recorded a reason (see Airflow's log)"
     failed = read_json(path)["failed"]
     return "; ".join(f"{item['task_id']} failed: {item['reason']}" for item in failed)
 
 
-def run_dag(conf: str = "{}", as_json: bool = False) -> dict | str:
+def follow(output, log_file, progress) -> None:
+    """Copy `airflow dags test`'s output to `log_file`; call `progress` with a line per task that ends."""
+    task, started, state = None, 0.0, "success"
+    for line in output:
+        log_file.write(line)
+        if found := TASK_STARTED.search(line):
+            index = int(found["index"])
+            task, started, state = found["task"] + (f"[{index}]" if index >= 0 else ""), time.monotonic(), "success"
+        elif task and TASK_ENDED.search(line):
+            progress(f"  {task:<24} {state:<8} {time.monotonic() - started:6.1f} s")
+            task = None
+        elif task:
+            state = next((name for mark, name in TASK_STATES.items() if mark in line), state)
+
+
+def _dags_test(conf: str, log_path: Path, logical_date: str | None) -> int:
+    command = [_airflow(), "dags", "test", DAG_ID, *([logical_date] if logical_date else []), "--conf", conf]
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        follow(process.stdout, log_file, lambda line: print(line, flush=True))
+        return process.wait()
+
+
+def _keep_with_run(log_path: Path, run_id: str) -> Path:
+    """The log beside the run's outputs, if the run wrote any."""
+    run_dir = C.run_dir_for(run_id)
+    if not run_dir.is_dir():
+        return log_path
+    return Path(log_path.replace(run_dir / LOG_NAME))
+
+
+def next_step(summary: dict) -> str:
+    """The summary's last line: what a person can do now, given how the run ended."""
+    if "skipped" in summary:
+        force = "make run CONF='{\"force_retrain\": true}'"
+        return f"next: `make mlflow-ui` shows the registered runs; `{force}` trains anyway"
+    registry = summary["registry"]
+    version, decision = registry["version"], registry["decision"]
+    if decision["promote"]:
+        return (
+            f"next: `make mlflow-ui` shows this run (training curves, evaluation figures); v{version} is the "
+            "champion: load models:/mmsearch-esci@champion (README, After make run), or serve it with the stack"
+        )
+    if decision.get("champion_version"):
+        return f"next: v{decision['champion_version']} stays champion; `make mlflow-ui` compares the two runs"
+    return (
+        f"next: no champion, so nothing can be served (the gate kept v{version} challenger, reason above); "
+        "a run whose model no baseline significantly beats becomes champion: other candidates "
+        "(`make run CONF='{\"candidates\": [...]}'`) or more data (`make real-data`)"
+    )
+
+
+def run_dag(conf: str = "{}", as_json: bool = False, logical_date: str | None = None) -> dict | str:
     """Check the conf (one line if it is wrong, before any work), run the DAG, summarise it."""
     from mmsearch.register import summary_text
 
@@ -73,18 +132,24 @@ def run_dag(conf: str = "{}", as_json: bool = False) -> dict | str:
     except json.JSONDecodeError as error:
         raise C.ConfigError(f"the conf is not JSON: {error}") from None
     C.RunConfig.from_mapping(values)
+    log_path = C.mmsearch_home() / "logs" / f"dags-test-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{DAG_ID}: airflow dags test, a line per task", flush=True)
     started = time.monotonic()
-    test = subprocess.run([_airflow(), "dags", "test", DAG_ID, "--conf", conf], check=False)
+    returncode = _dags_test(conf, log_path, logical_date)
     seconds = round(time.monotonic() - started, 1)
     run = latest_run()
-    if test.returncode != 0 or run["state"] != "success":
+    log_path = _keep_with_run(log_path, run["run_id"])
+    if returncode != 0 or run["state"] != "success":
         raise RunFailed(
-            f"{DAG_ID} run {run['run_id']} ended '{run['state']}' after {seconds} s: {failure_reason(run['run_id'])}"
+            f"{DAG_ID} run {run['run_id']} ended '{run['state']}' after {seconds} s: "
+            f"{failure_reason(run['run_id'])}\nAirflow's log: {log_path}"
         )
     summary = read_json(C.run_dir_for(run["run_id"]) / "summary.json")
+    uri = C.redact_uri(C.mlflow_tracking_uri())
     if as_json:
-        return {**summary, "seconds": seconds, "mlflow_tracking_uri": C.redact_uri(C.mlflow_tracking_uri())}
+        return {**summary, "seconds": seconds, "mlflow_tracking_uri": uri, "airflow_log": str(log_path)}
     return (
-        f"{summary_text(summary)}\nMLflow: {C.redact_uri(C.mlflow_tracking_uri())}; "
-        f"{seconds} s end to end; `mmsearch run-dag --json` prints all of it"
+        f"{summary_text(summary)}\nMLflow: {uri}; {seconds} s end to end; Airflow's log: {log_path}\n"
+        f"{next_step(summary)}"
     )

@@ -499,12 +499,13 @@ def serve(settings: StackSettings | None = None, timeout: float = 180.0) -> dict
     if "serve" in running:
         raise StackError(f"the champion is already served on {settings.serve_url} (PID {running['serve']['pid']})")
     _check_free(settings.host, settings.serve_port, "MMSEARCH_SERVE_PORT")
+    env = stack_env(settings)
+    version = champion_version(settings, env)
     model_uri = f"models:/{REGISTERED_MODEL}@champion"
     command = [
         *(_ml_python(), "-m", "mlflow", "models", "serve", "--model-uri", model_uri, "--env-manager", "local"),
         *("--host", settings.host, "--port", str(settings.serve_port), "--workers", str(settings.serve_workers)),
     ]
-    env = stack_env(settings)
     env["PATH"] = f"{Path(_ml_python()).parent}{os.pathsep}{env.get('PATH', '')}"  # it execs the env's uvicorn
     entry = _start("serve", command, env)
     deadline = time.monotonic() + timeout
@@ -516,8 +517,40 @@ def serve(settings: StackSettings | None = None, timeout: float = 180.0) -> dict
             stop("serve")
             raise StackError(f"the served model did not answer /ping in {timeout:.0f} s; log: {entry['log']}")
         time.sleep(1)
-    print(f"champion served at {settings.serve_url}/invocations  (stop with make down)")
-    return {"serve_url": settings.serve_url, "pid": entry["pid"], "model_uri": model_uri}
+    print(f"champion {REGISTERED_MODEL} v{version} served at {settings.serve_url}/invocations  (stop with make down)")
+    return {"serve_url": settings.serve_url, "pid": entry["pid"], "model_uri": model_uri, "version": version}
+
+
+def champion_version(settings: StackSettings, env: dict) -> str:
+    """The version the registry's champion alias points at, asked of the stack's MLflow server;
+    StackError if there is none, with the gate's last reason and what to do next."""
+    import httpx
+
+    auth = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    with httpx.Client(base_url=f"{settings.mlflow_url}/api/2.0/mlflow", auth=auth, timeout=10) as mlflow:
+        found = mlflow.get("/registered-models/alias", params={"name": REGISTERED_MODEL, "alias": "champion"})
+        if found.is_success:
+            return found.json()["model_version"]["version"]
+        # no such model: 404; a model without the alias: 400 "Registered model alias champion not found."
+        if found.status_code not in (400, 404) or "not found" not in found.text:
+            raise StackError(f"MLflow at {settings.mlflow_url} answered {found.status_code}: {found.text[:300]}")
+        latest = mlflow.get(
+            "/model-versions/search",
+            params={"filter": f"name='{REGISTERED_MODEL}'", "order_by": "version_number DESC", "max_results": 1},
+        )
+        versions = latest.json().get("model_versions", []) if latest.is_success else []
+    if not versions:
+        raise StackError(
+            f"nothing to serve: no model is registered as {REGISTERED_MODEL} yet. Next: trigger the "
+            f"mmsearch_training DAG ({settings.airflow_url}) and serve once its register task promotes a champion"
+        )
+    newest = versions[0]
+    reason = {tag["key"]: tag["value"] for tag in newest.get("tags", [])}.get("promotion_decision", "not recorded")
+    raise StackError(
+        f"nothing to serve: {REGISTERED_MODEL} has no champion. The gate kept v{newest['version']} "
+        f"challenger: {reason}. Next: a run whose model no baseline "
+        "beats significantly becomes the champion: more data or other candidates (docs/design.md, The model)"
+    )
 
 
 def _forget(name: str) -> None:
@@ -599,8 +632,13 @@ def listening_sockets(running: dict | None = None) -> list[dict]:
 
 
 def status(settings: StackSettings | None = None) -> dict:
+    """The running stack's URLs, ports, health, PIDs and memory; StackError if nothing runs."""
     settings = settings or running_settings()
     running = _running(_recorded())
+    if not running:
+        raise StackError(
+            f"the stack is not running (no live process in {stack_dir() / 'pids.json'}); `make up` starts it"
+        )
     memory = memory_mb(running)
     return {
         "airflow_url": settings.airflow_url,
@@ -617,6 +655,34 @@ def status(settings: StackSettings | None = None) -> dict:
         "memory_mb": {**memory, "total": sum(memory.values())},
         "logs": str(stack_dir() / "logs"),
     }
+
+
+# the health entry that speaks for a process, where its name is not the same
+HEALTH_OF = {"postgres": "metadatabase", "dag-processor": "dag_processor"}
+
+
+def status_table(found: dict) -> str:
+    """`status` as a person reads it: a line per process, then where to go."""
+    listening = {}
+    for sock in found["listening"]:
+        listening.setdefault(sock["component"], []).append(f"{sock['ip']}:{sock['port']}")
+    rows = [("component", "pid", "memory", "health", "listening")]
+    for name, pid in found["pids"].items():
+        health_ = found["health"].get(HEALTH_OF.get(name, name), "running")
+        ports = ", ".join(sorted(set(listening.get(name, []))))
+        rows.append((name, str(pid), f"{found['memory_mb'].get(name, 0)} MB", health_, ports))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines += [
+        f"total memory {found['memory_mb']['total']} MB, executor {found['executor']}",
+        f"Airflow UI   {found['airflow_url']}  (user {found['admin_user']}, password in "
+        f"{found['admin_password_file']})",
+        f"MLflow UI    {found['mlflow_url']}  (user admin, password: mlflow_admin_password in {found['secrets_file']})",
+        f"logs         {found['logs']}",
+    ]
+    if "serve" in found["pids"]:
+        lines.append(f"served model {found['serve_url']}/invocations")
+    return "\n".join(lines)
 
 
 def down(grace_seconds: float = 30.0) -> dict:

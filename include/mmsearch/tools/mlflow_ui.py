@@ -1,0 +1,96 @@
+"""`make mlflow-ui`: MLflow's UI on the store `make run` wrote to (MMSEARCH_HOME's, or
+MLFLOW_TRACKING_URI's), on a free port of 127.0.0.1, until Ctrl-C. It prints the address of the
+experiment's training runs: the DAG runs' parent runs, each with its candidates nested under it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from mmsearch import config as C
+from mmsearch.tools import stack
+
+
+def _store(uri: str) -> None:
+    """The embedded default store must exist: the UI would show an empty new one."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        raise stack.StackError(f"no MLflow store at {path} yet: `make run` writes it")
+
+
+def _experiment_id(url: str, name: str, timeout: float) -> str:
+    """Wait for the server, then ask it for the experiment's id."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while not stack._get_json(f"{url}/health"):
+        if time.monotonic() > deadline:
+            raise stack.StackError(f"MLflow's UI did not answer on {url} in {timeout:.0f} s")
+        time.sleep(0.5)
+    found = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name}, timeout=10)
+    if not found.is_success:
+        raise stack.StackError(f"the store has no experiment {name!r} yet: `make run` creates it")
+    return found.json()["experiment"]["experiment_id"]
+
+
+def start(port: int | None = None, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+    """The UI's server process and the address of the experiment's runs."""
+    uri = C.mlflow_tracking_uri()
+    _store(uri)
+    port = port or stack.free_port()
+    command = [stack._ml_python(), "-m", "mlflow", "server", "--backend-store-uri", uri]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        command += ["--default-artifact-root", C.mlflow_artifact_root()]
+    log = C.mmsearch_home() / "logs" / "mlflow-ui.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        experiment = _experiment_id(url, C.RunConfig().experiment_name, timeout)
+    except stack.StackError:
+        stop(server)
+        raise
+    return server, f"{url}/#/experiments/{quote(experiment)}/runs"
+
+
+def stop(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(port: int | None = None) -> str:
+    server, runs_url = start(port)
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped by PID as by Ctrl-C: the server goes too
+    print(
+        f"MLflow UI    {runs_url}\n"
+        "             each DAG run is a parent run (its test metrics, and a note linking the chosen\n"
+        "             candidate); expand it for candidate-N: training curves, validation, evaluation/\n"
+        "             figures under Artifacts. Models: the registry (aliases champion, challenger).\n"
+        "stop with    Ctrl-C",
+        flush=True,
+    )
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(server)
+    return "MLflow UI stopped"
