@@ -23,7 +23,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(AIRFLOW_BIN):$(PATH)
 
-.PHONY: help envs system-deps run mlflow-ui up serve down status lint test bench bench-stack lock clean distclean sample-data real-data
+.PHONY: help envs system-deps run mlflow-ui up serve serve-example down status lint test bench bench-stack lock clean distclean sample-data real-data
 
 help:
 	@echo "make run         set up, pull the sample through DVC, run the DAG once (airflow dags test)"
@@ -31,6 +31,7 @@ help:
 	@echo "make up          start PostgreSQL, Airflow (UI on :8080), MLflow (:5000, basic auth) on 127.0.0.1"
 	@echo "                 EXECUTOR=celery WORKERS=2: the CeleryExecutor, Redis and two workers"
 	@echo "make serve       serve the champion model on :5001 (mlflow models serve)"
+	@echo "make serve-example  send three judged pairs of data/raw to the served champion"
 	@echo "make down        stop them all (by PID)"
 	@echo "make status      health, PIDs and memory of the running stack"
 	@echo "make test        set up and run the linter and the test suite"
@@ -71,10 +72,12 @@ $(AIRFLOW_HOME)/airflow.db: $(AIRFLOW_VENV)/.stamp
 	mkdir -p $(AIRFLOW_HOME)
 	airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 
-# CONF: the DAG run's conf as JSON, e.g. make run CONF='{"feature_set": "query", "epochs": 5}'
+# CONF: the DAG run's conf as JSON, e.g. make run CONF='{"feature_set": "query", "epochs": 5}';
+# DATE: the run's logical date (default: now), e.g. DATE=2026-01-01T02:00:00+00:00
 CONF ?= {}
+DATE ?=
 run: envs $(AIRFLOW_HOME)/airflow.db
-	$(AIRFLOW_BIN)/mmsearch run-dag --conf '$(CONF)'
+	$(AIRFLOW_BIN)/mmsearch run-dag --conf '$(CONF)' $(if $(DATE),--logical-date '$(DATE)')
 
 # MLflow's UI on the store `make run` writes (MMSEARCH_HOME's), on a free port, until Ctrl-C.
 mlflow-ui: envs
@@ -91,6 +94,10 @@ up: envs system-deps
 # The champion (models:/mmsearch-esci@champion) served by `mlflow models serve` on 127.0.0.1.
 serve:
 	$(AIRFLOW_BIN)/mmsearch stack serve
+
+# Three judged pairs of data/raw sent to the served champion; the request stays for curl -d @file.
+serve-example:
+	$(AIRFLOW_BIN)/mmsearch serve-example
 
 down:
 	$(AIRFLOW_BIN)/mmsearch stack down

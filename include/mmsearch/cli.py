@@ -172,6 +172,12 @@ def cmd_mlflow_ui(args):
     return mlflow_ui.main(args.port)
 
 
+def cmd_serve_example(args):
+    from mmsearch.tools import serve_example
+
+    return serve_example.main(args.raw_dir, args.pairs)
+
+
 def cmd_stack(args):
     from mmsearch.tools import stack
 
@@ -337,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mlflow-ui", help="MLflow's UI on make run's store, on a free port (make mlflow-ui)")
     p.add_argument("--port", type=int, help="default: a free port")
     p.set_defaults(func=cmd_mlflow_ui)
+
+    p = sub.add_parser("serve-example", help="send judged pairs of the raw data to the served champion")
+    p.add_argument("--raw-dir", type=Path, default=Path("data/raw"), help="the raw ESCI/SQID files (default: data/raw)")
+    p.add_argument("--pairs", type=int, default=3, help="query-product pairs in the request (default: 3)")
+    p.set_defaults(func=cmd_serve_example)
 
     p = sub.add_parser("stack", help="the local server stack: PostgreSQL, Airflow 3, MLflow (make up / down / serve)")
     p.add_argument("action", choices=["up", "down", "status", "serve", "restart"])

@@ -5,18 +5,22 @@ champion loaded from another process. No mocks."""
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 
 from mmsearch import config as C
 from mmsearch import features as F
 from mmsearch.tools.sample_data import SampleSpec
+from tests import readme
 from tests.helpers import ML_PYTHON, REPO_ROOT, isolated_env, make_dvc_repo
 
 pytestmark = pytest.mark.e2e
@@ -111,16 +115,12 @@ def in_ml_env(stack, code: str) -> dict:
 
 @pytest.fixture(scope="module")
 def first_run(stack):
-    """Through `mmsearch run-dag`, what `make run` runs: its output is what a person reads."""
+    """The README's `make run`, with this suite's DVC repository and short training: its output
+    is what a person reads."""
     conf = json.dumps({"dvc_repo": str(stack["repo"]), **FAST})
-    command = [str(Path(sys.executable).parent / "mmsearch"), "run-dag", "--conf", conf]
-    result = subprocess.run(
-        [*command, "--logical-date", "2026-01-01T02:00:00+00:00"],
-        env=stack["env"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=stack["cwd"],
+    make_run = readme.command("two-commands", "make run")
+    result = readme.run(
+        f"{make_run} CONF={shlex.quote(conf)} DATE=2026-01-01T02:00:00+00:00", stack["env"], timeout=900
     )
     assert result.returncode == 0, result.stderr[-5000:]
     printed = result.stderr + result.stdout
@@ -239,14 +239,22 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
 
 
 def test_mlflow_ui_opens_on_the_training_runs(stack, first_run):
-    """`make mlflow-ui` (mmsearch mlflow-ui), looked at in Chromium: the printed address shows the
+    """The README's `make mlflow-ui`, looked at in Chromium, then Ctrl-C: the printed address shows the
     DAG run's parent run, whose description links the chosen candidate. Screenshots for a person."""
     from playwright.sync_api import expect, sync_playwright
 
     from tests.stack.test_stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
-    command = [str(Path(sys.executable).parent / "mmsearch"), "mlflow-ui"]
-    ui = subprocess.Popen(command, env=stack["env"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    command = ["bash", "-c", readme.command("mlflow-ui", "make mlflow-ui")]
+    ui = subprocess.Popen(
+        command,
+        env=stack["env"],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     try:
         printed = ""
         while "stop with" not in printed:
@@ -266,8 +274,27 @@ def test_mlflow_ui_opens_on_the_training_runs(stack, first_run):
             page.screenshot(path=str(ARTIFACTS / "mlflow-ui-parent-run.png"))
             browser.close()
     finally:
-        ui.terminate()
-        assert ui.wait(timeout=30) == 0
+        os.killpg(ui.pid, signal.SIGINT)  # Ctrl-C: the terminal's whole foreground group
+        ui.wait(timeout=30)
+    with pytest.raises(httpx.ConnectError):  # the server went with it
+        httpx.get(runs_url.split("/#")[0], timeout=5)
+
+
+def test_the_readme_loads_the_champion_and_predicts_pairs_of_the_sample(stack, first_run):
+    """The README's Python block, pasted into the ML environment's python in a checkout that
+    `make run` pulled (this suite's DVC repository)."""
+    result = subprocess.run(
+        [ML_PYTHON, "-c", readme.block("load-champion")],
+        env=stack["env"],
+        cwd=stack["repo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, *rows = result.stdout.strip().splitlines()[-4:]
+    assert header.split() == ["esci_label", "p_E", "p_S", "p_C", "p_I"], result.stdout
+    assert len(rows) == 3 and all(row.split()[1] in {"E", "S", "C", "I"} for row in rows), result.stdout
 
 
 def test_champion_predicts_raw_rows_from_another_process(stack, first_run):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import readme
 from tests.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(
@@ -133,3 +134,13 @@ def test_dockerfile_extends_the_airflow_image_with_the_ml_environment_the_dag_us
     lock = (REPO_ROOT / "requirements-ml.txt").read_text()
     assert re.search(r"^psycopg2-binary==", lock, re.M), "the MLflow server's Postgres driver"
     assert (REPO_ROOT / ".env.example").exists() and ".env" in (REPO_ROOT / ".gitignore").read_text().split()
+
+
+def test_the_readme_env_file_step_gives_a_file_compose_resolves(tmp_path):
+    """The README's compose block as far as this machine goes: its `cp` makes the `.env` that
+    `docker-compose config` resolves (the build and the containers need a Docker engine)."""
+    shutil.copy(REPO_ROOT / ".env.example", tmp_path)
+    copy = readme.command("compose", "cp ")
+    result = readme.run(copy, dict(os.environ), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert compose_config(tmp_path / ".env").returncode == 0

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from mmsearch.tools.bench_stack import trigger_to_registered
+from tests import readme
 from tests.helpers import stack_env
 from tests.stack.test_stack import (
     ARTIFACTS,
@@ -48,7 +49,7 @@ FIGURES: dict = {}
 def stack():
     # only the runs this test starts: no nightly run, no asset-triggered rerun
     env = stack_env("production", AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False")
-    with running_stack(env, "--executor", "celery", "--workers", "2") as running:
+    with running_stack(env, "make up EXECUTOR=celery WORKERS=2") as running:
         FIGURES["startup_seconds"] = running["status"]["startup_seconds"]
         FIGURES["memory_mb_idle"] = running["status"]["memory_mb"]
         yield running
@@ -149,8 +150,11 @@ def test_task_logs_hold_no_password(stack, form_run):
 
 @pytest.fixture(scope="module")
 def served(stack, form_run):
-    result = mmsearch(stack["env"], "stack", "serve")
-    return result["serve_url"]
+    """The README's `make serve`."""
+    result = readme.run(readme.command("servers", "make serve "), stack["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^champion mmsearch-esci v\d+ served at", result.stdout, re.M), result.stdout
+    return json.loads(result.stdout[result.stdout.index("\n{") :])["serve_url"]
 
 
 def rows(n: int, width: int = 768, seed: int = 0) -> list:
@@ -162,6 +166,17 @@ def rows(n: int, width: int = 768, seed: int = 0) -> list:
 def invoke(url: str, body: str | dict) -> httpx.Response:
     content = body if isinstance(body, str) else json.dumps(body)
     return httpx.post(f"{url}/invocations", content=content, headers={"Content-Type": "application/json"}, timeout=60)
+
+
+def test_the_readme_serving_example_and_its_curl_get_the_same_answer(stack, served):
+    """The README's serving block, pasted in the checkout the form run pulled data/raw into."""
+    result = readme.run(readme.block("serving"), stack["env"], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed, curl_answer = result.stdout.rstrip().rsplit("\n", 1)
+    table = [line.split() for line in printed.splitlines() if re.match(r"  B\w+ ", line)]
+    predictions = json.loads(curl_answer)["predictions"]
+    assert [row[2] for row in table] == [p["esci_label"] for p in predictions] and len(table) == 3, result.stdout
+    assert {row[1] for row in table} <= {"E", "S", "C", "I"}
 
 
 def test_the_served_champion_answers_labels_and_probabilities(served):

@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from mmsearch.tools.stack import airflow_api as logged_in_airflow_api
+from tests import readme
 from tests.helpers import REPO_ROOT, stack_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -52,12 +53,20 @@ def mmsearch(env: dict, *args: str, timeout: float = 300) -> dict:
     return json.loads(result.stdout)
 
 
+def make(env: dict, starting: str) -> dict:
+    """The README's servers command that starts with `starting`, pasted; its JSON answer (after
+    the line make echoes)."""
+    result = readme.run(readme.command("servers", starting), env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout[result.stdout.index("{") :])
+
+
 @contextlib.contextmanager
-def running_stack(env: dict, *up_args: str):
-    """`mmsearch stack up` (timed), and at the end `mmsearch stack down`: every process the stack
+def running_stack(env: dict, up: str = "make up  "):
+    """The README's `make up` (timed), and at the end its `make down`: every process the stack
     started, and every child they had, must be gone."""
     started = time.monotonic()
-    status = mmsearch(env, "stack", "up", *up_args)
+    status = make(env, up)
     status["startup_seconds"] = round(time.monotonic() - started, 1)
     try:
         yield {"env": env, "status": status}
@@ -66,7 +75,7 @@ def running_stack(env: dict, *up_args: str):
         for pid in mmsearch(env, "stack", "status", "--json")["pids"].values():
             with contextlib.suppress(psutil.NoSuchProcess):
                 started_pids |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
-        stopped = mmsearch(env, "stack", "down")
+        stopped = make(env, "make down")
         assert set(status["pids"]) <= set(stopped["stopped"])
         leftovers = [pid for pid in started_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
         assert not leftovers, f"processes still running after stack down: {leftovers}"
@@ -216,17 +225,17 @@ def edited_run(stack, airflow_api, page, default_run):
 def test_serve_without_a_champion_exits_at_once_saying_why(stack):
     # first in the module: nothing is registered yet
     started = time.monotonic()
-    result = run_mmsearch(stack["env"], "stack", "serve", timeout=60)
+    result = readme.run(readme.command("servers", "make serve "), stack["env"], timeout=60)
     seconds = time.monotonic() - started
-    assert result.returncode == 3 and seconds < 5, (seconds, result.stderr[-2000:])
+    assert result.returncode != 0 and seconds < 5, (seconds, result.stderr[-2000:])
     assert "nothing to serve: no model is registered as mmsearch-esci yet. Next: trigger" in result.stderr
     assert "serve" not in mmsearch(stack["env"], "stack", "status", "--json")["pids"]  # nothing was started
 
 
 def test_status_is_a_table_of_the_running_processes(stack):
-    result = run_mmsearch(stack["env"], "stack", "status")
+    result = readme.run(readme.command("servers", "make status"), stack["env"])
     assert result.returncode == 0, result.stderr[-2000:]
-    header, *rows = result.stdout.splitlines()
+    header, *rows = result.stdout.splitlines()[1:]  # after the line make echoes
     assert header.split() == ["component", "pid", "memory", "health", "listening"]
     by_name = {row.split()[0]: row for row in rows}
     for name, pid in stack["status"]["pids"].items():
@@ -335,6 +344,15 @@ def test_stack_figures_are_recorded(stack, default_run, edited_run):
     (ARTIFACTS / "stack-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
     assert status["memory_mb"]["total"] > 0
+
+
+def test_the_readme_triggers_a_run_through_the_rest_api(stack, airflow_api):
+    """The README's REST block, pasted: it signs in with the generated password, switches the DAG
+    on and triggers a run with its conf. Last in the module: the run it starts goes with the stack."""
+    result = readme.run(readme.block("rest-api"), stack["env"], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = airflow_api.get(f"/dags/{DAG_ID}/dagRuns").raise_for_status().json()["dag_runs"]
+    assert {"epochs": 10} in [run["conf"] for run in runs], runs
 
 
 def test_status_of_a_stopped_stack_says_so_and_fails():

@@ -1,13 +1,16 @@
 """pull: a real `dvc pull` from a local-directory remote, judged by the files on disk."""
 
+import os
 import shutil
+import subprocess
 
 import pytest
 
 from mmsearch import config as C
 from mmsearch.pull import PullError, describe_untracked, pull
 from mmsearch.tools.sample_data import TRUTH_FILE, SampleSpec
-from tests.helpers import make_dvc_repo
+from tests import readme
+from tests.helpers import REPO_ROOT, dvc, generate, make_dvc_repo
 
 TINY = SampleSpec(queries=8, products=40, topics=4, intents=2, dim=8)
 
@@ -94,3 +97,19 @@ def test_a_raw_data_dir_that_is_missing_or_empty_is_named(tmp_path):
         cfg = C.RunConfig(raw_data_dir=str(directory))
         with pytest.raises(DataError, match=f"^{directory}: raw_data_dir {problem}"):
             stage.run(tmp_path, directory, cfg)
+
+
+def test_the_readme_pushes_data_of_your_own_to_a_remote_of_your_own(tmp_path):
+    """The README's own-remote block, pasted in a clone of this checkout with files of one's own in
+    data/raw: the remote beside the clone then holds everything the workspace tracks."""
+    clone = tmp_path / "mmsearch"
+    subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(clone)], check=True)
+    (clone / ".venvs").symlink_to(REPO_ROOT / ".venvs")
+    generate(clone / "data" / "raw", TINY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+    result = readme.run(readme.block("own-dvc-remote"), env, cwd=clone, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote = storage" in (clone / ".dvc" / "config").read_text()
+    synced = dvc(clone, "status", "--cloud")
+    assert "in sync" in synced.stdout, synced.stdout + synced.stderr
+    assert (tmp_path / "mmsearch-dvc-storage" / "files" / "md5").is_dir()

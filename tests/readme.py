@@ -1,0 +1,60 @@
+"""The README's command blocks, by name, for the tests that run them as pasted.
+
+A block a person is meant to run carries a marker on the line before its fence,
+`<!-- readme-test: NAME -->`; `tests/test_readme.py` checks that every bash and python block has
+one and that a test runs it. The README names the default ports; a test's stack listens on free
+ones, so `with_ports` puts those in (the only change made to a pasted command)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from tests.helpers import REPO_ROOT
+
+README = REPO_ROOT / "README.md"
+MARKED_BLOCK = re.compile(r"^<!-- readme-test: ([\w-]+) -->\n```(\w+)\n(.*?)^```", re.M | re.S)
+DEFAULT_PORTS = {"8080": "MMSEARCH_AIRFLOW_PORT", "5000": "MMSEARCH_MLFLOW_PORT", "5001": "MMSEARCH_SERVE_PORT"}
+
+
+def blocks() -> dict[str, tuple[str, str]]:
+    """name: (language, text) of every marked block."""
+    return {name: (language, text) for name, language, text in MARKED_BLOCK.findall(README.read_text())}
+
+
+def block(name: str) -> str:
+    return blocks()[name][1]
+
+
+def commands(name: str) -> list[str]:
+    """The block's commands: continuation lines joined, blank lines dropped."""
+    joined = block(name).replace("\\\n", " ")
+    return [line for line in joined.splitlines() if line.strip()]
+
+
+def command(name: str, starting: str) -> str:
+    """The one command of block `name` whose line starts with `starting`, without its comment (so
+    that a test can add make variables)."""
+    found = [line for line in commands(name) if line.startswith(starting)]
+    assert len(found) == 1, f"README block {name!r}: {len(found)} commands start with {starting!r}"
+    return found[0].split("  #")[0].rstrip()
+
+
+def with_ports(text: str, env: dict) -> str:
+    for port, variable in DEFAULT_PORTS.items():
+        if variable in env:
+            text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{env[variable]}")
+    return text
+
+
+def run(text: str, env: dict, cwd: Path = REPO_ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Pasted into bash, in `cwd` (the checkout by default: make's targets are there)."""
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", with_ports(text, env)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,46 @@
+"""The README's command blocks run as pasted: every bash and python block is marked with a name
+(`tests/readme.py`) and run by the test of the suite that has what it needs (a trained
+champion, a running stack); this checks that none is left out and none holds a placeholder."""
+
+import re
+from pathlib import Path
+
+from tests import readme
+from tests.helpers import REPO_ROOT
+
+# What no test here can run, and why: the containers need a Docker engine (test_compose runs
+# the block's `cp` and resolves the file it made with `docker-compose config`).
+NOT_RUN_HERE = {
+    "compose": ("docker-compose build", "docker-compose up", "docker-compose --profile", "docker-compose down")
+}
+
+
+def test_every_bash_and_python_block_is_marked():
+    text = readme.README.read_text()
+    fences = re.findall(r"^(.*)\n```(bash|python)$", text, re.M)
+    unmarked = [previous for previous, _ in fences if not previous.startswith("<!-- readme-test:")]
+    assert not unmarked, f"README blocks without a readme-test marker, after the lines: {unmarked}"
+    assert len(readme.blocks()) == len(fences)
+
+
+def test_every_marked_block_is_run_by_a_test():
+    sources = "\n".join(path.read_text() for path in Path(REPO_ROOT / "tests").rglob("test_*.py"))
+    used = set(re.findall(r"readme\.(?:block|command|commands)\(\s*\"([\w-]+)\"", sources))
+    assert set(readme.blocks()) == used, f"blocks no test runs: {set(readme.blocks()) - used}"
+
+
+def test_no_block_holds_a_placeholder():
+    for name, (_, text) in readme.blocks().items():
+        code = "\n".join(line.split("  #")[0] for line in text.splitlines() if not line.lstrip().startswith("#"))
+        assert "..." not in code and "<" not in code.replace("<<", ""), f"README block {name!r}: {text}"
+
+
+def test_make_test_is_what_ci_runs():
+    assert readme.command("two-commands", "make test") == "make test"
+    assert "make test" in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_what_is_not_run_here_is_only_what_needs_docker():
+    for name, starts in NOT_RUN_HERE.items():
+        for command in readme.commands(name):
+            assert command.startswith(("cp ", *starts)), f"README block {name!r}: {command} could be run"
