@@ -35,7 +35,7 @@ help:
 	@echo "make down        stop them all (by PID)"
 	@echo "make status      health, PIDs and memory of the running stack"
 	@echo "make test        set up and run the linter and the test suite"
-	@echo "make lint        ruff check and ruff format --check"
+	@echo "make lint        ruff check, ruff format --check, lint-imports (layers, no cycles)"
 	@echo "make bench       measure every stage at 10k, 50k and 182k pairs (BENCH_ARGS=--full adds 1.1M)"
 	@echo "make bench-stack the server stack's figures: make up time, idle memory, a Celery run, serving"
 	@echo "make lock        re-resolve requirements*.txt from requirements*.in"
@@ -120,11 +120,13 @@ system-deps:
 
 RUFF := $(TOOLS_VENV)/bin/ruff
 
-# Style first (ruff, configured in pyproject.toml), then the suite in both environments,
-# selected by marker: Airflow, DVC and data tests in one, TensorFlow in the other.
-lint: | $(UV)
+# Style first (ruff, configured in pyproject.toml), the import layers (import-linter, same), then
+# the suite in both environments, selected by marker: Airflow, DVC and data tests in one,
+# TensorFlow in the other.
+lint: $(UV)
 	$(RUFF) check .
 	$(RUFF) format --check .
+	PYTHONPATH=include $(TOOLS_VENV)/bin/lint-imports --no-cache
 
 test: envs system-deps lint
 	$(AIRFLOW_BIN)/python -m pytest -m "not ml" tests

@@ -134,6 +134,7 @@ def publish(mirror: Path, raw: Path, manifest: Path, revision: str = "r1", tampe
     import yaml
 
     from mmsearch import sources
+    from mmsearch.dvc_repo import file_digest
 
     real = yaml.safe_load(sources.MANIFEST.read_text())
     spec = {"sources": {}, "files": []}
@@ -143,7 +144,7 @@ def publish(mirror: Path, raw: Path, manifest: Path, revision: str = "r1", tampe
         served = mirror / real["sources"][source]["repository"] / revision / upstream
         served.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(raw / path, served)
-        sha = sources.sha256_of(served) if path != tamper else "0" * 64
+        sha = file_digest(served, "sha256") if path != tamper else "0" * 64
         spec["files"].append(
             {"path": path, "source": source, "file": upstream, "size": served.stat().st_size, "sha256": sha}
         )

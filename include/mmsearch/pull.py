@@ -9,41 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
-
 from mmsearch import config as C
+from mmsearch import dvc_repo
+from mmsearch.dvc_repo import PullError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = "data/raw.dvc"
 
 
-class PullError(RuntimeError):
-    """The DVC pull did not restore every tracked file."""
-
-
-def dvc_executable() -> str:
-    beside = Path(sys.executable).parent / "dvc"
-    found = str(beside) if beside.exists() else shutil.which("dvc")
-    if not found:
-        raise PullError("the dvc command is not installed in this environment")
-    return found
-
-
-def _dvc(repo_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([dvc_executable(), *args], cwd=repo_dir, capture_output=True, text=True, check=False)
-
-
-def tracked_output(repo_dir: Path, target: str) -> tuple[Path, str]:
-    """The workspace path and md5 that a .dvc file records."""
-    spec = yaml.safe_load((repo_dir / target).read_text())
-    out = spec["outs"][0]
-    return (repo_dir / target).parent / out["path"], out["md5"]
+__all__ = ["PullError", "describe_untracked", "pull", "remember", "run"]
 
 
 def _listing(repo_dir: Path, md5: str, remote: str) -> list[dict] | None:
@@ -70,7 +47,7 @@ def _missing_in_remote(repo_dir: Path, entries: list[dict], remote: str) -> list
 
 def file_hashes(repo_dir: Path, target: str, remote: str = "") -> dict[str, str]:
     """md5 of every tracked file, relative to the tracked directory (lineage for the registry)."""
-    out_path, md5 = tracked_output(repo_dir, target)
+    out_path, md5 = dvc_repo.output(repo_dir / target)
     if not md5.endswith(".dir"):
         return {out_path.name: md5}
     entries = _listing(repo_dir, md5, remote)
@@ -82,7 +59,7 @@ def file_hashes(repo_dir: Path, target: str, remote: str = "") -> dict[str, str]
 def missing_files(repo_dir: Path, target: str, hashes: dict[str, str] | None) -> list[str]:
     """Tracked files absent from the workspace, named relative to the repository
     (`hashes` from file_hashes; None when no listing could be read: all of it is missing)."""
-    out_path, _ = tracked_output(repo_dir, target)
+    out_path, _ = dvc_repo.output(repo_dir / target)
     relative = str(out_path.relative_to(repo_dir))
     if hashes is None:
         return [relative]
@@ -93,7 +70,7 @@ def missing_files(repo_dir: Path, target: str, hashes: dict[str, str] | None) ->
 
 def _explain(repo_dir: Path, target: str, remote: str) -> str:
     """Which tracked files the remote lacks: DVC leaves a directory out entirely if any is missing."""
-    _, md5 = tracked_output(repo_dir, target)
+    _, md5 = dvc_repo.output(repo_dir / target)
     entries = _listing(repo_dir, md5, remote) if md5.endswith(".dir") else None
     if entries is None:
         return "the remote has no listing for it"
@@ -104,16 +81,9 @@ def _explain(repo_dir: Path, target: str, remote: str) -> str:
 def describe_untracked(raw_dir: Path) -> dict:
     """Lineage for a raw directory given directly (not pulled through DVC): the md5 of each file,
     the hash DVC itself would record, so the registry never claims another dataset's hashes."""
-    import hashlib
-
     raw_dir = Path(raw_dir)
-    hashes = {}
-    for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
-        digest = hashlib.md5()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        hashes[str(path.relative_to(raw_dir))] = digest.hexdigest()
+    files = sorted(p for p in raw_dir.rglob("*") if p.is_file())
+    hashes = {str(path.relative_to(raw_dir)): dvc_repo.file_digest(path) for path in files}
     return {
         "raw_dir": str(raw_dir),
         "dvc_target": "",
@@ -147,14 +117,14 @@ def pull(
 
 def _pull_once(repo_dir: Path, target: str, remote: str) -> dict:
     args = ["pull", target] + (["--remote", remote] if remote else [])
-    result = _dvc(repo_dir, *args)
+    result = dvc_repo.run(repo_dir, *args)
     log.info("dvc %s exited %d\n%s%s", " ".join(args), result.returncode, result.stdout, result.stderr)
     try:
         hashes = file_hashes(repo_dir, target, remote)
     except PullError:
         hashes = None
     missing = missing_files(repo_dir, target, hashes)
-    status = _dvc(repo_dir, "status", "--json", target)
+    status = dvc_repo.run(repo_dir, "status", "--json", target)
     changed = json.loads(status.stdout or "{}") if status.returncode == 0 else {"status": status.stderr.strip()}
     if missing or changed:
         said = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or [""])[-1]
@@ -162,7 +132,7 @@ def _pull_once(repo_dir: Path, target: str, remote: str) -> dict:
             f"dvc pull of {target} from remote '{remote or 'default'}' did not restore {', '.join(missing) or target} "
             f"({_explain(repo_dir, target, remote)}); dvc exit code {result.returncode}: {said}"
         )
-    out_path, md5 = tracked_output(repo_dir, target)
+    out_path, md5 = dvc_repo.output(repo_dir / target)
     return {
         "raw_dir": str(out_path),
         "dvc_target": target,

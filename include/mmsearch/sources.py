@@ -12,15 +12,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from mmsearch import config as C
+from mmsearch import dvc_repo
+from mmsearch.dvc_repo import PullError
 from mmsearch.io import DataError
-from mmsearch.pull import PullError, dvc_executable
 
 log = logging.getLogger(__name__)
 
@@ -69,37 +69,14 @@ def check_reachable(files: list[SourceFile], timeout: float = 30.0) -> None:
             raise DataError(source.url, f"the server offers {int(length):,} bytes, the pinned file has {source.size:,}")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(path: Path, source: SourceFile) -> None:
     """The downloaded file is the pinned one: its size, then its sha256."""
     size = path.stat().st_size
     if size != source.size:
         raise DataError(source.url, f"downloaded {size:,} bytes, the pinned file has {source.size:,}; refused")
-    found = sha256_of(path)
+    found = dvc_repo.file_digest(path, "sha256")
     if found != source.sha256:
         raise DataError(source.url, f"sha256 {found} is not the pinned {source.sha256}; refused")
-
-
-def _dvc(repo_dir: Path, *args: str, quiet: bool = True) -> None:
-    """A DVC command; `quiet=False` lets its progress bars through to the terminal."""
-    result = subprocess.run([dvc_executable(), *args], cwd=repo_dir, capture_output=quiet, text=True, check=False)
-    if result.returncode != 0:
-        said = ((result.stderr or "") + (result.stdout or "")).strip().splitlines() if quiet else []
-        raise PullError(f"dvc {' '.join(args)} failed (exit {result.returncode}){': ' + said[-1] if said else ''}")
-
-
-def _imported_url(dvc_file: Path) -> str | None:
-    if not dvc_file.exists():
-        return None
-    deps = yaml.safe_load(dvc_file.read_text()).get("deps") or []
-    return deps[0]["path"] if deps else None
 
 
 def import_all(repo_dir: Path, raw_rel: str = "data/raw", manifest: Path = MANIFEST, base_url: str = "") -> dict:
@@ -111,7 +88,7 @@ def import_all(repo_dir: Path, raw_rel: str = "data/raw", manifest: Path = MANIF
     repo_dir = Path(repo_dir).resolve()
     raw_dir, staging = repo_dir / raw_rel, (repo_dir / raw_rel).parent / STAGING
     files = load_manifest(manifest, base_url)
-    wanted = [s for s in files if _imported_url(raw_dir / f"{s.path}.dvc") != s.url]
+    wanted = [s for s in files if dvc_repo.imported_url(raw_dir / f"{s.path}.dvc") != s.url]
     check_reachable(wanted)
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -119,7 +96,7 @@ def import_all(repo_dir: Path, raw_rel: str = "data/raw", manifest: Path = MANIF
             staged = staging / source.path
             staged.parent.mkdir(parents=True, exist_ok=True)
             log.warning("importing %s (%s bytes)", source.url, f"{source.size:,}")
-            _dvc(repo_dir, "import-url", source.url, str(staged.relative_to(repo_dir)), quiet=False)
+            dvc_repo.check(repo_dir, "import-url", source.url, str(staged.relative_to(repo_dir)), quiet=False)
             verify(staged, source)
     except BaseException:
         _discard(repo_dir, staging)
@@ -142,25 +119,23 @@ def _discard(repo_dir: Path, staging: Path) -> None:
 def _switch(repo_dir: Path, raw_rel: str, staging: Path, wanted: list[SourceFile]) -> None:
     raw_dir = repo_dir / raw_rel
     if (repo_dir / f"{raw_rel}.dvc").exists():
-        _dvc(repo_dir, "remove", f"{raw_rel}.dvc")  # the bundled sample: untracked, still in the cache
+        dvc_repo.check(repo_dir, "remove", f"{raw_rel}.dvc")  # the bundled sample: untracked, still in the cache
         shutil.rmtree(raw_dir, ignore_errors=True)
     for source in wanted:
         target = raw_dir / source.path
         if target.with_name(target.name + ".dvc").exists():
-            _dvc(repo_dir, "remove", str(target.relative_to(repo_dir)) + ".dvc")
+            dvc_repo.check(repo_dir, "remove", str(target.relative_to(repo_dir)) + ".dvc")
             target.unlink(missing_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _dvc(repo_dir, "move", str((staging / source.path).relative_to(repo_dir)), str(target.relative_to(repo_dir)))
+        dvc_repo.check(
+            repo_dir, "move", str((staging / source.path).relative_to(repo_dir)), str(target.relative_to(repo_dir))
+        )
     shutil.rmtree(staging, ignore_errors=True)
 
 
 def imported(raw_dir: Path) -> list[Path]:
     """The import .dvc files under a raw directory (those with a source URL)."""
-    return sorted(p for p in Path(raw_dir).rglob("*.dvc") if _imported_url(p))
-
-
-def _output(dvc_file: Path) -> Path:
-    return dvc_file.parent / yaml.safe_load(dvc_file.read_text())["outs"][0]["path"]
+    return sorted(p for p in Path(raw_dir).rglob("*.dvc") if dvc_repo.imported_url(p))
 
 
 def update(repo_dir: Path, raw_dir: Path, dvc_files: list[Path]) -> dict:
@@ -168,19 +143,19 @@ def update(repo_dir: Path, raw_dir: Path, dvc_files: list[Path]) -> dict:
     whose upstream checksum is unchanged is not downloaded. Returns the data's lineage."""
     repo_dir, raw_dir = Path(repo_dir).resolve(), Path(raw_dir).resolve()
     targets = [str(p.relative_to(repo_dir)) for p in dvc_files]
-    before = {t: yaml.safe_load((repo_dir / t).read_text())["outs"][0]["md5"] for t in targets}
-    absent = [t for t in targets if not _output(repo_dir / t).exists()]
+    before = {t: dvc_repo.output(repo_dir / t)[1] for t in targets}
+    absent = [t for t in targets if not dvc_repo.output(repo_dir / t)[0].exists()]
     if absent:  # `dvc pull` of an import downloads it again even when present: only what is absent
-        _dvc(repo_dir, "pull", *absent)
-    _dvc(repo_dir, "update", *targets)
+        dvc_repo.check(repo_dir, "pull", *absent)
+    dvc_repo.check(repo_dir, "update", *targets)
     hashes, sources, changed = {}, {}, []
     for target in targets:
-        spec, out = yaml.safe_load((repo_dir / target).read_text()), _output(repo_dir / target)
+        out, md5 = dvc_repo.output(repo_dir / target)
         if not out.exists():
             raise PullError(f"dvc update of {target} did not restore {out.relative_to(repo_dir)}")
         relative = str(out.relative_to(raw_dir))
-        hashes[relative], sources[relative] = spec["outs"][0]["md5"], spec["deps"][0]["path"]
-        if spec["outs"][0]["md5"] != before[target]:
+        hashes[relative], sources[relative] = md5, dvc_repo.imported_url(repo_dir / target)
+        if md5 != before[target]:
             changed.append(relative)
     log.info("dvc update: %s", f"changed upstream: {', '.join(changed)}" if changed else "nothing changed upstream")
     combined = hashlib.md5("".join(f"{k}:{v}\n" for k, v in sorted(hashes.items())).encode()).hexdigest()
