@@ -14,31 +14,30 @@ import pendulum
 from airflow.sdk import dag, get_current_context, task
 
 from mmsearch.assets import CHAMPION_MODEL
+from mmsearch.dag_support import default_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ML_PYTHON = os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
 
 
 @task
-def run_context() -> dict:
-    """This run's output directory and MLflow tags."""
-    from mmsearch.config import run_dir_for
+def configure() -> dict:
+    """This run's settings (the defaults: ranking has no params), output directory and MLflow tags."""
+    from mmsearch.config import RunConfig, run_dir_for
 
     dag_run = get_current_context()["dag_run"]
-    return {"run_dir": str(run_dir_for(dag_run.run_id)), "tags": {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id}}
+    tags = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id}
+    return {"config": RunConfig().as_dict(), "run_dir": str(run_dir_for(dag_run.run_id)), "tags": tags}
 
 
 @task.external_python(python=ML_PYTHON, expect_airflow=False, execution_timeout=timedelta(minutes=60))
-def rank(context: dict) -> dict:
+def rank(settings: dict) -> dict:
     """Score every working-set pair with the champion; write the ranked parquet; log its nDCG."""
-    from pathlib import Path
-
     from mmsearch import rank as stage
-    from mmsearch.config import RunConfig
-    from mmsearch.io import log_to_stderr
+    from mmsearch.run_context import stage_task
 
-    log_to_stderr()
-    return stage.run(Path(context["run_dir"]) / "rank", RunConfig(), context["tags"])
+    with stage_task(settings) as run:
+        return stage.run(run.out("rank"), run.cfg, run.tags)
 
 
 @dag(
@@ -49,10 +48,10 @@ def rank(context: dict) -> dict:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["mmsearch", "ranking"],
-    default_args={"owner": "mmsearch", "retries": 1, "retry_delay": timedelta(seconds=30)},
+    default_args=default_args(retries=1),
 )
 def mmsearch_rank():
-    rank(run_context())
+    rank(configure())
 
 
 mmsearch_rank()

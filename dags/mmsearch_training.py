@@ -26,6 +26,7 @@ from airflow.sdk import (
 
 from mmsearch import config as C
 from mmsearch.assets import CHAMPION_MODEL, RAW_DATA
+from mmsearch.dag_support import default_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ML_PYTHON = os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
@@ -61,54 +62,14 @@ CHAMPION_EVENTS = AssetAlias("mmsearch_champion_events")
 PARAMS = {field.name: Param(C.param_default(field), **C.param_schema(field)) for field in C.params_by_section()}
 
 
-def _mask_credentials(context) -> None:
-    """Mask credentials in every task's log, the ML tasks' relayed output included."""
-    from urllib.parse import urlsplit
-
-    from airflow.sdk.log import mask_secret
-
-    for name in C.SECRET_ENV_VARS:
-        if os.environ.get(name):
-            mask_secret(os.environ[name], name)
-    for name in C.SECRET_URL_ENV_VARS:
-        password = urlsplit(os.environ.get(name, "")).password
-        if password:
-            mask_secret(password, name)
-
-
-def _record_failure(context) -> None:
-    """The failed task and its one-line reason, for `make run` to end with."""
-    from mmsearch.io import read_json, write_json
-    from mmsearch.tools.run_dag import failures_file
-
-    lines = [line for line in str(context.get("exception") or "").splitlines() if line.strip()]
-    if lines and lines[0].startswith("Process returned non-zero exit status") and len(lines) > 1:
-        lines = lines[1:]  # an ML task: the reason is the child's exception, below this line
-    path = failures_file(context["run_id"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    failed = read_json(path)["failed"] if path.exists() else []
-    failed.append({"task_id": context["ti"].task_id, "reason": (lines[0] if lines else "unknown")[:500]})
-    write_json(path, {"failed": failed})
-
-
-def _fail_on_bad_input(error: Exception):
-    """Bad input will not heal on retry: fail the task at once with the one-line reason."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    return AirflowFailException(str(error))
-
-
 @task(retries=0, execution_timeout=timedelta(minutes=2))
 def configure() -> dict:
     """The run configuration, resolved once: every setting checked (type, range, known name);
     a bad one fails here, before any work. Returns it with the run's directory and MLflow tags."""
-    from mmsearch.config import ConfigError, RunConfig, run_dir_for
+    from mmsearch.config import RunConfig, run_dir_for
 
     context = get_current_context()
-    try:
-        cfg = RunConfig.from_mapping(context["params"])
-    except ConfigError as error:
-        raise _fail_on_bad_input(error) from error
+    cfg = RunConfig.from_mapping(context["params"])
     dag_run = context["dag_run"]
     return {
         "config": cfg.as_dict(),
@@ -127,14 +88,10 @@ def pull_data(settings: dict) -> dict:
     naming every file DVC did not restore. With `raw_data_dir` set, that directory is used as it
     is. Returns the data's lineage; a raw-data asset event when its files changed."""
     from mmsearch import pull
-    from mmsearch.config import RunConfig
-    from mmsearch.io import DataError
+    from mmsearch.run_context import stage_task
 
-    cfg = RunConfig.from_mapping(settings["config"])
-    try:
-        lineage = pull.run(cfg.repo_dir, cfg.raw_dir, cfg)
-    except DataError as error:
-        raise _fail_on_bad_input(error) from error
+    with stage_task(settings, ml_env=False) as run:
+        lineage = pull.run(run.cfg.repo_dir, run.cfg.raw_dir, run.cfg)
     if pull.remember(lineage):
         get_current_context()["outlet_events"][RAW_DATA_EVENTS].add(RAW_DATA, extra={"dvc_md5": lineage["dvc_md5"]})
     return lineage
@@ -143,14 +100,11 @@ def pull_data(settings: dict) -> dict:
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=10))
 def check_changes(lineage: dict, settings: dict) -> dict:
     """This run's fingerprint (data md5s, git commit, model settings) against the registered versions'."""
-    from pathlib import Path
+    from mmsearch import changes as stage
+    from mmsearch.run_context import stage_task
 
-    from mmsearch import changes
-    from mmsearch.config import RunConfig
-    from mmsearch.io import log_to_stderr
-
-    log_to_stderr()
-    return changes.run(lineage, Path(settings["run_dir"]) / "changes", RunConfig.from_mapping(settings["config"]))
+    with stage_task(settings) as run:
+        return stage.run(lineage, run.out("changes"), run.cfg)
 
 
 @task.short_circuit(retries=0, execution_timeout=timedelta(minutes=5))
@@ -168,154 +122,102 @@ def anything_new(changes: dict, settings: dict) -> bool:
 def validate(lineage: dict, settings: dict) -> dict:
     """Schemas, dimensions, finite values, labels, unique keys, join coverage."""
     from mmsearch import validate as stage
-    from mmsearch.config import RunConfig
-    from mmsearch.io import DataError
+    from mmsearch.run_context import stage_task
 
-    try:
-        return stage.run(
-            lineage["raw_dir"], Path(settings["run_dir"]) / "validate", RunConfig.from_mapping(settings["config"])
-        )
-    except DataError as error:
-        raise _fail_on_bad_input(error) from error
+    with stage_task(settings, ml_env=False) as run:
+        return stage.run(lineage["raw_dir"], run.out("validate"), run.cfg)
 
 
 @task(execution_timeout=timedelta(minutes=60))
 def merge(lineage: dict, settings: dict) -> dict:
     """Join every judgement with its embeddings; split train/val/test by query."""
     from mmsearch import merge as stage
-    from mmsearch.config import RunConfig
-    from mmsearch.io import DataError
+    from mmsearch.run_context import stage_task
 
-    try:
-        return stage.run(
-            lineage["raw_dir"], Path(settings["run_dir"]) / "merged", RunConfig.from_mapping(settings["config"])
-        )
-    except DataError as error:
-        raise _fail_on_bad_input(error) from error
+    with stage_task(settings, ml_env=False) as run:
+        return stage.run(lineage["raw_dir"], run.out("merged"), run.cfg)
 
 
 @task.external_python(**ML_ENV, retries=0, execution_timeout=timedelta(minutes=30))
 def drift(merged: dict, settings: dict) -> dict:
     """This run's data against the champion's training data: label shares and each modality's
     embeddings. The report goes to MLflow; above `drift_threshold`, the run fails here, before training."""
-    from pathlib import Path
-
     from mmsearch import drift as stage
-    from mmsearch.config import RunConfig
-    from mmsearch.io import log_to_stderr
+    from mmsearch.run_context import stage_task
 
-    log_to_stderr()
-    return stage.run(
-        merged["merged_dir"],
-        Path(settings["run_dir"]) / "drift",
-        RunConfig.from_mapping(settings["config"]),
-        settings["tags"],
-    )
+    with stage_task(settings) as run:
+        return stage.run(merged["merged_dir"], run.out("drift"), run.cfg, run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=60))
 def transform(merged: dict, settings: dict) -> dict:
     """TensorFlow Transform on Beam: z-scores and pair cosines; TFRecords and the transform graph."""
-    from pathlib import Path
-
     from mmsearch import transform as stage
-    from mmsearch.config import RunConfig
-    from mmsearch.io import log_to_stderr
+    from mmsearch.run_context import stage_task
 
-    log_to_stderr()
-    return stage.run(
-        merged["merged_dir"], Path(settings["run_dir"]) / "transform", RunConfig.from_mapping(settings["config"])
-    )
+    with stage_task(settings) as run:
+        return stage.run(merged["merged_dir"], run.out("transform"), run.cfg)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=10))
 def candidates(settings: dict) -> list:
     """Open this run's parent MLflow run; list the candidates (hyperparameter overrides)."""
     from mmsearch import train as stage
-    from mmsearch.config import RunConfig
-    from mmsearch.io import log_to_stderr
+    from mmsearch.run_context import stage_task
 
-    log_to_stderr()
-    return stage.plan(RunConfig.from_mapping(settings["config"]), settings["tags"])
+    with stage_task(settings) as run:
+        return stage.plan(run.cfg, run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=120))
 def train(transformed: dict, candidate: dict, settings: dict) -> dict:
     """One candidate: Keras, a nested MLflow run, CodeCarbon; its validation metrics."""
-    from pathlib import Path
-
     from mmsearch import train as stage
-    from mmsearch.config import RunConfig
-    from mmsearch.io import log_to_stderr
+    from mmsearch.run_context import stage_task
 
-    log_to_stderr()
-    return stage.run(
-        transformed["transform_dir"],
-        Path(settings["run_dir"]) / "train",
-        RunConfig.from_mapping(settings["config"]),
-        candidate,
-        settings["tags"],
-    )
+    with stage_task(settings) as run:
+        return stage.run(transformed["transform_dir"], run.out("train"), run.cfg, candidate, run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=120))
 def baselines(transformed: dict, planned: list, settings: dict) -> dict:
     """The CLIP baseline (logistic regression on the cosines) and the original design's model."""
-    from pathlib import Path
-
     from mmsearch import baselines as stage
-    from mmsearch.config import RunConfig
-    from mmsearch.io import log_to_stderr
+    from mmsearch.run_context import stage_task
 
-    log_to_stderr()
-    return stage.run(
-        transformed["transform_dir"],
-        Path(settings["run_dir"]) / "baselines",
-        RunConfig.from_mapping(settings["config"]),
-        planned[0]["parent_run_id"],
-        settings["tags"],
-    )
+    with stage_task(settings) as run:
+        parent_run_id = planned[0]["parent_run_id"]
+        return stage.run(transformed["transform_dir"], run.out("baselines"), run.cfg, parent_run_id, run.tags)
 
 
 @task(execution_timeout=timedelta(minutes=5))
 def select(trained: list, settings: dict) -> dict:
     """The best candidate by validation macro-F1 (reads no data, the test split least of all)."""
     from mmsearch import selection as stage
-    from mmsearch.config import RunConfig
+    from mmsearch.run_context import stage_task
 
-    return stage.run(list(trained), Path(settings["run_dir"]) / "select", RunConfig.from_mapping(settings["config"]))
+    with stage_task(settings, ml_env=False) as run:
+        return stage.run(list(trained), run.out("select"), run.cfg)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=30))
 def evaluate(model: dict, baselines: dict, merged: dict, settings: dict) -> dict:
     """The selected model, every baseline and the champion, on the same test rows."""
-    from pathlib import Path
-
     from mmsearch import evaluate as stage
-    from mmsearch.config import RunConfig
-    from mmsearch.io import log_to_stderr
+    from mmsearch.run_context import stage_task
 
-    log_to_stderr()
-    return stage.run(
-        model,
-        baselines,
-        merged["merged_dir"],
-        Path(settings["run_dir"]) / "evaluate",
-        RunConfig.from_mapping(settings["config"]),
-    )
+    with stage_task(settings) as run:
+        return stage.run(model, baselines, merged["merged_dir"], run.out("evaluate"), run.cfg)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=30))
 def register(model: dict, scores: dict, lineage: dict, settings: dict) -> dict:
     """Register in MLflow as challenger; champion only if it beats every baseline and the champion."""
     from mmsearch import register as stage
-    from mmsearch.config import RunConfig
-    from mmsearch.io import log_to_stderr
+    from mmsearch.run_context import stage_task
 
-    log_to_stderr()
-    summary = stage.run(
-        model, scores, lineage, settings["run_dir"], RunConfig.from_mapping(settings["config"]), settings["tags"]
-    )
+    with stage_task(settings) as run:
+        summary = stage.run(model, scores, lineage, str(run.run_dir), run.cfg, run.tags)
     print(stage.summary_text(summary))  # relayed to this task's log
     return summary["registry"]
 
@@ -336,10 +238,12 @@ def clean_old_runs(registry: dict, settings: dict) -> dict:
     """Delete older runs' bulky intermediates: keep the last `keep_runs` and the champion's and
     challenger's runs; summaries, metrics and reports stay."""
     from mmsearch import retention
-    from mmsearch.config import RunConfig
+    from mmsearch.run_context import stage_task
 
-    cfg = RunConfig.from_mapping(settings["config"])
-    return retention.run(C.runs_root(), cfg.keep_runs, protect=[settings["run_dir"], *registry["lineage_run_dirs"]])
+    with stage_task(settings, ml_env=False) as run:
+        return retention.run(
+            C.runs_root(), run.cfg.keep_runs, protect=[str(run.run_dir), *registry["lineage_run_dirs"]]
+        )
 
 
 @dag(
@@ -352,15 +256,7 @@ def clean_old_runs(registry: dict, settings: dict) -> dict:
     doc_md=DOC_MD,
     params=PARAMS,
     tags=["mmsearch", "training"],
-    default_args={
-        "owner": "mmsearch",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=20),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=10),
-        "pre_execute": _mask_credentials,
-        "on_failure_callback": _record_failure,
-    },
+    default_args=default_args(retries=2),
 )
 def mmsearch_training():
     settings = configure()

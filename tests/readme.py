@@ -48,11 +48,16 @@ def with_ports(text: str, env: dict) -> str:
     return text
 
 
+def shell_env(env: dict) -> dict:
+    return {k: v for k, v in env.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+
+
 def run(text: str, env: dict, cwd: Path = REPO_ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Pasted into bash, in `cwd` (the checkout by default: make's targets are there)."""
+    """Pasted into bash, in `cwd` (the checkout by default: make's targets are there), from a
+    shell that no make started (under `make test`, a sub-make would announce its directory)."""
     return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", with_ports(text, env)],
-        env=env,
+        env=shell_env(env),
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""Stage 5b, baselines: what the pair model must beat, fitted on the train split only.
+"""What the pair model must beat, fitted on the train split only.
 
 - majority: the train split's most frequent label (evaluate reads it from merge's counts);
 - clip: training-free ranking by the query-product CLIP cosines, its labels from a logistic

@@ -1,4 +1,4 @@
-"""Stage 2, changes: has anything changed since a registered version was trained?
+"""Has anything changed since a registered version was trained?
 
 A run's fingerprint is the md5 of every raw file, the code's git commit (and its uncommitted
 changes, if any) and every setting that can change the model. `register` tags each version with

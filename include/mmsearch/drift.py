@@ -1,4 +1,4 @@
-"""Stage 4, drift: this run's merged data against the champion's training data.
+"""This run's merged data against the champion's training data.
 
 Evidently was the first choice; its current release (0.7.23) does not import with pandas 3,
 which both environments pin. So the statistics come from scipy and scikit-learn:

@@ -1,4 +1,4 @@
-"""Stage 6, evaluate: the selected model, every baseline and the current champion, on the same
+"""The selected model, every baseline and the current champion, on the same
 held-out test query groups, in one pass over the test split (the only stage that reads it).
 
 The model and the champion are loaded back from MLflow as the pyfuncs that serve, and fed

@@ -34,6 +34,10 @@ class RegistryError(RuntimeError):
     """The MLflow tracking server could not be reached; nothing was promoted."""
 
 
+class CredentialsError(RegistryError):
+    """MLflow refused the credentials; trying them again cannot help."""
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `final`; rename it into place on success.

@@ -1,4 +1,4 @@
-"""Stage 3, merge: every working-set judgement joined with its CLIP embeddings, split by query.
+"""Every working-set judgement joined with its CLIP embeddings, split by query.
 
 One row per judgement (labels differ between products of a query, so rows are never
 reduced to one per query). Splits are by query group: no query is in two splits.

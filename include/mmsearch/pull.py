@@ -1,4 +1,4 @@
-"""Stage 1, pull: `dvc pull` of the raw data, verified by what is on disk, not by DVC's stdout.
+"""`dvc pull` of the raw data, verified by what is on disk, not by DVC's stdout.
 
 `dvc pull` exits 1 yet restores what it could when an object is missing, and can say
 "Everything is up to date" when the remote is gone. So after pulling, every file the

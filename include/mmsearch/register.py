@@ -1,4 +1,4 @@
-"""Stage 7, register: the MLflow model registry, with aliases, lineage and a model card.
+"""The MLflow model registry, with aliases, lineage and a model card.
 
 Every new version gets the alias `challenger`. The gate (`decide`) makes it `champion` on this
 run's test split (scored by evaluate, with a paired bootstrap over its query groups) only if no
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mmsearch import config as C
 from mmsearch import tracking
-from mmsearch.io import RegistryError, write_json
+from mmsearch.io import CredentialsError, RegistryError, write_json
 from mmsearch.tracking import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def run(
         registry = retrying(_register_once, model, scores, lineage, cfg, tags, out_dir)
     except Exception as error:
         if tracking.credentials_refused(error):
-            raise RegistryError(f"{tracking.refusal_line(error)}; nothing was registered or promoted") from None
+            raise CredentialsError(f"{tracking.refusal_line(error)}; nothing was registered or promoted") from None
         if not _unreachable(error):
             raise
         raise RegistryError(

@@ -1,4 +1,4 @@
-"""Stage 5c, selection: the best trained candidate by validation macro-F1, with the
+"""The best trained candidate by validation macro-F1, with the
 one-standard-error rule: among the candidates within one standard error of the best, the one
 with the fewest parameters. On a small validation split the larger model's lead is often
 noise, and it is the larger model that generalises worse to new queries. Reads no data at

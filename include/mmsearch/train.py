@@ -1,4 +1,4 @@
-"""Stage 5, train: Keras on the transformed TFRecords, tracked in MLflow, measured by CodeCarbon.
+"""Keras on the transformed TFRecords, tracked in MLflow, measured by CodeCarbon.
 
 `plan` opens the DAG run's parent MLflow run and lists the candidates (hyperparameter
 overrides); `run` trains one candidate in its own nested MLflow run, fits the decision rule

@@ -1,4 +1,4 @@
-"""Stage 4, transform: TensorFlow Transform on Apache Beam, in TFX's output layout.
+"""TensorFlow Transform on Apache Beam, in TFX's output layout.
 
     <out>/transform_graph/transform_fn/            the transform graph (tft_beam.WriteTransformFn)
     <out>/transform_graph/transformed_metadata/    schema of the transformed features

@@ -1,4 +1,4 @@
-"""Stage 2, validate: the raw files against the data contract, and join coverage.
+"""The raw files against the data contract, and join coverage.
 
 Checks: files exist and are parquet; columns and types; embedding dimension and
 finiteness; labels and splits; unique keys; and the share of working-set judgements

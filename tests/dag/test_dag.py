@@ -95,7 +95,7 @@ def test_the_rank_dag_runs_on_the_champion_asset():
     bag = DagBag(str(DAG_FILE.parent))
     rank = bag.dags["mmsearch_rank"]
     assert [a.name for a in rank.timetable.asset_condition.objects] == ["mmsearch_champion_model"]
-    assert set(rank.task_ids) == {"run_context", "rank"}
+    assert set(rank.task_ids) == {"configure", "rank"}
     assert bag.dags["mmsearch_maintenance"].task_ids == ["clean_metadata", "clean_task_logs"]
 
 
@@ -190,3 +190,70 @@ def test_make_run_refuses_a_bad_conf_before_any_work_in_one_line(conf, line, tmp
     assert result.returncode == 2
     assert result.stderr.strip() == f"mmsearch run-dag: error: {line}"
     assert not (tmp_path / "home").exists()  # no Airflow run, nothing written
+
+
+def test_every_task_masks_credentials_records_its_failure_and_retries_only_what_can_heal():
+    from airflow.dag_processing.dagbag import DagBag
+
+    from mmsearch.dag_support import FailOnceWhenRetryCannotHeal, mask_credentials, record_failure
+
+    bag = DagBag(str(DAG_FILE.parent))
+    for dag_id in ("mmsearch_training", "mmsearch_rank"):
+        for task in bag.dags[dag_id].tasks:
+            given = getattr(task, "partial_kwargs", None) or {  # a mapped task keeps them unapplied
+                "retry_policy": task.retry_policy,
+                "pre_execute": task._pre_execute_hook,
+                "on_failure_callback": task.on_failure_callback,
+            }
+            assert isinstance(given["retry_policy"], FailOnceWhenRetryCannotHeal), (dag_id, task.task_id)
+            assert given["pre_execute"] == mask_credentials, (dag_id, task.task_id)
+            callbacks = given["on_failure_callback"]
+            assert record_failure in (callbacks if isinstance(callbacks, list) else [callbacks]), task.task_id
+
+
+RELAYED = "Process returned non-zero exit status 1.\n"  # how Airflow words an ML task's failure
+
+
+@pytest.mark.parametrize(
+    ("exception", "action"),
+    [
+        ("DataError", "fail"),
+        ("ConfigError", "fail"),
+        (RELAYED + "CredentialsError: MLflow at http://127.0.0.1:5000 refused the credentials", "fail"),
+        (RELAYED + "DataError: merged/train: column 'label': ...", "fail"),
+        (RELAYED + "MLflow tracking server http://127.0.0.1:5000 unreachable after 3 attempts", "default"),
+        ("worker lost", "default"),
+    ],
+)
+def test_a_retry_is_refused_only_for_what_fails_the_same_way_again(exception, action):
+    from airflow.sdk.exceptions import AirflowException
+
+    from mmsearch.config import ConfigError
+    from mmsearch.dag_support import FailOnceWhenRetryCannotHeal
+    from mmsearch.io import DataError
+
+    error = {"DataError": DataError("x.parquet", "file is missing"), "ConfigError": ConfigError("unknown setting")}
+    raised = error.get(exception) or AirflowException(exception)
+    assert FailOnceWhenRetryCannotHeal().evaluate(raised, try_number=1, max_tries=3).action.value == action
+
+
+def test_an_ml_task_relays_bad_input_by_name_and_its_reason_is_recorded_without_it():
+    """In the ML task's process, stage_task turns a DataError into CannotHeal('DataError: ...'), the
+    text Airflow relays; the failure record keeps the reason alone."""
+    code = (
+        "from mmsearch.run_context import stage_task\n"
+        "from mmsearch.io import DataError\n"
+        "from mmsearch import config as C\n"
+        "settings = {'config': C.RunConfig().as_dict(), 'run_dir': '/tmp/r', 'tags': {}}\n"
+        "try:\n"
+        "    with stage_task(settings):\n"
+        "        raise DataError('x.parquet', 'file is missing')\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__, '|', error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "CannotHeal | DataError: x.parquet: file is missing"
+    from mmsearch.run_context import cannot_heal, failure_reason
+
+    relayed = RuntimeError(RELAYED + "DataError: x.parquet: file is missing")
+    assert cannot_heal(relayed) and failure_reason(relayed) == "x.parquet: file is missing"

@@ -248,7 +248,7 @@ def test_mlflow_ui_opens_on_the_training_runs(stack, first_run):
     command = ["bash", "-c", readme.command("mlflow-ui", "make mlflow-ui")]
     ui = subprocess.Popen(
         command,
-        env=stack["env"],
+        env=readme.shell_env(stack["env"]),
         cwd=REPO_ROOT,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

@@ -284,10 +284,11 @@ def test_wrong_mlflow_credentials_fail_register_with_one_line_and_promote_nothin
     try:
         finished = wait_for_run(airflow_api, run_id, timeout=600)
         assert finished["state"] == "failed"
-        assert task_states(airflow_api, run_id)["model.register"] == "failed"
+        register = airflow_api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/model.register").json()
+        assert register["state"] == "failed" and register["try_number"] == 1  # refused: not retried
         log = task_log(airflow_api, run_id, "model.register")
         refusals = re.findall(
-            r"RegistryError: (MLflow at \S+ refused the credentials of user admin \(HTTP 401\).*)", log
+            r"CredentialsError: (MLflow at \S+ refused the credentials of user admin \(HTTP 401\).*)", log
         )
         assert refusals and "nothing was registered or promoted" in refusals[0], log[-3000:]
         assert champion_version(status, (user, rotated)) == champion

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mmsearch import config as C
 from mmsearch.io import read_json
+from mmsearch.run_context import failures_file
 
 DAG_ID = "mmsearch_training"
 LOG_NAME = "airflow-dags-test.log"
@@ -56,11 +57,6 @@ def task_seconds(run_id: str, env: dict | None = None) -> dict:
             key = ti["task_id"] + (f"[{ti['map_index']}]" if mapped else "")
             seconds[key] = (end - start).total_seconds()
     return seconds
-
-
-def failures_file(run_id: str) -> Path:
-    """Where the DAG's failure callback records each failed task's one-line reason."""
-    return C.mmsearch_home() / "failures" / f"{C.run_dir_for(run_id).name}.json"
 
 
 def failure_reason(run_id: str) -> str:

@@ -164,7 +164,7 @@ def stack_env(settings: StackSettings) -> dict:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
             # LocalExecutor: two task slots (two cores); Celery: two per worker. The ML tasks spend
             # seconds importing TensorFlow and writing to MLflow, so the baselines run beside the two
-            # trainings instead of after them (with drift beside transform: 113 s -> 79 s to registered)
+            # trainings instead of after them, and drift beside transform
             "AIRFLOW__CORE__PARALLELISM": str(2 * settings.workers if settings.executor == "celery" else 2),
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
@@ -180,7 +180,7 @@ def stack_env(settings: StackSettings) -> dict:
             # a worker that dies mid-task: its task fails and is retried after 1 minute, not 5
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
             # the task supervisor wakes this often (default 5 s): under Celery it noticed a finished
-            # task only then, ~5 s lost per task (measured), ~1 minute per run
+            # task only then, seconds lost per task
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "MLFLOW_TRACKING_URI": settings.mlflow_url,
             "MLFLOW_TRACKING_USERNAME": "admin",
@@ -214,7 +214,7 @@ def _mlflow_server_env(settings: StackSettings, env: dict) -> dict:
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         # a checked password is cached for 5 minutes: each check is a PBKDF2 hash, and training
-        # sends hundreds of requests (measured: the server took more CPU than the training)
+        # sends hundreds of requests (uncached, the server took more CPU than the training)
         "auth_cache_ttl_seconds = 300\n",
     )
     return {
