@@ -153,7 +153,8 @@ def served(stack, form_run):
     """The README's `make serve`."""
     result = readme.run(readme.command("servers", "make serve "), stack["env"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"^champion mmsearch-esci v\d+ served at", result.stdout, re.M), result.stdout
+    # the person's line goes to stderr; stdout carries only the result (after the line make echoes)
+    assert re.search(r"^champion mmsearch-esci v\d+ served at", result.stderr, re.M), result.stderr[-3000:]
     return json.loads(result.stdout[result.stdout.index("\n{") :])["serve_url"]
 
 
