@@ -143,8 +143,8 @@ def update(repo_dir: Path, raw_dir: Path, dvc_files: list[Path]) -> dict:
     whose upstream checksum is unchanged is not downloaded. Returns the data's lineage."""
     repo_dir, raw_dir = Path(repo_dir).resolve(), Path(raw_dir).resolve()
     targets = [str(p.relative_to(repo_dir)) for p in dvc_files]
-    before = {t: dvc_repo.output(repo_dir / t)[1] for t in targets}
-    absent = [t for t in targets if not dvc_repo.output(repo_dir / t)[0].exists()]
+    recorded = {t: dvc_repo.output(repo_dir / t) for t in targets}  # (workspace path, md5) before the update
+    absent = [t for t, (out, _) in recorded.items() if not out.exists()]
     if absent:  # `dvc pull` of an import downloads it again even when present: only what is absent
         dvc_repo.check(repo_dir, "pull", *absent)
     dvc_repo.check(repo_dir, "update", *targets)
@@ -155,7 +155,7 @@ def update(repo_dir: Path, raw_dir: Path, dvc_files: list[Path]) -> dict:
             raise PullError(f"dvc update of {target} did not restore {out.relative_to(repo_dir)}")
         relative = str(out.relative_to(raw_dir))
         hashes[relative], sources[relative] = md5, dvc_repo.imported_url(repo_dir / target)
-        if md5 != before[target]:
+        if md5 != recorded[target][1]:
             changed.append(relative)
     log.info("dvc update: %s", f"changed upstream: {', '.join(changed)}" if changed else "nothing changed upstream")
     combined = hashlib.md5("".join(f"{k}:{v}\n" for k, v in sorted(hashes.items())).encode()).hexdigest()
