@@ -55,6 +55,7 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, parent_run_id: str
     from mmsearch import tracking
     from mmsearch.train import read_scalar_features, train_and_log
 
+    M.make_deterministic(cfg.seed)
     transform_manifest = read_json(Path(transform_dir) / "manifest.json")
     merged = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")
     train_counts = merged["splits"]["train"]["labels"]
@@ -66,7 +67,6 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, parent_run_id: str
         result["clip_logistic"] = str(Path(out_dir) / "clip_logistic.json")
         log.info("fitted the CLIP baseline's logistic regression on %d train rows", len(labels))
     if cfg.feature_set == "query_product" and cfg.train_query_baseline:
-        M.make_deterministic(cfg.seed)
         mlflow = tracking.setup(cfg)
         tracking.end_abandoned_runs(mlflow, cfg, (tags or {}).get("run_id", ""), run_name="baseline-query")
         with mlflow.start_run(

@@ -32,13 +32,12 @@ SCORES = "scores.json"  # what the DAG passes on to register
 
 def _clip_scorer(fitted: dict):
     from mmsearch.baselines import cosine_logistic_probabilities, cosines_of
-    from mmsearch.serving import raw_frame
+    from mmsearch.serving import embedding_matrices
 
     columns = F.EMBEDDING_COLUMNS["query_product"]
 
     def score(table):
-        frame = raw_frame(table, columns)
-        cosines = cosines_of({name: np.stack(frame[name].to_numpy()) for name in columns})
+        cosines = cosines_of(embedding_matrices(table, columns))
         probabilities = cosine_logistic_probabilities(fitted, cosines)
         return probabilities, probabilities.argmax(axis=1), cosines.sum(axis=1)
 

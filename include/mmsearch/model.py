@@ -18,6 +18,7 @@ starting from zero. `hidden_units: 0` is the wide part alone.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, fields, replace
 
 from mmsearch import features as F
@@ -81,9 +82,15 @@ def keras():
 def make_deterministic(seed: int) -> None:
     """The same weights from the same data, code and settings on the same machine: every seed
     (Python, numpy, TensorFlow) set, and TensorFlow's kernels made deterministic. Call before the
-    model is built, since its initial weights are drawn then."""
+    model is built, since its initial weights are drawn then, and before TensorFlow's first op
+    (its thread pools are fixed then)."""
     import tensorflow as tf
 
+    # One thread a kernel: these models' ops are too small to be worth splitting (an epoch took
+    # 1.5x as long on both cores), and it leaves the other core to the input pipeline.
+    # In a process where TensorFlow already ran (a test's), the pools stay as they are.
+    with contextlib.suppress(RuntimeError):
+        tf.config.threading.set_intra_op_parallelism_threads(1)
     keras().utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 

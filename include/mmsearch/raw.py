@@ -174,6 +174,54 @@ def working_set_mask(table: pa.Table, cfg: C.RunConfig) -> np.ndarray:
     return mask
 
 
+def working_set(esci_path: Path, table: pa.Table, cfg: C.RunConfig) -> np.ndarray:
+    """The working-set mask; DataError when no row is in it."""
+    mask = working_set_mask(table, cfg)
+    if not mask.any():
+        raise DataError(
+            esci_path,
+            f"no rows in the working set (locale={cfg.esci_filter_locale!r}, "
+            f"small_version={cfg.esci_filter_small_version}, split={cfg.esci_filter_split!r})",
+        )
+    return mask
+
+
+def coverage_report(esci, mask, query_keys, product_keys) -> dict:
+    """How many working-set judgements have query features, product features, both."""
+    query_ids = esci.column("query_id").to_numpy()[mask].astype(str)
+    product_ids = esci.column("product_id").to_numpy(zero_copy_only=False)[mask].astype(str)
+    has_query = np.isin(query_ids, query_keys)
+    has_product = np.isin(product_ids, product_keys) if product_keys is not None else np.ones_like(has_query)
+    both = has_query & has_product
+    total = int(mask.sum())
+    return {
+        "working_set_judgements": total,
+        "with_query_features": int(has_query.sum()),
+        "with_product_features": int(has_product.sum()),
+        "with_all_features": int(both.sum()),
+        "missing_query_features": int((~has_query).sum()),
+        "missing_product_features": int((~has_product).sum()),
+        "coverage": float(both.mean()) if total else 0.0,
+        "example_ids_missing_features": esci.column("example_id").to_numpy()[mask][~both][:5].tolist(),
+    }
+
+
+def check_coverage(esci_path: Path, esci, mask, query_keys, product_keys, cfg: C.RunConfig) -> dict:
+    """The coverage report; DataError when coverage is below `min_join_coverage` (validate and
+    merge both refuse such data: merged alone, it would train on the judgements that joined)."""
+    coverage = coverage_report(esci, mask, query_keys, product_keys)
+    if coverage["coverage"] < cfg.min_join_coverage:
+        raise DataError(
+            esci_path,
+            f"join coverage {coverage['coverage']:.3f} is below min_join_coverage {cfg.min_join_coverage}: "
+            f"{coverage['missing_query_features']} of {coverage['working_set_judgements']} working-set judgements "
+            f"lack query features, {coverage['missing_product_features']} lack product features",
+            column="query_id/product_id",
+            rows=[f"example_id {e}" for e in coverage["example_ids_missing_features"]],
+        )
+    return coverage
+
+
 class _RowNames:
     """Names rows lazily as "<key> '<id>' (row N)" for error messages."""
 

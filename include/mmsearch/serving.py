@@ -39,14 +39,19 @@ def export_serving_model(model, transform_graph: Path, raw_columns, dim: int, ex
     tf.saved_model.save(model, str(export_dir), signatures={"serving_default": serve.get_concrete_function()})
 
 
+def embedding_matrices(table, columns, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Embedding columns of an Arrow table or record batch as [n, width] matrices."""
+    matrices = {}
+    for name in columns:
+        column = table.column(name)
+        column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+        matrices[name] = column.flatten().to_numpy().reshape(len(column), -1).astype(dtype, copy=False)
+    return matrices
+
+
 def raw_frame(table, columns, dtype=np.float32) -> pd.DataFrame:
     """Raw embedding columns of an Arrow table as a DataFrame of arrays (the pyfunc's input)."""
-    frame = {}
-    for name in columns:
-        column = table.column(name).combine_chunks()
-        matrix = column.values.to_numpy().reshape(len(column), -1).astype(dtype, copy=False)
-        frame[name] = list(matrix)
-    return pd.DataFrame(frame)
+    return pd.DataFrame({name: list(matrix) for name, matrix in embedding_matrices(table, columns, dtype).items()})
 
 
 def model_signature(raw_columns):
@@ -69,20 +74,19 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in names]
 
 
-def probabilities_frame(probabilities: np.ndarray, class_weights=None) -> pd.DataFrame:
-    """The pyfunc's output: the served label (the decision rule, argmax without one) and p_*."""
+def served_label_ids(probabilities: np.ndarray, class_weights=None) -> np.ndarray:
+    """The served labels' ids: the decision rule's per-class weights applied, argmax without one."""
     weights = np.ones(probabilities.shape[1]) if class_weights is None else np.asarray(class_weights)
-    labels = (probabilities * weights).argmax(axis=1)
+    return (probabilities * weights).argmax(axis=1)
+
+
+def probabilities_frame(probabilities: np.ndarray, class_weights=None) -> pd.DataFrame:
+    """The pyfunc's output: the served label and p_*."""
+    labels = served_label_ids(probabilities, class_weights)
     frame = pd.DataFrame({"esci_label": [F.LABELS_BY_ID[i] for i in labels]})
     for label, column in PROBABILITY_COLUMNS.items():
         frame[column] = probabilities[:, F.LABEL_IDS[label]].astype(np.float64)
     return frame
-
-
-def probabilities_of(predictions: pd.DataFrame) -> np.ndarray:
-    """Back from the pyfunc output to an [n, 4] array in label-id order (I, C, S, E)."""
-    ordered = sorted(PROBABILITY_COLUMNS, key=F.LABEL_IDS.get)
-    return predictions[[PROBABILITY_COLUMNS[label] for label in ordered]].to_numpy()
 
 
 try:
@@ -132,6 +136,10 @@ class EsciRelevanceModel(_PythonModel):
                 )
         matrices = {name: np.stack(model_input[name].to_numpy()) for name in self._inputs}
         return probabilities_frame(self.probabilities(matrices), self._class_weights)
+
+    def label_ids(self, probabilities: np.ndarray) -> np.ndarray:
+        """The labels `predict` serves for these probabilities (its decision rule applied)."""
+        return served_label_ids(probabilities, self._class_weights)
 
     def probabilities(self, matrices: dict[str, np.ndarray]) -> np.ndarray:
         """[n, 4] class probabilities in label-id order, from one [n, width] matrix per embedding

@@ -84,7 +84,9 @@ def input_columns(model_uri: str) -> list[str]:
 
 class PyfuncScorer:
     """A logged pyfunc, scoring Arrow tables of raw merged rows: probabilities [n, 4] in label-id
-    order, and the labels it serves (its decision rule applied)."""
+    order, and the labels it serves (its decision rule applied). The rows go to the pyfunc's own
+    model as matrices: the transform graph and decision rule `predict` uses, without the
+    DataFrame of arrays and its per-cell schema check (a third of evaluate's scoring time)."""
 
     def __init__(self, model_uri: str):
         import mlflow
@@ -92,14 +94,13 @@ class PyfuncScorer:
         self.model_uri = model_uri
         self.columns = input_columns(model_uri)
         self.model = mlflow.pyfunc.load_model(model_uri)
+        self.served = self.model.unwrap_python_model()
 
     def __call__(self, table) -> tuple[np.ndarray, np.ndarray]:
-        from mmsearch import features as F
-        from mmsearch.serving import probabilities_of, raw_frame
+        from mmsearch.serving import embedding_matrices
 
-        predictions = self.model.predict(raw_frame(table, self.columns))
-        served = predictions["esci_label"].map(F.LABEL_IDS).to_numpy()
-        return probabilities_of(predictions), served
+        probabilities = self.served.probabilities(embedding_matrices(table, self.columns))
+        return probabilities, self.served.label_ids(probabilities)
 
 
 def champion(cfg: C.RunConfig):

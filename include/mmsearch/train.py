@@ -29,6 +29,8 @@ VALIDATION_BATCH_ROWS = 2048
 SHUFFLE_BUFFER = 10_000  # serialized examples (~9 KB each)
 PARSE_THREADS = 2  # the machine's cores
 PREFETCH_BATCHES = 2
+# a split held in memory for training: the pair model's train split at 182k pairs is 59 MB
+IN_MEMORY_BYTES = 256 * 2**20
 
 
 def records(transform_manifest: dict, split: str):
@@ -39,39 +41,77 @@ def records(transform_manifest: dict, split: str):
     return tf.data.TFRecordDataset(files, compression_type=transform_manifest["compression"] or None)
 
 
-def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, training: bool, seed: int = 0):
-    """Batches of (features, label) parsed from the transformed TFRecords, prefetched."""
-    import tensorflow as tf
+def _feature_spec(transform_manifest: dict, names) -> dict:
     import tensorflow_transform as tft
 
     spec = tft.TFTransformOutput(transform_manifest["transform_graph"]).transformed_feature_spec()
-    spec = {name: spec[name] for name in (*names, F.LABEL)}
+    return {name: spec[name] for name in (*names, F.LABEL)}
+
+
+def _as_columns(parsed: dict) -> tuple[dict, object]:
+    """Parsed features as [n, width] (scalars become [n, 1]) and the labels."""
+    import tensorflow as tf
+
+    label = parsed.pop(F.LABEL)
+    return {k: tf.expand_dims(v, -1) if v.shape.rank == 1 else v for k, v in parsed.items()}, label
+
+
+def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, training: bool, seed: int = 0):
+    """Batches of (features, label) parsed from the transformed TFRecords, prefetched."""
+    import tensorflow as tf
+
+    spec = _feature_spec(transform_manifest, names)
     dataset = records(transform_manifest, split)
-
-    def parse(serialized):  # a batch of examples: one parse call a batch, not one a row
-        parsed = tf.io.parse_example(serialized, spec)
-        label = parsed.pop(F.LABEL)
-        # scalar features (the cosines) become [n, 1]
-        return {k: tf.expand_dims(v, -1) if v.shape.rank == 1 else v for k, v in parsed.items()}, label
-
     if training:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+
+    def parse(serialized):  # a batch of examples: one parse call a batch, not one a row
+        return _as_columns(tf.io.parse_example(serialized, spec))
+
     # Fixed, small buffers: AUTOTUNE's grow with free memory, and 2,048-row batches of 2,304
-    # floats are 19 MB each (measured: peak 1.50 GB at 182k pairs with AUTOTUNE)
+    # floats are 19 MB each (peak 1.50 GB at 182k pairs with AUTOTUNE)
     return dataset.batch(batch_size).map(parse, num_parallel_calls=PARSE_THREADS).prefetch(PREFETCH_BATCHES)
+
+
+def read_split(transform_manifest: dict, split: str, names) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The named transformed features of one split as [n, width] arrays, and its labels."""
+    import tensorflow as tf
+
+    spec = _feature_spec(transform_manifest, names)
+    parts: list[tuple[dict, object]] = []
+    for serialized in records(transform_manifest, split).batch(4096):
+        parts.append(_as_columns(tf.io.parse_example(serialized, spec)))
+    features = {name: np.concatenate([p[0][name].numpy() for p in parts]) for name in names}
+    return features, np.concatenate([p[1].numpy() for p in parts])
 
 
 def read_scalar_features(transform_manifest: dict, split: str, names) -> tuple[np.ndarray, np.ndarray]:
     """Scalar transformed features [n, len(names)] and the labels of one split (parsing only those)."""
+    features, labels = read_split(transform_manifest, split, names)
+    return np.hstack([features[name] for name in names]), labels
+
+
+def split_dataset(transform_manifest: dict, split: str, names, batch_size: int, training: bool, seed: int = 0):
+    """Batches of one split. A split whose features fit IN_MEMORY_BYTES is parsed once and its
+    batches gathered from memory (an epoch then costs the model's arithmetic only; parsing every
+    epoch was most of the pair model's training time); a larger one streams from the TFRecords."""
     import tensorflow as tf
 
-    spec = {name: tf.io.FixedLenFeature([], tf.float32) for name in names}
-    spec[F.LABEL] = tf.io.FixedLenFeature([], tf.int64)
-    columns, labels = [], []
-    for batch in records(transform_manifest, split).batch(4096).map(lambda s: tf.io.parse_example(s, spec)):
-        columns.append(np.column_stack([batch[name].numpy() for name in names]))
-        labels.append(batch[F.LABEL].numpy())
-    return np.vstack(columns), np.concatenate(labels)
+    spec = _feature_spec(transform_manifest, names)
+    row_bytes = sum(4 * max(1, int(np.prod(spec[name].shape))) for name in names)
+    rows = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")["splits"][split]["rows"]
+    if rows * row_bytes > IN_MEMORY_BYTES:
+        return make_dataset(transform_manifest, split, names, batch_size, training, seed)
+    features, labels = read_split(transform_manifest, split, names)
+    tensors = {name: tf.constant(values) for name, values in features.items()}, tf.constant(labels)
+    indices = tf.data.Dataset.range(len(labels))
+    if training:
+        indices = indices.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).repeat()
+
+    def gather(batch):
+        return tf.nest.map_structure(lambda tensor: tf.gather(tensor, batch), tensors)
+
+    return indices.batch(batch_size).map(gather).prefetch(PREFETCH_BATCHES)
 
 
 def wide_init(transform_manifest: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -106,11 +146,11 @@ def _fit(
     if no epoch beats the starting weights on validation loss, keep the starting weights."""
     k = M.keras()
     names = F.model_features(feature_set)
-    train = make_dataset(transform_manifest, "train", names, batch_size, training=True, seed=cfg.seed)
+    train = split_dataset(transform_manifest, "train", names, batch_size, training=True, seed=cfg.seed)
     # Scoring the whole validation split gives the same loss and accuracy at any batch size:
     # large batches make it ~10x faster. A step budget (validation_steps) keeps batch_size.
     val_batch = batch_size if cfg.validation_steps else VALIDATION_BATCH_ROWS
-    val = make_dataset(transform_manifest, "val", names, val_batch, training=False)
+    val = split_dataset(transform_manifest, "val", names, val_batch, training=False)
     # a finite dataset run several steps an execution needs its length (Keras cannot infer it)
     val_rows = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")["splits"]["val"]["rows"]
     validation_steps = cfg.validation_steps or -(-val_rows // val_batch)
@@ -150,7 +190,7 @@ def predict_split(model, transform_manifest: dict, split: str, feature_set: str)
     """Labels and probabilities of a Keras model over one transformed split."""
     names = F.model_features(feature_set)
     labels, probabilities = [], []
-    for features, label in make_dataset(transform_manifest, split, names, VALIDATION_BATCH_ROWS, training=False):
+    for features, label in split_dataset(transform_manifest, split, names, VALIDATION_BATCH_ROWS, training=False):
         probabilities.append(model(features, training=False).numpy())
         labels.append(label.numpy())
     return np.concatenate(labels), np.vstack(probabilities)

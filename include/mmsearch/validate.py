@@ -10,33 +10,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from mmsearch import config as C
 from mmsearch import raw
-from mmsearch.io import DataError, atomic_dir, write_json
+from mmsearch.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
-
-
-def coverage_report(esci, mask, query_keys, product_keys) -> dict:
-    """How many working-set judgements have query features, product features, both."""
-    query_ids = esci.column("query_id").to_numpy()[mask].astype(str)
-    product_ids = esci.column("product_id").to_numpy(zero_copy_only=False)[mask].astype(str)
-    has_query = np.isin(query_ids, query_keys)
-    has_product = np.isin(product_ids, product_keys) if product_keys is not None else np.ones_like(has_query)
-    both = has_query & has_product
-    total = int(mask.sum())
-    return {
-        "working_set_judgements": total,
-        "with_query_features": int(has_query.sum()),
-        "with_product_features": int(has_product.sum()),
-        "with_all_features": int(both.sum()),
-        "missing_query_features": int((~has_query).sum()),
-        "missing_product_features": int((~has_product).sum()),
-        "coverage": float(both.mean()) if total else 0.0,
-        "example_ids_missing_features": esci.column("example_id").to_numpy()[mask][~both][:5].tolist(),
-    }
 
 
 def validate(raw_dir: Path, cfg: C.RunConfig) -> dict:
@@ -44,18 +22,12 @@ def validate(raw_dir: Path, cfg: C.RunConfig) -> dict:
     raw_dir = Path(raw_dir)
     esci_path = raw_dir / C.ESCI_FILE
     esci = raw.read_esci(esci_path)
-    mask = raw.working_set_mask(esci, cfg)
-    if not mask.any():
-        raise DataError(
-            esci_path,
-            f"no rows in the working set (locale={cfg.esci_filter_locale!r}, "
-            f"small_version={cfg.esci_filter_small_version}, split={cfg.esci_filter_split!r})",
-        )
+    mask = raw.working_set(esci_path, esci, cfg)
     queries = raw.scan_features(raw.query_table(raw_dir), cfg.embedding_dim, source=cfg.query_features_source)
     products = None
     if cfg.feature_set == "query_product":
         products = raw.scan_features(raw.product_table(raw_dir), cfg.embedding_dim)
-    coverage = coverage_report(esci, mask, queries.keys, products.keys if products else None)
+    coverage = raw.check_coverage(esci_path, esci, mask, queries.keys, products.keys if products else None, cfg)
     report = {
         "raw_dir": str(raw_dir),
         "feature_set": cfg.feature_set,
@@ -73,15 +45,6 @@ def validate(raw_dir: Path, cfg: C.RunConfig) -> dict:
     for key, count in report["identical_duplicates_collapsed"].items():
         if count:
             log.warning("%d duplicate %s rows with identical embeddings will be collapsed", count, key)
-    if coverage["coverage"] < cfg.min_join_coverage:
-        raise DataError(
-            esci_path,
-            f"join coverage {coverage['coverage']:.3f} is below min_join_coverage {cfg.min_join_coverage}: "
-            f"{coverage['missing_query_features']} of {coverage['working_set_judgements']} working-set judgements "
-            f"lack query features, {coverage['missing_product_features']} lack product features",
-            column="query_id/product_id",
-            rows=[f"example_id {e}" for e in coverage["example_ids_missing_features"]],
-        )
     return report
 
 

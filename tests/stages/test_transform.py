@@ -57,10 +57,21 @@ def _cosine(table, left, right):
     return (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
 
 
-def _rows_sorted(columns):
-    """Rows as one matrix, in a canonical order: Beam promises no output order."""
-    matrix = np.column_stack([c.reshape(len(c), -1) for c in columns]).astype(np.float64)
-    return matrix[np.lexsort(matrix.T[::-1])]
+def _assert_same_rows(got_columns, expected_columns, atol: float) -> None:
+    """The same rows in any order (Beam promises no output order): each row of one side matched
+    to one row of the other (an assignment on the largest column difference), all within atol.
+    A sort would pair the wrong rows where two rows' leading values differ by less than atol."""
+    from scipy.optimize import linear_sum_assignment
+
+    def matrix(columns):
+        return np.column_stack([c.reshape(len(c), -1) for c in columns]).astype(np.float64)
+
+    got, expected = matrix(got_columns), matrix(expected_columns)
+    assert got.shape == expected.shape
+    distance = np.stack([np.abs(expected - row).max(axis=1) for row in got])
+    rows, matched = linear_sum_assignment(distance)
+    worst = int(np.argmax(distance[rows, matched]))
+    assert distance[rows, matched].max() <= atol, (got[rows[worst]], expected[matched[worst]])
 
 
 def test_z_scores_and_cosines_match_numpy(transformed):
@@ -76,7 +87,7 @@ def test_z_scores_and_cosines_match_numpy(transformed):
     expected.append(test.column(F.LABEL).to_numpy())
     got = [examples[n] for n in names] + [examples[n] for name in F.COSINES for n in (name, F.raw_cosine(name))]
     got.append(examples[F.LABEL])
-    np.testing.assert_allclose(_rows_sorted(got), _rows_sorted(expected), rtol=1e-4, atol=1e-4)
+    _assert_same_rows(got, expected, atol=2e-4)
 
 
 def test_whitened_embeddings_have_unit_variance_and_their_cosines_match_numpy(transformed):
@@ -98,9 +109,7 @@ def test_whitened_embeddings_have_unit_variance_and_their_cosines_match_numpy(tr
     expected = [np.sum(unit[left] * unit[right], axis=1) for left, right in F.COSINES.values()]
     got = [examples[name] for name in F.WHITENED_COSINES]
     label = train.column(F.LABEL).to_numpy()
-    np.testing.assert_allclose(
-        _rows_sorted([*got, examples[F.LABEL]]), _rows_sorted([*expected, label]), rtol=1e-3, atol=1e-3
-    )
+    _assert_same_rows([*got, examples[F.LABEL]], [*expected, label], atol=2e-3)
 
 
 def test_raw_schema_has_the_raw_features(transformed):

@@ -124,20 +124,23 @@ def test_bad_input_fails_with_a_specific_error_and_writes_nothing(case, raw_copy
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
-def _validate_cli(raw_dir, out) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mmsearch.cli", "validate", "--raw-dir", str(raw_dir), "--out", str(out)]
+def _stage_cli(raw_dir, out, stage: str = "validate") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mmsearch.cli", stage, "--raw-dir", str(raw_dir), "--out", str(out)]
     return subprocess.run([*cmd, "--set", f"embedding_dim={SMALL.dim}"], capture_output=True, text=True)
 
 
+@pytest.mark.parametrize("stage", ["validate", "merge"])
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
-def test_bad_input_through_the_cli_exits_2_with_the_same_line(case, raw_copy, tmp_path):
+def test_bad_input_through_the_cli_exits_2_with_the_same_line(case, stage, raw_copy, tmp_path):
+    """Each stage that reads the raw files is a command of its own: merge, run alone, refuses
+    what validate refuses (a product file covering half the judgements among them)."""
     relative, damage, message = BAD_INPUTS[case]
     damage(raw_copy / relative)
-    out = tmp_path / "validate"
-    result = _validate_cli(raw_copy, out)
-    assert result.returncode == 2
+    out = tmp_path / stage
+    result = _stage_cli(raw_copy, out, stage)
+    assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mmsearch validate: error: ") and message in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"mmsearch {stage}: error: ") and message in lines[0], lines
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
@@ -175,7 +178,7 @@ def test_legacy_csv_is_a_query_feature_source(raw_copy, tmp_path):
 def test_cli_exits_2_with_one_line_on_stderr(raw_copy, tmp_path):
     (raw_copy / C.QUERY_FEATURES_FILE).unlink()
     out = tmp_path / "out"
-    result = _validate_cli(raw_copy, out)
+    result = _stage_cli(raw_copy, out)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "mmsearch validate: error:" in result.stderr and "query_features.parquet: file is missing" in result.stderr
