@@ -33,7 +33,7 @@ from tests.stack.test_stack import (
     wait_for_run,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(1200)]
 
 TRAINING, RANK = "mmsearch_training", "mmsearch_rank"
 FAST = {"epochs": 4, "steps_per_epoch": 40}

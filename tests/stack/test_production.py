@@ -38,7 +38,7 @@ from tests.stack.test_stack import (
     wait_for_run,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(1500)]
 
 FAST = {"epochs": 4, "steps_per_epoch": 40}
 EMBEDDINGS = ("query_embedding", "product_text_embedding", "product_image_embedding")

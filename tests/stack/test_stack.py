@@ -24,7 +24,7 @@ from mmsearch.tools.stack import airflow_api as logged_in_airflow_api
 from tests import readme
 from tests.helpers import REPO_ROOT, stack_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
 
 DAG_ID = "mmsearch_training"
 MODEL = "mmsearch-esci"
