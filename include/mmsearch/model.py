@@ -114,7 +114,9 @@ def fit_logistic_regression(features, labels) -> tuple:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    fitted = LogisticRegression(max_iter=1000).fit(features, labels)
+    # Newton steps on the Cholesky factor: these few features converge in ~5 iterations, where
+    # lbfgs stopped after ~60 short of the optimum
+    fitted = LogisticRegression(solver="newton-cholesky", max_iter=100).fit(features, labels)
     kernel, bias = np.zeros((features.shape[1], F.NUM_CLASSES)), np.full(F.NUM_CLASSES, -10.0)
     if len(fitted.classes_) == 2:  # scikit-learn's binary form: one row of coefficients, for classes_[1]
         kernel[:, fitted.classes_[1]], bias[fitted.classes_] = fitted.coef_[0], (0.0, fitted.intercept_[0])

@@ -29,13 +29,12 @@ def score(merged_dir: Path, scorer, batch_rows: int = BATCH_ROWS) -> dict[str, n
     """Every merged row, scored batch by batch; only ids, labels and probabilities are kept.
     The embeddings go to the served model as matrices (a DataFrame of arrays costs time and memory)."""
     from mmsearch.raw import parquet_file  # streams: no pre-buffered row groups
-    from mmsearch.serving import embedding_matrices
 
     columns = ["query_id", "product_id", F.LABEL, *scorer.columns]
     parts: dict[str, list] = {"query_id": [], "product_id": [], "label": [], "probabilities": []}
     for path in sorted(Path(merged_dir).glob("*/*.parquet")):
         for batch in parquet_file(path).iter_batches(batch_size=batch_rows, columns=columns):
-            probabilities = scorer.served.probabilities(embedding_matrices(batch, scorer.columns))
+            probabilities = scorer.probabilities(batch)
             parts["query_id"].append(batch.column("query_id").to_numpy(zero_copy_only=False))
             parts["product_id"].append(batch.column("product_id").to_numpy(zero_copy_only=False))
             parts["label"].append(batch.column(F.LABEL).to_numpy())

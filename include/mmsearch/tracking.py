@@ -93,13 +93,15 @@ class PyfuncScorer:
 
         self.model_uri = model_uri
         self.columns = input_columns(model_uri)
-        self.model = mlflow.pyfunc.load_model(model_uri)
-        self.served = self.model.unwrap_python_model()
+        self.served = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
 
-    def __call__(self, table) -> tuple[np.ndarray, np.ndarray]:
+    def probabilities(self, table) -> np.ndarray:
         from mmsearch.serving import embedding_matrices
 
-        probabilities = self.served.probabilities(embedding_matrices(table, self.columns))
+        return self.served.probabilities(embedding_matrices(table, self.columns))
+
+    def __call__(self, table) -> tuple[np.ndarray, np.ndarray]:
+        probabilities = self.probabilities(table)
         return probabilities, self.served.label_ids(probabilities)
 
 

@@ -10,6 +10,7 @@ retried task continue from the last finished epoch.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -74,12 +75,24 @@ def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, t
 
 
 def read_split(transform_manifest: dict, split: str, names) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The named transformed features of one split as [n, width] arrays, and its labels."""
+    """The named transformed features of one split as [n, width] arrays, and its labels. Parsed
+    once a process: training, the wide part's regression and validation share the parse."""
+    return _parsed(
+        transform_manifest["transform_graph"],
+        transform_manifest["examples"][split],
+        transform_manifest["compression"],
+        tuple(names),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(transform_graph: str, examples_dir: str, compression: str | None, names: tuple):
     import tensorflow as tf
 
-    spec = _feature_spec(transform_manifest, names)
+    manifest = {"transform_graph": transform_graph, "examples": {"split": examples_dir}, "compression": compression}
+    spec = _feature_spec(manifest, names)
     parts: list[tuple[dict, object]] = []
-    for serialized in records(transform_manifest, split).batch(4096):
+    for serialized in records(manifest, "split").batch(4096):
         parts.append(_as_columns(tf.io.parse_example(serialized, spec)))
     features = {name: np.concatenate([p[0][name].numpy() for p in parts]) for name in names}
     return features, np.concatenate([p[1].numpy() for p in parts])
@@ -91,16 +104,20 @@ def read_scalar_features(transform_manifest: dict, split: str, names) -> tuple[n
     return np.hstack([features[name] for name in names]), labels
 
 
+def _fits_in_memory(transform_manifest: dict, split: str, names) -> bool:
+    spec = _feature_spec(transform_manifest, names)
+    row_bytes = sum(4 * max(1, int(np.prod(spec[name].shape))) for name in names)
+    rows = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")["splits"][split]["rows"]
+    return rows * row_bytes <= IN_MEMORY_BYTES
+
+
 def split_dataset(transform_manifest: dict, split: str, names, batch_size: int, training: bool, seed: int = 0):
     """Batches of one split. A split whose features fit IN_MEMORY_BYTES is parsed once and its
     batches gathered from memory (an epoch then costs the model's arithmetic only; parsing every
     epoch was most of the pair model's training time); a larger one streams from the TFRecords."""
     import tensorflow as tf
 
-    spec = _feature_spec(transform_manifest, names)
-    row_bytes = sum(4 * max(1, int(np.prod(spec[name].shape))) for name in names)
-    rows = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")["splits"][split]["rows"]
-    if rows * row_bytes > IN_MEMORY_BYTES:
+    if not _fits_in_memory(transform_manifest, split, names):
         return make_dataset(transform_manifest, split, names, batch_size, training, seed)
     features, labels = read_split(transform_manifest, split, names)
     tensors = {name: tf.constant(values) for name, values in features.items()}, tf.constant(labels)
@@ -116,8 +133,14 @@ def split_dataset(transform_manifest: dict, split: str, names, batch_size: int, 
 
 def wide_init(transform_manifest: dict) -> tuple[np.ndarray, np.ndarray]:
     """The wide part's starting weights: a logistic regression on the train split's z-scored pair
-    features, as (kernel [6, 4], bias [4])."""
-    return M.fit_logistic_regression(*read_scalar_features(transform_manifest, "train", list(F.PAIR_FEATURES)))
+    features, as (kernel [6, 4], bias [4]). Read from the model's own features when training
+    holds them in memory (one parse of the split for both)."""
+    names = list(F.PAIR_FEATURES)
+    model_names = F.model_features("query_product")
+    if _fits_in_memory(transform_manifest, "train", model_names):
+        names = model_names
+    features, labels = read_split(transform_manifest, "train", names)
+    return M.fit_logistic_regression(np.hstack([features[name] for name in F.PAIR_FEATURES]), labels)
 
 
 def class_weights(label_counts: dict, weighting: str) -> dict | None:
