@@ -128,9 +128,10 @@ lint: $(UV)
 	$(RUFF) format --check .
 	PYTHONPATH=include $(TOOLS_VENV)/bin/lint-imports --no-cache
 
+# --durations: the slowest tests in the log, where CI's time goes
 test: envs system-deps lint
-	$(AIRFLOW_BIN)/python -m pytest -m "not ml" tests
-	$(ML_VENV)/bin/python -m pytest -m "ml" tests
+	$(AIRFLOW_BIN)/python -m pytest -m "not ml" --durations=25 tests
+	$(ML_VENV)/bin/python -m pytest -m "ml" --durations=10 tests
 
 # A benchmark, not a test: prints and writes the table under $(MMSEARCH_HOME)/bench/.
 BENCH_ARGS ?=
