@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from mmsearch import config as C
-from mmsearch.tools import stack
+from mmsearch.stack.settings import free_port_env
 from mmsearch.tools.sample_data import SampleSpec, generate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def stack_env(name: str, **extra: str) -> dict:
     The caller removes `MMSEARCH_HOME`'s parent (`running_stack` does)."""
     root = Path(tempfile.mkdtemp(prefix=f"mmsearch-test-{name}-"))
     root.chmod(0o711)
-    return isolated_env(root / "home", **stack.free_port_env(), **extra)
+    return isolated_env(root / "home", **free_port_env(), **extra)
 
 
 def small_config(**overrides) -> C.RunConfig:

@@ -179,10 +179,11 @@ def cmd_serve_example(args):
 
 
 def cmd_stack(args):
-    from mmsearch.tools import stack
+    from mmsearch.stack import lifecycle as stack
+    from mmsearch.stack.settings import StackSettings
 
     if args.action == "up":
-        return stack.up(stack.StackSettings.from_env(executor=args.executor, workers=args.workers))
+        return stack.up(StackSettings.from_env(executor=args.executor, workers=args.workers))
     if args.action == "restart":
         return stack.restart(args.component)
     if args.action == "status":
@@ -366,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     from mmsearch.io import DataError, RegistryError
     from mmsearch.pull import PullError
+    from mmsearch.stack.services import ServiceError
+    from mmsearch.stack.settings import StackError
     from mmsearch.tools.run_dag import RunFailed
-    from mmsearch.tools.services import ServiceError
-    from mmsearch.tools.stack import StackError
 
     try:
         # stdout carries only the result; libraries' chatter (Keras, MLflow) goes to stderr

@@ -98,6 +98,16 @@ def test_every_airflow_service_shares_the_volume_and_the_ml_environment(resolved
     assert "--requirepass" in resolved["services"]["redis"]["command"]
 
 
+def test_airflow_services_get_the_settings_file_the_local_stack_reads(resolved):
+    from mmsearch.stack.settings import shared_airflow_settings
+
+    shared = shared_airflow_settings()
+    assert "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL" in shared
+    for name in AIRFLOW_SERVICES:
+        env = resolved["services"][name]["environment"]
+        assert {key: env.get(key) for key in shared} == shared, name
+
+
 def test_the_champion_is_served_on_demand(resolved):
     serve = resolved["services"]["mlflow-serve"]
     assert serve["profiles"] == ["serve"]

@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from mmsearch.tools.stack import airflow_api as logged_in_airflow_api
+from mmsearch.stack.clients import airflow_api as logged_in_airflow_api
 from tests import readme
 from tests.helpers import REPO_ROOT, stack_env
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from mmsearch import config as C
-from mmsearch.tools import stack
+from mmsearch.stack.clients import airflow_api
+from mmsearch.stack.settings import free_port_env
 
 EMBEDDINGS = ("query_embedding", "product_text_embedding", "product_image_embedding")
 FAST = {"epochs": 4, "steps_per_epoch": 40}
@@ -98,7 +99,7 @@ def _bench_env(root: Path) -> dict:
     # no nightly run and no asset-triggered rerun: only the run the bench triggers
     return {
         **env,
-        **stack.free_port_env(),
+        **free_port_env(),
         "MMSEARCH_HOME": str(home),
         "AIRFLOW_HOME": str(home / "airflow"),
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
@@ -116,7 +117,7 @@ def trigger_to_registered(api, run_id: str) -> float:
 
 
 def _run_to_registered(status: dict) -> float:
-    with stack.airflow_api(status) as api:
+    with airflow_api(status) as api:
         api.patch("/dags/mmsearch_training", json={"is_paused": False}).raise_for_status()
         run = api.post("/dags/mmsearch_training/dagRuns", json={"logical_date": None, "conf": FAST}).raise_for_status()
         run_id = run.json()["dag_run_id"]

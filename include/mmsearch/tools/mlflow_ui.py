@@ -13,7 +13,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mmsearch import config as C
-from mmsearch.tools import stack
+from mmsearch.stack.components import ml_python
+from mmsearch.stack.health import get_json
+from mmsearch.stack.settings import StackError, free_port
 
 
 def _store(uri: str) -> None:
@@ -22,7 +24,7 @@ def _store(uri: str) -> None:
         return
     path = Path(uri.removeprefix("sqlite:///"))
     if not path.exists():
-        raise stack.StackError(f"no MLflow store at {path} yet: `make run` writes it")
+        raise StackError(f"no MLflow store at {path} yet: `make run` writes it")
 
 
 def _experiment_id(url: str, name: str, timeout: float) -> str:
@@ -30,13 +32,13 @@ def _experiment_id(url: str, name: str, timeout: float) -> str:
     import httpx
 
     deadline = time.monotonic() + timeout
-    while not stack._get_json(f"{url}/health"):
+    while not get_json(f"{url}/health"):
         if time.monotonic() > deadline:
-            raise stack.StackError(f"MLflow's UI did not answer on {url} in {timeout:.0f} s")
+            raise StackError(f"MLflow's UI did not answer on {url} in {timeout:.0f} s")
         time.sleep(0.5)
     found = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name}, timeout=10)
     if not found.is_success:
-        raise stack.StackError(f"the store has no experiment {name!r} yet: `make run` creates it")
+        raise StackError(f"the store has no experiment {name!r} yet: `make run` creates it")
     return found.json()["experiment"]["experiment_id"]
 
 
@@ -44,8 +46,8 @@ def start(port: int | None = None, timeout: float = 60.0) -> tuple[subprocess.Po
     """The UI's server process and the address of the experiment's runs."""
     uri = C.mlflow_tracking_uri()
     _store(uri)
-    port = port or stack.free_port()
-    command = [stack._ml_python(), "-m", "mlflow", "server", "--backend-store-uri", uri]
+    port = port or free_port()
+    command = [ml_python(), "-m", "mlflow", "server", "--backend-store-uri", uri]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         command += ["--default-artifact-root", C.mlflow_artifact_root()]
@@ -56,7 +58,7 @@ def start(port: int | None = None, timeout: float = 60.0) -> tuple[subprocess.Po
     url = f"http://127.0.0.1:{port}"
     try:
         experiment = _experiment_id(url, C.RunConfig().experiment_name, timeout)
-    except stack.StackError:
+    except StackError:
         stop(server)
         raise
     return server, f"{url}/#/experiments/{quote(experiment)}/runs"

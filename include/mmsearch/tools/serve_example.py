@@ -15,7 +15,7 @@ from mmsearch import config as C
 from mmsearch import features as F
 from mmsearch import raw
 from mmsearch.io import DataError
-from mmsearch.tools import stack
+from mmsearch.stack.settings import StackError, StackSettings
 
 MODEL_INPUTS = list(F.EMBEDDING_COLUMNS["query_product"])
 LABEL_ORDER = ("E", "S", "C", "I")
@@ -88,17 +88,17 @@ def main(raw_dir: Path = Path("data/raw"), pairs: int = 3) -> str:
     request = C.mmsearch_home() / "serve-example.json"
     request.parent.mkdir(parents=True, exist_ok=True)
     request.write_text(json.dumps(request_body(frame)))
-    url = f"{stack.StackSettings.from_env().serve_url}/invocations"
+    url = f"{StackSettings.from_env().serve_url}/invocations"
     try:
         response = httpx.post(
             url, content=request.read_bytes(), headers={"Content-Type": "application/json"}, timeout=60
         )
     except httpx.TransportError:
-        raise stack.StackError(
+        raise StackError(
             f"nothing answers on {url}: `make up`, then `make serve` once a champion is registered"
         ) from None
     if not response.is_success:
-        raise stack.StackError(f"{url} answered HTTP {response.status_code}: {response.text[:500]}")
+        raise StackError(f"{url} answered HTTP {response.status_code}: {response.text[:500]}")
     query = frame["query"].iloc[0]
     return "\n".join(
         [

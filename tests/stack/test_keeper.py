@@ -13,7 +13,7 @@ def test_a_command_that_exits_is_started_again_and_sigterm_ends_both(tmp_path):
     # a component that runs 1 s and exits with an error, as the scheduler does without its database
     component = f"import time; open({str(starts)!r}, 'a').write('x'); time.sleep(1); raise SystemExit(3)"
     keeper = subprocess.Popen(
-        [sys.executable, "-m", "mmsearch.tools.keeper", "demo", "--", sys.executable, "-c", component],
+        [sys.executable, "-m", "mmsearch.stack.keeper", "demo", "--", sys.executable, "-c", component],
         stderr=subprocess.PIPE,
         text=True,
     )

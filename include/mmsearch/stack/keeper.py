@@ -1,6 +1,6 @@
 """Keep one stack component running: `restart: always`, as docker-compose gives each service.
 
-`python -m mmsearch.tools.keeper <name> -- <command...>` starts the command in this process's
+`python -m mmsearch.stack.keeper <name> -- <command...>` starts the command in this process's
 group and starts it again when it exits on its own (Airflow's scheduler exits when its database
 goes away for a moment, e.g. a PostgreSQL restart), waiting 2 s, then longer after quick
 repeated exits. SIGTERM or SIGINT is passed on to the command and ends the keeping.
@@ -48,7 +48,7 @@ def keep(name: str, command: list[str]) -> int:
 def main(argv: list[str]) -> int:
     name, separator, *command = argv
     if separator != "--" or not command:
-        raise SystemExit("usage: python -m mmsearch.tools.keeper <name> -- <command...>")
+        raise SystemExit("usage: python -m mmsearch.stack.keeper <name> -- <command...>")
     return keep(name, command)
 
 
