@@ -23,7 +23,7 @@ import pytest
 
 from mmsearch import config as C
 from tests.helpers import REPO_ROOT, stack_env
-from tests.stack.test_stack import (
+from tests.stack.support import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,

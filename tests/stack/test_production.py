@@ -22,15 +22,13 @@ import pytest
 from mmsearch.tools.bench_stack import trigger_to_registered
 from tests import readme
 from tests.helpers import stack_env
-from tests.stack.test_stack import (
+from tests.stack.support import (
     ARTIFACTS,
     DAG_ID,
     MODEL,
-    api_client,
     mlflow_client,
     mlflow_credentials,
     mmsearch,
-    page,  # noqa: F401  (the logged-in browser, on this module's stack)
     running_stack,
     task_log,
     task_states,
@@ -56,12 +54,6 @@ def stack():
         FIGURES["memory_mb_after_runs"] = mmsearch(env, "stack", "status", "--json")["memory_mb"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "production-figures.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
-
-
-@pytest.fixture(scope="module")
-def airflow_api(stack):
-    with api_client(stack["status"]) as client:
-        yield client
 
 
 def trigger(api: httpx.Client, conf: dict) -> str:
@@ -102,7 +94,7 @@ def champion_version(status: dict, auth: tuple | None = None) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def form_run(stack, airflow_api, page):  # noqa: F811
+def form_run(stack, airflow_api, page):
     """Trigger pressed in the browser with two fields edited; the run goes through Celery."""
     airflow_api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
     url = stack["status"]["airflow_url"]

@@ -5,9 +5,7 @@ triggers again with two fields edited and finds them in the run's conf. The runs
 through Airflow's REST API, the model through MLflow's; every process is stopped by PID at
 the end. Screenshots and figures go to test-artifacts/ for a person to look at."""
 
-import contextlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -16,79 +14,25 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-import psutil
 import pytest
 
-from mmsearch.stack.clients import airflow_api as logged_in_airflow_api
 from tests import readme
-from tests.helpers import REPO_ROOT, stack_env
+from tests.helpers import stack_env
+from tests.stack.support import (
+    ARTIFACTS,
+    DAG_ID,
+    MODEL,
+    mlflow_client,
+    mmsearch,
+    run_mmsearch,
+    running_stack,
+    task_log,
+    task_states,
+    trigger_from_the_form,
+    wait_for_run,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
-
-DAG_ID = "mmsearch_training"
-MODEL = "mmsearch-esci"
-ARTIFACTS = Path(os.environ.get("MMSEARCH_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
-CHROMIUM = "/usr/bin/chromium"
-# Chromium on a closed network: no background connections, no sandbox as root (as in CI).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-
-
-def run_mmsearch(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "mmsearch"), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def mmsearch(env: dict, *args: str, timeout: float = 300) -> dict:
-    result = run_mmsearch(env, *args, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout)
-
-
-def make(env: dict, starting: str) -> dict:
-    """The README's servers command that starts with `starting`, pasted; its JSON answer (after
-    the line make echoes)."""
-    result = readme.run(readme.command("servers", starting), env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout[result.stdout.index("{") :])
-
-
-@contextlib.contextmanager
-def running_stack(env: dict, up: str = "make up  "):
-    """The README's `make up` (timed), and at the end its `make down`: every process the stack
-    started, and every child they had, must be gone."""
-    started = time.monotonic()
-    status = make(env, up)
-    status["startup_seconds"] = round(time.monotonic() - started, 1)
-    try:
-        yield {"env": env, "status": status}
-    finally:
-        started_pids = set()
-        for pid in mmsearch(env, "stack", "status", "--json")["pids"].values():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                started_pids |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
-        stopped = make(env, "make down")
-        assert set(status["pids"]) <= set(stopped["stopped"])
-        leftovers = [pid for pid in started_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-        assert not leftovers, f"processes still running after stack down: {leftovers}"
-        shutil.rmtree(Path(env["MMSEARCH_HOME"]).parent, ignore_errors=True)
-
-
-def mlflow_credentials(status: dict) -> tuple[str, str]:
-    return "admin", json.loads(Path(status["secrets_file"]).read_text())["mlflow_admin_password"]
-
-
-def mlflow_client(status: dict) -> httpx.Client:
-    """MLflow's REST API with the stack's admin credentials (the server refuses anonymous requests)."""
-    return httpx.Client(base_url=f"{status['mlflow_url']}/api/2.0/mlflow", timeout=30, auth=mlflow_credentials(status))
 
 
 @pytest.fixture(scope="module")
@@ -99,106 +43,6 @@ def stack():
         yield running
 
 
-def api_client(status: dict) -> httpx.Client:
-    """Airflow's REST API, logged in as the stack's admin (its credentials kept on the client)."""
-    client = logged_in_airflow_api(status)
-    password = json.loads(Path(status["admin_password_file"]).read_text())[status["admin_user"]]
-    client.credentials = (status["admin_user"], password)
-    return client
-
-
-@pytest.fixture(scope="module")
-def airflow_api(stack):
-    with api_client(stack["status"]) as client:
-        yield client
-
-
-def wait_for_run(api: httpx.Client, run_id: str, timeout: float = 600, dag_id: str = DAG_ID) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()
-        if run["state"] in ("success", "failed"):
-            return run
-        time.sleep(3)
-    raise AssertionError(f"run {run_id} did not finish in {timeout} s")
-
-
-def task_states(api: httpx.Client, run_id: str) -> dict:
-    listed = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").raise_for_status().json()
-    return {ti["task_id"]: ti["state"] for ti in listed["task_instances"]}
-
-
-def task_log(api: httpx.Client, run_id: str, task_id: str, dag_id: str = DAG_ID) -> str:
-    response = (
-        api.get(
-            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1", headers={"Accept": "application/json"}
-        )
-        .raise_for_status()
-        .json()
-    )
-    return "\n".join(
-        str(line.get("event", line)) if isinstance(line, dict) else str(line) for line in response["content"]
-    )
-
-
-@pytest.fixture(scope="module")
-def page(stack, airflow_api):
-    """A logged-in browser page on the Airflow UI."""
-    from playwright.sync_api import sync_playwright
-
-    user, password = airflow_api.credentials
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        # MLflow's UI asks for basic auth: the browser answers with the stack's MLflow admin
-        user_and_password = mlflow_credentials(stack["status"])
-        page = browser.new_page(
-            viewport={"width": 1400, "height": 1000},
-            http_credentials={"username": user_and_password[0], "password": user_and_password[1]},
-        )
-        page.goto(f"{stack['status']['airflow_url']}/dags/{DAG_ID}")
-        page.get_by_label(re.compile("username", re.I)).fill(user)
-        page.get_by_label(re.compile("password", re.I)).fill(password)
-        page.get_by_role("button", name=re.compile("sign in", re.I)).click()
-        page.wait_for_url(re.compile(rf"/dags/{DAG_ID}"))
-        try:
-            yield page
-        finally:
-            browser.close()
-
-
-def trigger_from_the_form(page, url: str, api: httpx.Client, edits: dict, screenshot: str) -> dict:
-    """On the DAG's page, open its Trigger form, edit `edits` (param name: text) and press
-    Trigger; return the run it started, found through the REST API."""
-    from playwright.sync_api import expect
-
-    page.goto(f"{url}/dags/{DAG_ID}")
-    before = {r["dag_run_id"] for r in api.get(f"/dags/{DAG_ID}/dagRuns").raise_for_status().json()["dag_runs"]}
-    page.get_by_role("button", name="Trigger").first.click()
-    dialog = page.get_by_role("dialog")
-    expect(dialog.get_by_text(f"Trigger Dag - {DAG_ID}")).to_be_visible()
-    for section in {SECTION_OF[name] for name in edits}:
-        dialog.get_by_role("button", name=section, exact=True).click()
-    for name, text in edits.items():
-        field = dialog.get_by_label(re.compile(rf"^{name}\b"))  # the label: the param's name (and a * if required)
-        field.fill(text)
-        field.blur()
-    submit = dialog.get_by_role("button", name="Trigger", exact=True)
-    expect(submit).to_be_enabled()  # nothing required is missing, nothing is out of range
-    page.screenshot(path=str(ARTIFACTS / screenshot))
-    submit.click()
-    expect(page.get_by_text("Dag Run Triggered").first).to_be_visible(timeout=30_000)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        runs = api.get(f"/dags/{DAG_ID}/dagRuns").raise_for_status().json()["dag_runs"]
-        new = [r for r in runs if r["dag_run_id"] not in before]
-        if new:
-            return new[0]
-        time.sleep(1)
-    raise AssertionError("the Trigger form started no run")
-
-
-SECTION_OF = {"epochs": "Training", "steps_per_epoch": "Training"}
 EDITS = {"epochs": "4", "steps_per_epoch": "40"}
 
 
