@@ -100,7 +100,7 @@ def pull_data(settings: dict) -> dict:
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=10))
 def check_changes(lineage: dict, settings: dict) -> dict:
     """This run's fingerprint (data md5s, git commit, model settings) against the registered versions'."""
-    from mmsearch import changes as stage
+    from mmsearch import check_changes as stage
     from mmsearch.run_context import stage_task
 
     with stage_task(settings) as run:
@@ -193,7 +193,7 @@ def baselines(transformed: dict, planned: list, settings: dict) -> dict:
 @task(execution_timeout=timedelta(minutes=5))
 def select(trained: list, settings: dict) -> dict:
     """The best candidate by validation macro-F1 (reads no data, the test split least of all)."""
-    from mmsearch import selection as stage
+    from mmsearch import select as stage
     from mmsearch.run_context import stage_task
 
     with stage_task(settings, ml_env=False) as run:
@@ -237,13 +237,11 @@ def announce(registry: dict) -> bool:
 def clean_old_runs(registry: dict, settings: dict) -> dict:
     """Delete older runs' bulky intermediates: keep the last `keep_runs` and the champion's and
     challenger's runs; summaries, metrics and reports stay."""
-    from mmsearch import retention
+    from mmsearch import clean_old_runs as stage
     from mmsearch.run_context import stage_task
 
     with stage_task(settings, ml_env=False) as run:
-        return retention.run(
-            C.runs_root(), run.cfg.keep_runs, protect=[str(run.run_dir), *registry["lineage_run_dirs"]]
-        )
+        return stage.run(C.runs_root(), run.cfg.keep_runs, protect=[str(run.run_dir), *registry["lineage_run_dirs"]])
 
 
 @dag(

@@ -93,9 +93,9 @@ def cmd_baselines(args):
 
 
 def cmd_select(args):
-    from mmsearch import selection
+    from mmsearch import select
 
-    return selection.run([read_json(path) for path in args.trained], args.out, _config(args))
+    return select.run([read_json(path) for path in args.trained], args.out, _config(args))
 
 
 def cmd_evaluate(args):

@@ -101,7 +101,7 @@ def decide(
 
 def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.RunConfig, run_dir: str) -> dict:
     """What the version came from: data (md5 and source URL of each file), code, settings, run."""
-    from mmsearch import changes
+    from mmsearch import check_changes as changes
 
     found = {
         "git_commit": changes.git_commit(),

@@ -1,6 +1,6 @@
 """The fingerprint: what changes it and what does not."""
 
-from mmsearch import changes
+from mmsearch import check_changes as changes
 from mmsearch.config import RunConfig
 
 LINEAGE = {"file_md5": {"a.parquet": "1" * 32, "sqid/b.parquet": "2" * 32}}

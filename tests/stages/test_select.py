@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from mmsearch import merge, selection, train, transform
+from mmsearch import merge, select, train, transform
 from mmsearch.config import RunConfig
 from tests.helpers import SMALL
 
@@ -30,7 +30,7 @@ def test_selection_never_reads_the_test_split(small_raw, tmp_path, monkeypatch):
     trained = [
         train.run(tmp_path / "transform", tmp_path / "train", cfg, c, {"run_id": "no-test-split"}) for c in planned
     ]
-    best = selection.run(trained, tmp_path / "select", cfg)
+    best = select.run(trained, tmp_path / "select", cfg)
     assert [row["candidate"] for row in best["selection"]["candidates"]] == sorted(
         range(len(trained)), key=lambda i: -trained[i]["validation"]["macro_f1"]
     )
@@ -53,10 +53,10 @@ def _trained(candidate: int, macro_f1: float, parameters: int, rows: int = 400) 
 def test_the_smaller_model_wins_within_one_standard_error(tmp_path):
     cfg = RunConfig()
     # standard error of 0.8 accuracy on 400 rows: 0.02
-    close = selection.run([_trained(0, 0.60, 100_000), _trained(1, 0.59, 20)], tmp_path / "a", cfg)
+    close = select.run([_trained(0, 0.60, 100_000), _trained(1, 0.59, 20)], tmp_path / "a", cfg)
     assert close["candidate"] == 1
-    clear = selection.run([_trained(0, 0.65, 100_000), _trained(1, 0.59, 20)], tmp_path / "b", cfg)
+    clear = select.run([_trained(0, 0.65, 100_000), _trained(1, 0.59, 20)], tmp_path / "b", cfg)
     assert clear["candidate"] == 0
     # on 40,000 rows the same lead is well past the noise (0.002)
-    many = selection.run([_trained(0, 0.60, 100_000, 40_000), _trained(1, 0.59, 20, 40_000)], tmp_path / "c", cfg)
+    many = select.run([_trained(0, 0.60, 100_000, 40_000), _trained(1, 0.59, 20, 40_000)], tmp_path / "c", cfg)
     assert many["candidate"] == 0
