@@ -57,8 +57,7 @@ class Hyperparameters:
 
 
 # Training steps Keras runs in one call of its compiled function: the same updates in the same
-# order, a tenth of the Python overhead that dominated these small models' steps on CPU (at 182k
-# pairs, an epoch of the pair model took 2.3 s at 1 and 1.4 s at 20).
+# order, with a twentieth of the Python overhead that dominates these small models' steps on CPU.
 STEPS_PER_EXECUTION = 20
 
 
