@@ -551,7 +551,8 @@ def test_a_fresh_clone_imports_from_a_mirror_and_trains_with_the_sources_in_its_
         assert not (clone / "data" / "raw.dvc").exists()
         for path in (C.ESCI_FILE, C.QUERY_FEATURES_FILE, C.PRODUCT_FEATURES_FILE):
             assert (clone / "data" / "raw" / f"{path}.dvc").exists()
-        summary = dags_test(stack, {**FAST, "dvc_repo": str(clone)}, "2026-01-09T02:00:00+00:00")
+        # what is checked is the registered version's lineage, not its model: the shortest training
+        summary = dags_test(stack, {**WEAK, "dvc_repo": str(clone)}, "2026-01-09T02:00:00+00:00")
     version = summary["registry"]["version"]
     tags = in_ml_env(
         stack,

@@ -58,7 +58,9 @@ def test_serve_without_a_champion_exits_at_once_saying_why(stack):
     started = time.monotonic()
     result = readme.run(readme.command("servers", "make serve "), stack["env"], timeout=60)
     seconds = time.monotonic() - started
-    assert result.returncode != 0 and seconds < 5, (seconds, result.stderr[-2000:])
+    # at once: not after serving's 180 s wait for a model that cannot come (the bound leaves room
+    # for the other suites sharing the cores)
+    assert result.returncode != 0 and seconds < 20, (seconds, result.stderr[-2000:])
     assert "nothing to serve: no model is registered as mmsearch-esci yet. Next: trigger" in result.stderr
     assert "serve" not in mmsearch(stack["env"], "stack", "status", "--json")["pids"]  # nothing was started
 
