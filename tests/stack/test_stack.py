@@ -1,8 +1,9 @@
 """The UI path, for real, as a person takes it: `mmsearch stack up` (what `make up` runs) starts
 Airflow 3 and an MLflow server; in headless Chromium a user logs in, opens the DAG's Trigger
 form and presses Trigger without editing anything (the form's defaults must trigger; the
-production suite edits fields in the same form). The run is followed through Airflow's REST API, the model through MLflow's; every process is stopped by PID at
-the end. Screenshots and figures go to test-artifacts/ for a person to look at."""
+production suite edits fields in the same form). The run is followed through Airflow's REST
+API, the model through MLflow's; every process is stopped by PID at the end. Screenshots and
+figures go to test-artifacts/ for a person to look at."""
 
 import json
 import re
