@@ -243,7 +243,7 @@ def test_mlflow_ui_opens_on_the_training_runs(stack, first_run):
     DAG run's parent run, whose description links the chosen candidate. Screenshots for a person."""
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.stack.test_stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+    from tests.stack.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
     command = ["bash", "-c", readme.command("mlflow-ui", "make mlflow-ui")]
     ui = subprocess.Popen(
