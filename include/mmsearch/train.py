@@ -34,18 +34,18 @@ PREFETCH_BATCHES = 2
 IN_MEMORY_BYTES = 256 * 2**20
 
 
-def records(transform_manifest: dict, split: str):
-    """The serialized tf.Examples of one transformed split."""
+def records(examples_dir: str, compression: str | None):
+    """The serialized tf.Examples of one transformed split (its directory in the manifest's `examples`)."""
     import tensorflow as tf
 
-    files = sorted(str(p) for p in Path(transform_manifest["examples"][split]).glob("transformed_examples-*"))
-    return tf.data.TFRecordDataset(files, compression_type=transform_manifest["compression"] or None)
+    files = sorted(str(p) for p in Path(examples_dir).glob("transformed_examples-*"))
+    return tf.data.TFRecordDataset(files, compression_type=compression or None)
 
 
-def _feature_spec(transform_manifest: dict, names) -> dict:
+def _feature_spec(transform_graph: str, names) -> dict:
     import tensorflow_transform as tft
 
-    spec = tft.TFTransformOutput(transform_manifest["transform_graph"]).transformed_feature_spec()
+    spec = tft.TFTransformOutput(transform_graph).transformed_feature_spec()
     return {name: spec[name] for name in (*names, F.LABEL)}
 
 
@@ -61,8 +61,8 @@ def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, t
     """Batches of (features, label) parsed from the transformed TFRecords, prefetched."""
     import tensorflow as tf
 
-    spec = _feature_spec(transform_manifest, names)
-    dataset = records(transform_manifest, split)
+    spec = _feature_spec(transform_manifest["transform_graph"], names)
+    dataset = records(transform_manifest["examples"][split], transform_manifest["compression"])
     if training:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
 
@@ -89,10 +89,9 @@ def read_split(transform_manifest: dict, split: str, names) -> tuple[dict[str, n
 def _parsed(transform_graph: str, examples_dir: str, compression: str | None, names: tuple):
     import tensorflow as tf
 
-    manifest = {"transform_graph": transform_graph, "examples": {"split": examples_dir}, "compression": compression}
-    spec = _feature_spec(manifest, names)
+    spec = _feature_spec(transform_graph, names)
     parts: list[tuple[dict, object]] = []
-    for serialized in records(manifest, "split").batch(4096):
+    for serialized in records(examples_dir, compression).batch(4096):
         parts.append(_as_columns(tf.io.parse_example(serialized, spec)))
     features = {name: np.concatenate([p[0][name].numpy() for p in parts]) for name in names}
     return features, np.concatenate([p[1].numpy() for p in parts])
@@ -105,7 +104,7 @@ def read_scalar_features(transform_manifest: dict, split: str, names) -> tuple[n
 
 
 def _fits_in_memory(transform_manifest: dict, split: str, names) -> bool:
-    spec = _feature_spec(transform_manifest, names)
+    spec = _feature_spec(transform_manifest["transform_graph"], names)
     row_bytes = sum(4 * max(1, int(np.prod(spec[name].shape))) for name in names)
     rows = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")["splits"][split]["rows"]
     return rows * row_bytes <= IN_MEMORY_BYTES
