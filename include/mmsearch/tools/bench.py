@@ -66,6 +66,11 @@ def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1)
     return {"seconds": seconds, "peak_rss_mb": peak / 2**20, "stdout": stdout}
 
 
+def _command(name: str, **options) -> list[str]:
+    """`mmsearch <name> --an-option value ...`'s arguments."""
+    return [name, *(item for key, value in options.items() for item in (f"--{key.replace('_', '-')}", str(value)))]
+
+
 def _size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
 
@@ -162,23 +167,8 @@ def bench_size(
         return json.loads(result["stdout"]) if result["stdout"].strip() else {}
 
     print(f"pairs={pairs}: queries={queries} products={products}", flush=True)
-    generated = stage(
-        "generate",
-        "airflow",
-        [
-            "sample-data",
-            "--out",
-            str(raw),
-            "--queries",
-            str(queries),
-            "--products",
-            str(products),
-            "--mean-judgements",
-            str(round(PAIRS_PER_QUERY, 2)),
-        ],
-        0,
-        raw,
-    )
+    sizes = {"queries": queries, "products": products, "mean_judgements": round(PAIRS_PER_QUERY, 2)}
+    generated = stage("generate", "airflow", _command("sample-data", out=raw, **sizes), 0, raw)
     n = generated["working_set_judgements"]
     measured["generate"][0]["rows"] = n
 
@@ -186,133 +176,52 @@ def bench_size(
         # each pass registers a model of its own: a champion left by the previous one would be scored too
         settings = ["--set", f"experiment_name=bench-{pairs}", "--set", f"registered_model_name=bench-{pairs}-r{i}"]
         tags = ["--tags", json.dumps({"dag_id": "bench", "run_id": f"bench-{pairs}-r{i}"})]
-        stage(
-            "validate",
-            "airflow",
-            ["validate", "--raw-dir", str(raw), "--out", str(run / "validate"), *settings],
-            n,
-            run / "validate",
-        )
+        raw_in, merged_in = {"raw_dir": raw}, {"merged_dir": run / "merged"}
+        validate = _command("validate", **raw_in, out=run / "validate") + settings
+        stage("validate", "airflow", validate, n, run / "validate")
         merged = stage(
-            "merge",
-            "airflow",
-            ["merge", "--raw-dir", str(raw), "--out", str(run / "merged"), *settings],
-            n,
-            run / "merged",
+            "merge", "airflow", _command("merge", **raw_in, out=run / "merged") + settings, n, run / "merged"
         )
         split_rows = merged["split_rows"]
-        transformed = stage(
-            "transform",
-            "ml",
-            ["transform", "--merged-dir", str(run / "merged"), "--out", str(run / "transform"), *settings],
-            merged["rows"],
-            run / "transform",
-        )
+        transform = _command("transform", **merged_in, out=run / "transform") + settings
+        transformed = stage("transform", "ml", transform, merged["rows"], run / "transform")
         beam = read_json(run / "transform" / "manifest.json")["beam_seconds"]
         record("transform (Beam)", beam, merged["rows"], measured["transform"][-1]["peak_rss_mb"])
         if compare_compression and i == 0:  # the default output is uncompressed: what GZIP would cost
-            gzip = stage(
-                "transform GZIP",
-                "ml",
-                [
-                    "transform",
-                    "--merged-dir",
-                    str(run / "merged"),
-                    "--out",
-                    str(run / "transform-gzip"),
-                    *settings,
-                    "--set",
-                    "tfrecord_compression=GZIP",
-                ],
-                merged["rows"],
-                run / "transform-gzip",
-            )
+            gzip_args = _command("transform", **merged_in, out=run / "transform-gzip", set="tfrecord_compression=GZIP")
+            gzip = stage("transform GZIP", "ml", gzip_args + settings, merged["rows"], run / "transform-gzip")
             if gzip["rows_out"] != transformed["rows_out"]:
                 raise RuntimeError(f"GZIP wrote {gzip['rows_out']} rows, uncompressed {transformed['rows_out']}")
             shutil.rmtree(run / "transform-gzip")
         floor = numpy_transform(run / "merged", work / "numpy")
         record("numpy floor", floor["seconds"], floor["rows"], output_mb=_size_mb(work / "numpy"))
         shutil.rmtree(work / "numpy")
-        transform_dir = ["--transform-dir", str(run / "transform")]
-        planned = stage("candidates", "ml", ["candidates", "--out", str(run), *settings, *tags], 0)
+        transform_in = {"transform_dir": run / "transform"}
+        planned = stage("candidates", "ml", _command("candidates", out=run) + settings + tags, 0)
         for candidate in planned:
-            stage(
-                f"train [{candidate['index']}]",
-                "ml",
-                [
-                    "train",
-                    *transform_dir,
-                    "--out",
-                    str(run / "train"),
-                    "--candidate",
-                    json.dumps(candidate),
-                    *settings,
-                    *tags,
-                ],
-                split_rows["train"],
-                run / "train" / f"candidate-{candidate['index']}",
-            )
-        stage(
-            "baselines",
-            "ml",
-            [
-                "baselines",
-                *transform_dir,
-                "--out",
-                str(run / "baselines"),
-                "--parent-run-id",
-                planned[0]["parent_run_id"],
-                *settings,
-                *tags,
-            ],
-            split_rows["train"],
-            run / "baselines",
-        )
+            train = _command("train", **transform_in, out=run / "train", candidate=json.dumps(candidate))
+            out = run / "train" / f"candidate-{candidate['index']}"
+            stage(f"train [{candidate['index']}]", "ml", train + settings + tags, split_rows["train"], out)
+        parent = {"parent_run_id": planned[0]["parent_run_id"]}
+        baselines = _command("baselines", **transform_in, out=run / "baselines", **parent) + settings + tags
+        stage("baselines", "ml", baselines, split_rows["train"], run / "baselines")
         trained = [str(run / "train" / f"candidate-{c['index']}" / "train.json") for c in planned]
         stage("select", "airflow", ["select", "--trained", *trained, "--out", str(run / "select"), *settings], 0)
-        model = ["--model", str(run / "select" / "selection.json")]
-        scores = stage(
-            "evaluate",
-            "ml",
-            [
-                "evaluate",
-                *model,
-                "--baselines",
-                str(run / "baselines" / "baselines.json"),
-                "--merged-dir",
-                str(run / "merged"),
-                "--out",
-                str(run / "evaluate"),
-                *settings,
-            ],
-            split_rows["test"],
-            run / "evaluate",
+        model = {"model": run / "select" / "selection.json"}
+        evaluate = _command(
+            "evaluate", **model, baselines=run / "baselines" / "baselines.json", **merged_in, out=run / "evaluate"
         )
-        registered = stage(
-            "register",
-            "ml",
-            [
-                "register",
-                *model,
-                "--scores",
-                str(run / "evaluate" / "scores.json"),
-                "--out",
-                str(run),
-                *settings,
-                *tags,
-            ],
-            split_rows["test"],
-        )
+        scores = stage("evaluate", "ml", evaluate + settings, split_rows["test"], run / "evaluate")
+        register = _command("register", **model, scores=run / "evaluate" / "scores.json", out=run) + settings + tags
+        registered = stage("register", "ml", register, split_rows["test"])
         # the nightly extras: drift against a reference (here the same data: the work is the same)
         # and the rank DAG's stage, with the version just registered
-        drift_args = ["drift", "--merged-dir", str(run / "merged"), "--reference-dir", str(run / "merged")]
-        stage("drift", "ml", [*drift_args, "--out", str(run / "drift"), *settings, *tags], merged["rows"])
-        version = ["--version", str(registered["registry"]["version"])]
-        stage("rank", "ml", ["rank", *version, "--out", str(run / "rank"), *settings, *tags], merged["rows"])
-        best = run_measured(
-            [str(_venv_bin("ml") / "mmsearch"), "ceiling", "--raw-dir", str(raw), "--merged-dir", str(run / "merged")],
-            env,
-        )
+        drift = _command("drift", **merged_in, reference_dir=run / "merged", out=run / "drift")
+        stage("drift", "ml", drift + settings + tags, merged["rows"])
+        rank = _command("rank", version=registered["registry"]["version"], out=run / "rank")
+        stage("rank", "ml", rank + settings + tags, merged["rows"])
+        ceiling = _command("ceiling", **raw_in, **merged_in)
+        best = run_measured([str(_venv_bin("ml") / "mmsearch"), *ceiling], env)
         quality[:] = _quality(pairs, scores, json.loads(best["stdout"]))
         if not (
             n == merged["rows"] and split_rows == transformed["rows_out"] and split_rows["test"] == scores["test_rows"]
@@ -414,20 +323,9 @@ def write_report(rows: list[dict], quality: list[dict], out_dir: Path) -> Path:
     from mmsearch.register import with_interval
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = [
-        "pairs",
-        "stage",
-        "rows",
-        "seconds",
-        "spread",
-        "rows_per_s",
-        "peak_rss_mb",
-        "output_mb",
-        "overhead",
-        "floor_units",
-    ]
+    fields = list(dict.fromkeys(key for row in rows for key in row))  # overhead, floors: some rows only
     with open(out_dir / "bench.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     lines = [
