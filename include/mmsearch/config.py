@@ -7,6 +7,7 @@ never import anything heavier than the standard library.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from pathlib import Path
@@ -131,6 +132,8 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
+# a setting of each section, in SECTIONS' order
+_training, _data, _registry, _transform = (functools.partial(setting, section=name) for name in SECTIONS)
 FRACTION = {"exclusiveMinimum": 0, "exclusiveMaximum": 1}
 AT_LEAST_ONE = {"minimum": 1}
 # Two pair-model candidates, both started from the logistic regression on the cosines, with
@@ -156,188 +159,146 @@ def overridden_by_candidates(name: str) -> str:
 class RunConfig:
     """Everything a DAG run can change: each field is a DAG param and a CLI `--set key=value`."""
 
-    # Training
-    feature_set: str = setting(
+    feature_set: str = _training(
         "query_product",
         "query_product: the pair model (query, product text and image embeddings, pair features). "
         "query: the original design's model, on the query embedding only.",
-        "Training",
         choices=FEATURE_SETS,
     )
-    candidates: tuple[dict, ...] = setting(
+    candidates: tuple[dict, ...] = _training(
         DEFAULT_CANDIDATES,
         "Pair-model candidates, each trained as a mapped task and kept if best by validation "
         "macro-F1: hyperparameter overrides (batch_size, learning_rate, dropout, projection_dim, hidden_units, l2, "
         "class_weighting none|sqrt). An empty object trains the run's settings as they are.",
-        "Training",
         items=dict,
     )
-    decision_rule: str = setting(
+    decision_rule: str = _training(
         "macro_f1",
         "macro_f1: per-class weights on the probabilities fitted on validation for macro-F1 (stored "
         "with the model, applied when it serves). argmax: the most probable label.",
-        "Training",
         choices=("macro_f1", "argmax"),
     )
-    epochs: int = setting(
-        50, "Maximum epochs (early stopping on validation loss ends sooner).", "Training", **AT_LEAST_ONE
-    )
-    batch_size: int = setting(
+    epochs: int = _training(50, "Maximum epochs (early stopping on validation loss ends sooner).", **AT_LEAST_ONE)
+    batch_size: int = _training(
         32,
         "Training batch size (the original design's): the query model's. " + overridden_by_candidates("batch_size"),
-        "Training",
         **AT_LEAST_ONE,
     )
-    steps_per_epoch: int = setting(200, "Training steps per epoch.", "Training", **AT_LEAST_ONE)
-    patience: int = setting(5, "Early-stopping patience in epochs (best weights restored).", "Training", minimum=0)
-    learning_rate: float = setting(
+    steps_per_epoch: int = _training(200, "Training steps per epoch.", **AT_LEAST_ONE)
+    patience: int = _training(5, "Early-stopping patience in epochs (best weights restored).", minimum=0)
+    learning_rate: float = _training(
         0.001,
         "Adam learning rate: the query model's. " + overridden_by_candidates("learning_rate"),
-        "Training",
         exclusiveMinimum=0,
         maximum=1,
     )
-    dropout: float = setting(
+    dropout: float = _training(
         0.3,
         "Dropout after the first dense layer: the query model's. " + overridden_by_candidates("dropout"),
-        "Training",
         minimum=0,
         exclusiveMaximum=1,
     )
-    validation_steps: int = setting(
-        0, "Validation steps per epoch (0: the whole validation split).", "Training", minimum=0
+    validation_steps: int = _training(0, "Validation steps per epoch (0: the whole validation split).", minimum=0)
+    train_query_baseline: bool = _training(
+        True, "In a query_product run, also train the original design's query model, scored as a baseline."
     )
-    train_query_baseline: bool = setting(
-        True, "In a query_product run, also train the original design's query model, scored as a baseline.", "Training"
+    seed: int = _training(42, "Seed of the group split and of training.", minimum=0)
+    codecarbon_country: str = _training(
+        "USA", "ISO 3166 alpha-3 country code for CodeCarbon's offline carbon intensity.", fingerprint=False
     )
-    seed: int = setting(42, "Seed of the group split and of training.", "Training", minimum=0)
-    codecarbon_country: str = setting(
-        "USA",
-        "ISO 3166 alpha-3 country code for CodeCarbon's offline carbon intensity.",
-        "Training",
-        fingerprint=False,
-    )
-    force_retrain: bool = setting(
+    force_retrain: bool = _training(
         False,
         "Train even when a registered version was trained on the same data, code and settings "
         "(otherwise the run skips everything after pull_data, saying which version matched).",
-        "Training",
         fingerprint=False,
     )
-    # Data
-    raw_data_dir: str = setting(
+    raw_data_dir: str = _data(
         "",
         "A raw ESCI/SQID directory used as it is, without DVC. Empty: pull data/raw of the DVC repository.",
-        "Data",
         optional=True,
         fingerprint=False,
     )
-    dvc_repo: str = setting(
-        "", "DVC repository to pull from. Empty: this project.", "Data", optional=True, fingerprint=False
+    dvc_repo: str = _data("", "DVC repository to pull from. Empty: this project.", optional=True, fingerprint=False)
+    dvc_remote: str = _data(
+        "", "DVC remote name. Empty: the repository's default remote.", optional=True, fingerprint=False
     )
-    dvc_remote: str = setting(
-        "", "DVC remote name. Empty: the repository's default remote.", "Data", optional=True, fingerprint=False
+    val_fraction: float = _data(0.15, "Share of queries held out for validation.", **FRACTION)
+    test_fraction: float = _data(0.15, "Share of queries held out for test.", **FRACTION)
+    esci_filter_locale: str = _data("us", "Working set: ESCI product_locale. Empty: every locale.", optional=True)
+    esci_filter_small_version: bool = _data(True, "Working set: only ESCI small_version rows.")
+    esci_filter_split: str = _data(
+        "test", "Working set: the ESCI split SQID covers. Empty: both.", choices=("train", "test"), optional=True
     )
-    val_fraction: float = setting(0.15, "Share of queries held out for validation.", "Data", **FRACTION)
-    test_fraction: float = setting(0.15, "Share of queries held out for test.", "Data", **FRACTION)
-    esci_filter_locale: str = setting(
-        "us", "Working set: ESCI product_locale. Empty: every locale.", "Data", optional=True
+    min_join_coverage: float = _data(
+        0.95, "Fail below this share of working-set judgements with every feature.", minimum=0, maximum=1
     )
-    esci_filter_small_version: bool = setting(True, "Working set: only ESCI small_version rows.", "Data")
-    esci_filter_split: str = setting(
-        "test",
-        "Working set: the ESCI split SQID covers. Empty: both.",
-        "Data",
-        choices=("train", "test"),
-        optional=True,
-    )
-    min_join_coverage: float = setting(
-        0.95, "Fail below this share of working-set judgements with every feature.", "Data", minimum=0, maximum=1
-    )
-    query_features_source: str = setting(
+    query_features_source: str = _data(
         "sqid",
         "sqid: the SQID parquet. legacy_csv: the older export query_features_with_timestamp.csv.",
-        "Data",
         choices=("sqid", "legacy_csv"),
     )
-    embedding_dim: int = setting(
-        EMBEDDING_DIM, "Expected embedding width (CLIP ViT-L/14: 768).", "Data", **AT_LEAST_ONE
+    embedding_dim: int = _data(EMBEDDING_DIM, "Expected embedding width (CLIP ViT-L/14: 768).", **AT_LEAST_ONE)
+    dvc_pull_attempts: int = _data(
+        3, "Attempts at dvc pull, with exponential backoff, before the task fails.", fingerprint=False, **AT_LEAST_ONE
     )
-    dvc_pull_attempts: int = setting(
-        3,
-        "Attempts at dvc pull, with exponential backoff, before the task fails.",
-        "Data",
-        fingerprint=False,
-        **AT_LEAST_ONE,
-    )
-    drift_threshold: float = setting(
+    drift_threshold: float = _data(
         0.0,
         "Fail the run before training when any modality's embeddings drift beyond this from the champion's "
         "training data (the ROC AUC of a classifier telling the two apart, 0.5: no drift). 0: report only.",
-        "Data",
         fingerprint=False,
         minimum=0,
         maximum=1,
     )
-    # Registry
-    registered_model_name: str = setting("mmsearch-esci", "MLflow registered model.", "Registry", fingerprint=False)
-    experiment_name: str = setting("mmsearch-esci", "MLflow experiment.", "Registry", fingerprint=False)
-    promotion_metric: str = setting(
+    registered_model_name: str = _registry("mmsearch-esci", "MLflow registered model.", fingerprint=False)
+    experiment_name: str = _registry("mmsearch-esci", "MLflow experiment.", fingerprint=False)
+    promotion_metric: str = _registry(
         "macro_f1",
         "Test metric of the gate: a new version becomes champion if no baseline is significantly better on it "
         "and it is significantly better than the champion (95 % intervals, paired bootstrap over test queries).",
-        "Registry",
         choices=("macro_f1", "micro_f1", "accuracy", "ndcg"),
     )
-    min_improvement: float = setting(
+    min_improvement: float = _registry(
         0.0,
         "A challenger replaces the champion only if the lower 95 % bound of its promotion_metric's difference "
         "from the champion (a paired bootstrap over test queries) is above this.",
-        "Registry",
         fingerprint=False,
         minimum=0,
         maximum=1,
     )
-    bootstrap_resamples: int = setting(
+    bootstrap_resamples: int = _registry(
         1000,
         "Resamples of the test split's query groups behind every interval and the gate.",
-        "Registry",
         fingerprint=False,
         minimum=1000,
     )
-    registry_attempts: int = setting(
+    registry_attempts: int = _registry(
         3,
         "Attempts at registering, with exponential backoff, while MLflow is unreachable.",
-        "Registry",
         fingerprint=False,
         **AT_LEAST_ONE,
     )
-    keep_runs: int = setting(
+    keep_runs: int = _registry(
         2,
         "After a successful run, delete the bulky intermediates (merged shards, transformed examples, "
         "checkpoints) of older runs but the last this many and those the champion and challenger came from.",
-        "Registry",
         fingerprint=False,
         minimum=1,
     )
-    # Transform
     # The DirectRunner's own in-process engine, named outright: the DirectRunner first tries to
     # download the Prism runner binary, which an offline machine cannot.
-    beam_pipeline_args: tuple[str, ...] = setting(
+    beam_pipeline_args: tuple[str, ...] = _transform(
         ("--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner", "--direct_num_workers=1"),
         "Beam pipeline options, e.g. --runner=FlinkRunner --flink_master=host:8081.",
-        "Transform",
         fingerprint=False,
     )
-    tfrecord_compression: str = setting(
+    tfrecord_compression: str = _transform(
         "none",
         "Transformed TFRecords: none, or GZIP (4-7x the write time for ~9 % smaller files).",
-        "Transform",
         choices=("none", "GZIP"),
         fingerprint=False,
     )
-    transform_batch_rows: int = setting(
-        2000, "Rows per Arrow record batch fed to TensorFlow Transform.", "Transform", fingerprint=False, **AT_LEAST_ONE
+    transform_batch_rows: int = _transform(
+        2000, "Rows per Arrow record batch fed to TensorFlow Transform.", fingerprint=False, **AT_LEAST_ONE
     )
 
     @classmethod
