@@ -53,7 +53,7 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, parent_run_id: str
     """Fit the CLIP baseline and train the query model; return what evaluate scores them with."""
     from mmsearch import model as M
     from mmsearch import tracking
-    from mmsearch.train import read_scalar_features, train_and_log
+    from mmsearch.train import query_training, read_scalar_features, train_and_log
 
     M.make_deterministic(cfg.seed)
     transform_manifest = read_json(Path(transform_dir) / "manifest.json")
@@ -75,11 +75,7 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, parent_run_id: str
             nested=True,
             tags={**tracking.airflow_tags(tags or {}), "baseline": "query"},
         ) as child:
-            model = M.build_query_model(transform_manifest["embedding_dim"], cfg.dropout, cfg.learning_rate)
-            params = {"learning_rate": cfg.learning_rate, "dropout": cfg.dropout}
-            trained = train_and_log(
-                model, "query", transform_manifest, Path(out_dir) / "query", cfg, mlflow, params, cfg.batch_size
-            )
+            trained = train_and_log(query_training(transform_manifest, Path(out_dir) / "query", cfg), mlflow)
         result["query_model"] = {**trained, "mlflow_run_id": child.info.run_id}
     write_json(Path(out_dir) / "baselines.json", result)
     return result

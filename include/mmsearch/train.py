@@ -10,8 +10,10 @@ retried task continue from the last finished epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -153,49 +155,40 @@ def class_weights(label_counts: dict, weighting: str) -> dict | None:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def _fit(
-    model,
-    transform_manifest: dict,
-    work_dir: Path,
-    cfg: C.RunConfig,
-    feature_set: str,
-    batch_size: int,
-    weights: dict | None,
-    steps_per_epoch: int,
-    keep_start_if_better: bool,
-):
+def _fit(job: Training):
     """Fit with early stopping on validation loss (best weights restored). `keep_start_if_better`:
     if no epoch beats the starting weights on validation loss, keep the starting weights."""
     k = M.keras()
-    names = F.model_features(feature_set)
-    train = split_dataset(transform_manifest, "train", names, batch_size, training=True, seed=cfg.seed)
+    model, transform_manifest, work_dir, cfg = job.model, job.transform_manifest, job.work_dir, job.cfg
+    names = F.model_features(job.feature_set)
+    train = split_dataset(transform_manifest, "train", names, job.batch_size, training=True, seed=cfg.seed)
     # Scoring the whole validation split gives the same loss and accuracy at any batch size:
     # large batches make it ~10x faster. A step budget (validation_steps) keeps batch_size.
-    val_batch = batch_size if cfg.validation_steps else VALIDATION_BATCH_ROWS
+    val_batch = job.batch_size if cfg.validation_steps else VALIDATION_BATCH_ROWS
     val = split_dataset(transform_manifest, "val", names, val_batch, training=False)
     # a finite dataset run several steps an execution needs its length (Keras cannot infer it)
     val_rows = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")["splits"]["val"]["rows"]
     validation_steps = cfg.validation_steps or -(-val_rows // val_batch)
     (work_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     # the pair model's loss carries an L2 penalty: it judges epochs by its cross-entropy alone
-    monitor = "val_crossentropy" if feature_set == "query_product" else "val_loss"
+    monitor = "val_crossentropy" if job.feature_set == "query_product" else "val_loss"
     callbacks = [
         k.callbacks.BackupAndRestore(str(work_dir / "backup")),
         k.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
         k.callbacks.ModelCheckpoint(str(work_dir / "checkpoints" / "epoch-{epoch:03d}"), save_weights_only=True),
     ]
     start_loss = None
-    if keep_start_if_better:
+    if job.keep_start_if_better:
         start_loss = model.evaluate(val, steps=validation_steps, verbose=0, return_dict=True)[monitor[4:]]
     start_weights = model.get_weights()
     history = model.fit(
         train,
         epochs=cfg.epochs,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=job.steps_per_epoch,
         validation_data=val,
         validation_steps=validation_steps,
         callbacks=callbacks,
-        class_weight=weights,
+        class_weight=job.weights,
         verbose=2,
     )
     # epoch numbers, not positions: a run resumed by BackupAndRestore starts past epoch 1
@@ -266,52 +259,52 @@ def _log_pyfunc(
     )
 
 
-def train_and_log(
-    model,
-    feature_set: str,
-    transform_manifest: dict,
-    work_dir: Path,
-    cfg: C.RunConfig,
-    mlflow,
-    params: dict,
-    batch_size: int,
-    weights: dict | None = None,
-    fit_rule: bool = False,
-    steps_per_epoch: int | None = None,
-    keep_start_if_better: bool = False,
-) -> dict:
+@dataclass(frozen=True)
+class Training:
+    """One model to fit and log: its data, where it writes, how it trains."""
+
+    model: object
+    feature_set: str
+    transform_manifest: dict
+    work_dir: Path
+    cfg: C.RunConfig
+    params: dict  # logged beside the settings every run logs
+    batch_size: int
+    steps_per_epoch: int
+    weights: dict | None = None  # Keras class weights
+    fit_rule: bool = False  # fit the macro-F1 decision rule on the validation split
+    keep_start_if_better: bool = False  # if no epoch beats the starting weights, keep them
+
+
+def query_training(transform_manifest: dict, work_dir: Path, cfg: C.RunConfig) -> Training:
+    """The original design's model on the query embedding, with the run's settings."""
+    model = M.build_query_model(transform_manifest["embedding_dim"], cfg.dropout, cfg.learning_rate)
+    params = {"learning_rate": cfg.learning_rate, "dropout": cfg.dropout}
+    return Training(model, "query", transform_manifest, work_dir, cfg, params, cfg.batch_size, cfg.steps_per_epoch)
+
+
+def train_and_log(job: Training, mlflow) -> dict:
     """Fit one model inside the active MLflow run; log params, emissions, curves, the pyfunc, and
     the validation metrics it is selected by."""
     from mmsearch.metrics import apply_decision_rule, classification_metrics, fit_decision_rule, headline
 
-    dim = transform_manifest["embedding_dim"]
-    steps_per_epoch = steps_per_epoch or cfg.steps_per_epoch
+    model, feature_set, transform_manifest, work_dir = job.model, job.feature_set, job.transform_manifest, job.work_dir
     mlflow.log_params(
         {
-            "batch_size": batch_size,
-            "epochs": cfg.epochs,
-            "input_dim": M.input_width(feature_set, dim),
+            "batch_size": job.batch_size,
+            "epochs": job.cfg.epochs,
+            "input_dim": M.input_width(feature_set, transform_manifest["embedding_dim"]),
             "optimizer": "Adam",
             "feature_set": feature_set,
-            "steps_per_epoch": steps_per_epoch,
-            "patience": cfg.patience,
-            **params,
+            "steps_per_epoch": job.steps_per_epoch,
+            "patience": job.cfg.patience,
+            **job.params,
         }
     )
-    tracker = _emissions_tracker(work_dir, cfg, f"mmsearch-{feature_set}")
+    tracker = _emissions_tracker(work_dir, job.cfg, f"mmsearch-{feature_set}")
     tracker.start()
     try:
-        history = _fit(
-            model,
-            transform_manifest,
-            work_dir,
-            cfg,
-            feature_set,
-            batch_size,
-            weights,
-            steps_per_epoch,
-            keep_start_if_better,
-        )
+        history = _fit(job)
     finally:
         emissions_kg = tracker.stop()
     data = tracker.final_emissions_data
@@ -334,7 +327,7 @@ def train_and_log(
     mlflow.set_tag("weights_sha256", weights_sha256)
     labels, probabilities = predict_split(model, transform_manifest, "val", feature_set)
     rule_path, predicted = None, None
-    if fit_rule:
+    if job.fit_rule:
         rule = fit_decision_rule(labels, probabilities)
         rule_path = work_dir / "decision_rule.json"
         write_json(rule_path, rule)
@@ -406,9 +399,7 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, candidate: dict, t
         tags={**tracking.airflow_tags(tags or {}), "candidate": str(candidate["index"])},
     ) as child:
         if cfg.feature_set == "query":
-            model = M.build_query_model(dim, cfg.dropout, cfg.learning_rate)
-            params = {"learning_rate": cfg.learning_rate, "dropout": cfg.dropout}
-            result = train_and_log(model, "query", transform_manifest, work_dir, cfg, mlflow, params, cfg.batch_size)
+            job = query_training(transform_manifest, work_dir, cfg)
         else:
             hp = hyperparameters(cfg, candidate["overrides"])
             # an epoch: one pass over the train split, or steps_per_epoch batches if that is less
@@ -417,20 +408,12 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, candidate: dict, t
             # class weights change the loss the regression minimised: the wide part then starts at zero
             start = wide_init(transform_manifest) if weights is None else None
             model = M.build_pair_model(dim, hp, decay_steps=cfg.epochs * steps, wide_init=start)
-            result = train_and_log(
-                model,
-                "query_product",
-                transform_manifest,
-                work_dir,
-                cfg,
-                mlflow,
-                hp.as_dict(),
-                hp.batch_size,
-                weights,
-                fit_rule=cfg.decision_rule == "macro_f1",
-                steps_per_epoch=steps,
-                keep_start_if_better=start is not None,
+            rule = cfg.decision_rule == "macro_f1"
+            job = Training(
+                model, "query_product", transform_manifest, work_dir, cfg, hp.as_dict(), hp.batch_size, steps
             )
+            job = dataclasses.replace(job, weights=weights, fit_rule=rule, keep_start_if_better=start is not None)
+        result = train_and_log(job, mlflow)
     result.update(
         {
             "candidate": candidate["index"],
