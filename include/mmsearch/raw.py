@@ -48,11 +48,8 @@ ESCI_COLUMNS: dict[str, TypeCheck] = {
     "split": STRING,
 }
 QUERY_FEATURE_COLUMNS: dict[str, TypeCheck] = {"query_id": STRING, "clip_text_features": FLOAT_LIST}
-PRODUCT_FEATURE_COLUMNS: dict[str, TypeCheck] = {
-    "product_id": STRING,
-    "clip_text_features": FLOAT_LIST,
-    "clip_image_features": FLOAT_LIST,
-}
+PRODUCT_EMBEDDINGS = ("clip_text_features", "clip_image_features")
+PRODUCT_FEATURE_COLUMNS: dict[str, TypeCheck] = {"product_id": STRING, **dict.fromkeys(PRODUCT_EMBEDDINGS, FLOAT_LIST)}
 ESCI_LABELS = frozenset(F.LABEL_IDS)
 ESCI_SPLITS = frozenset({"train", "test"})
 
@@ -74,12 +71,8 @@ def query_table(raw_dir: Path) -> FeatureTable:
 
 
 def product_table(raw_dir: Path) -> FeatureTable:
-    return FeatureTable(
-        Path(raw_dir) / C.PRODUCT_FEATURES_FILE,
-        "product_id",
-        ("clip_text_features", "clip_image_features"),
-        PRODUCT_FEATURE_COLUMNS,
-    )
+    path = Path(raw_dir) / C.PRODUCT_FEATURES_FILE
+    return FeatureTable(path, "product_id", PRODUCT_EMBEDDINGS, PRODUCT_FEATURE_COLUMNS)
 
 
 def parquet_file(path) -> pq.ParquetFile:

@@ -76,16 +76,9 @@ class StackSettings:
         return f"http://{self.host}:{self.serve_port}"
 
     def ports(self) -> dict[str, int]:
-        """Every port the stack listens on, by the variable that moves it."""
-        ports = {
-            "MMSEARCH_AIRFLOW_PORT": self.airflow_port,
-            "MMSEARCH_MLFLOW_PORT": self.mlflow_port,
-            "MMSEARCH_POSTGRES_PORT": self.postgres_port,
-            "MMSEARCH_LOG_SERVER_PORT": self.log_server_port,
-        }
-        if self.executor == "celery":
-            ports["MMSEARCH_REDIS_PORT"] = self.redis_port
-        return ports
+        """Every port the stack listens on (Redis with Celery only, serve apart), by the variable that moves it."""
+        listening = [name for name in PORT_NAMES if name != "serve" and (name != "redis" or self.executor == "celery")]
+        return {f"MMSEARCH_{name.upper()}_PORT": getattr(self, f"{name}_port") for name in listening}
 
 
 def stack_dir() -> Path:

@@ -43,35 +43,25 @@ import pyarrow.parquet as pq
 from mmsearch import config as C
 from mmsearch import features as F
 from mmsearch.io import atomic_dir
-from mmsearch.raw import embedding_array
+from mmsearch.raw import PRODUCT_EMBEDDINGS, embedding_array
 
 LABEL_FREQUENCIES = {"E": 0.65, "S": 0.22, "I": 0.10, "C": 0.03}
-TOPIC_WORDS = [
-    "phone",
-    "smartphone",
-    "laptop",
-    "tablet",
-    "running shoe",
-    "trail shoe",
-    "desk lamp",
-    "floor lamp",
-    "camera",
-    "camcorder",
-    "guitar",
-    "ukulele",
-    "printer",
-    "scanner",
-    "coffee maker",
-    "espresso machine",
-    "bike",
-    "scooter",
-    "tent",
-    "hammock",
-    "razor",
-    "trimmer",
-    "drill",
-    "impact driver",
+# sibling types: 0-1, 2-3, ... (a substitute may be the sibling)
+SIBLING_TYPES = [
+    ("phone", "smartphone"),
+    ("laptop", "tablet"),
+    ("running shoe", "trail shoe"),
+    ("desk lamp", "floor lamp"),
+    ("camera", "camcorder"),
+    ("guitar", "ukulele"),
+    ("printer", "scanner"),
+    ("coffee maker", "espresso machine"),
+    ("bike", "scooter"),
+    ("tent", "hammock"),
+    ("razor", "trimmer"),
+    ("drill", "impact driver"),
 ]
+TOPIC_WORDS = [word for pair in SIBLING_TYPES for word in pair]
 INTENT_WORDS = ["black", "waterproof", "kids", "pro", "wireless", "large", "cheap", "vintage"]
 PRODUCT_CHUNK = 8_192
 # The generator's own knowledge, beside the raw files: the pipeline never reads it.
@@ -335,13 +325,7 @@ def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> tuple[pa.Tab
 
 def _write_products(path: Path, spec, space: _Space, catalogue: _Catalogue) -> None:
     """Product embeddings in chunks, each from its own seeded stream: memory bounded by the chunk."""
-    schema = pa.schema(
-        [
-            ("product_id", pa.string()),
-            ("clip_text_features", pa.list_(pa.float32())),
-            ("clip_image_features", pa.list_(pa.float32())),
-        ]
-    )
+    schema = pa.schema([("product_id", pa.string()), *((name, pa.list_(pa.float32())) for name in PRODUCT_EMBEDDINGS)])
     title_type, title_word = catalogue.title_type(), catalogue.title_word()
     with pq.ParquetWriter(path, schema) as writer:
         for chunk, start in enumerate(range(0, spec.products, PRODUCT_CHUNK)):
