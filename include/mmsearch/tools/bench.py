@@ -176,6 +176,7 @@ def bench_size(
         # each pass registers a model of its own: a champion left by the previous one would be scored too
         settings = ["--set", f"experiment_name=bench-{pairs}", "--set", f"registered_model_name=bench-{pairs}-r{i}"]
         tags = ["--tags", json.dumps({"dag_id": "bench", "run_id": f"bench-{pairs}-r{i}"})]
+        shutil.rmtree(run, ignore_errors=True)  # a stage finding its output in place would skip its work
         raw_in, merged_in = {"raw_dir": raw}, {"merged_dir": run / "merged"}
         validate = _command("validate", **raw_in, out=run / "validate") + settings
         stage("validate", "airflow", validate, n, run / "validate")
