@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -264,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `mmsearch` command. It ends its process: where TensorFlow was loaded, without the
+    interpreter's teardown (a second or more, and a crash after a Beam pipeline)."""
+    from mmsearch.io import end_without_teardown
+
+    status = _run(argv)
+    if "tensorflow" in sys.modules:
+        end_without_teardown(status)
+    return status
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -291,11 +301,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     print(result if isinstance(result, str) else json.dumps(result, indent=2, sort_keys=True, default=str))
-    if args.command == "transform" and args.child:
-        # A process that ran Beam can crash at interpreter exit after writing everything.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
     return 0
 
 

@@ -114,6 +114,33 @@ def filter_native_stderr() -> None:
     atexit.register(drain)
 
 
+def end_without_teardown(status: int) -> None:
+    """End a process whose outputs are written: flush what it printed and logged, then leave
+    without the interpreter's teardown, which takes a second or more once TensorFlow is loaded
+    (and in which a process that ran Beam can crash after writing everything)."""
+    import logging
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(status)
+
+
+def end_without_teardown_at_exit() -> None:
+    """The same for an external-python task's process, which Airflow's script ends after writing
+    the task's result: registered before any other exit handler, this runs after all of them
+    (MLflow's, the stderr filter's drain), and only when the process is not ending on an error."""
+    import atexit
+    import sys
+
+    def at_exit() -> None:
+        if getattr(sys, "last_value", None) is None:  # set when an uncaught exception ends the script
+            end_without_teardown(0)
+
+    atexit.register(at_exit)
+
+
 def log_to_stderr() -> None:
     """Show mmsearch's INFO lines in a task's log (an external-python task has no logging set up),
     without TensorFlow's native start-up noise."""

@@ -5,16 +5,19 @@ heal, marked so that Airflow fails the task once instead of trying the same inpu
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmsearch import config as C
-from mmsearch.io import CredentialsError, DataError, log_to_stderr
+from mmsearch.io import CredentialsError, DataError, end_without_teardown_at_exit, log_to_stderr
 
 # The same input, setting or password fails the same way on every try.
 CANNOT_HEAL = (C.ConfigError, DataError, CredentialsError)
 CANNOT_HEAL_NAMES = tuple(f"{error.__name__}: " for error in CANNOT_HEAL)
+# Set by Airflow's script for an external-python task: this process is that script.
+EXTERNAL_PYTHON_SCRIPT = "PYTHON_OPERATORS_VIRTUAL_ENV_MODE"
 # How Airflow words an external-python task's failure; the child's message follows on the next line.
 CHILD_FAILED = "Process returned non-zero exit status"
 
@@ -41,6 +44,8 @@ def stage_task(settings: dict, ml_env: bool = True) -> Iterator[RunContext]:
     In the ML environment (`ml_env`), mmsearch's log lines go to the task log and an error that
     cannot heal crosses the process boundary as CannotHeal."""
     if ml_env:
+        if os.environ.get(EXTERNAL_PYTHON_SCRIPT) == "1":
+            end_without_teardown_at_exit()  # first, so that it runs after every other exit handler
         log_to_stderr()
     context = RunContext(C.RunConfig.from_mapping(settings["config"]), Path(settings["run_dir"]), settings["tags"])
     try:
