@@ -1,12 +1,14 @@
 """The DAG file: imports cleanly, parses fast, loads nothing heavy, and has the promised shape."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mmsearch.run_context import EXTERNAL_PYTHON_SCRIPT
 from tests.helpers import ML_PYTHON, REPO_ROOT
 
 DAG_FILE = REPO_ROOT / "dags" / "mmsearch_training.py"
@@ -257,3 +259,24 @@ def test_an_ml_task_relays_bad_input_by_name_and_its_reason_is_recorded_without_
 
     relayed = RuntimeError(RELAYED + "DataError: x.parquet: file is missing")
     assert cannot_heal(relayed) and failure_reason(relayed) == "x.parquet: file is missing"
+
+
+@pytest.mark.parametrize("ending, status", [("", 0), ("raise OSError('the result could not be written')", 1)])
+def test_an_ml_task_process_skips_the_interpreter_teardown_only_when_it_ends_well(ending, status, tmp_path):
+    """As Airflow's external-python script runs a task: the stage, then the result written. A handler
+    registered before the stage stands for the teardown: skipped on success, run on an error."""
+    code = (
+        "import atexit, sys\n"
+        "from mmsearch import config as C\n"
+        "from mmsearch.run_context import stage_task\n"
+        "atexit.register(lambda: print('teardown', file=sys.stderr))\n"
+        f"settings = {{'config': C.RunConfig().as_dict(), 'run_dir': {str(tmp_path)!r}, 'tags': {{}}}}\n"
+        "with stage_task(settings):\n"
+        "    print('stage done', file=sys.stderr)\n"
+        "print('result written')\n" + ending
+    )
+    env = {**os.environ, EXTERNAL_PYTHON_SCRIPT: "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == status, result.stderr
+    assert result.stdout == "result written\n" and "stage done" in result.stderr
+    assert ("teardown" in result.stderr) == (status != 0)
