@@ -19,81 +19,11 @@ import pytest
 
 from mmsearch import config as C
 from mmsearch import features as F
-from mmsearch.tools.sample_data import SampleSpec
 from tests import readme
-from tests.helpers import ML_PYTHON, REPO_ROOT, isolated_env, make_dvc_repo
+from tests.e2e.support import FAST, WEAK, dags_test, failures, in_ml_env, registry_state, run_dag, run_dir_of
+from tests.helpers import ML_PYTHON, REPO_ROOT
 
 pytestmark = pytest.mark.e2e
-
-# the bundled sample's size: on fewer queries a test split of a dozen queries makes any two models tie
-SAMPLE = SampleSpec(queries=300, products=1600, mean_judgements=16, topics=12, intents=3, seed=11)
-FAST = {"epochs": 6, "steps_per_epoch": 40, "patience": 3}
-# One step of one epoch, from scratch (class weights: the wide part does not start from the
-# regression), served by argmax: a model that learned nothing, which the gate must refuse.
-WEAK = {
-    "epochs": 1,
-    "steps_per_epoch": 1,
-    "patience": 1,
-    "train_query_baseline": False,
-    "decision_rule": "argmax",
-    "candidates": [{"class_weighting": "sqrt"}],
-}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    env = isolated_env(
-        root / "home",
-        AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        MMSEARCH_ML_PYTHON=ML_PYTHON,
-        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    )
-    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    repo = make_dvc_repo(root, SAMPLE)
-    (root / "cwd").mkdir()
-    return {"env": env, "repo": repo, "home": root / "home", "cwd": root / "cwd"}
-
-
-def run_dag(stack, conf: dict, logical_date: str) -> tuple[subprocess.CompletedProcess, str]:
-    conf = {"dvc_repo": str(stack["repo"]), **conf}
-    result = subprocess.run(
-        ["airflow", "dags", "test", "mmsearch_training", logical_date, "--conf", json.dumps(conf)],
-        env=stack["env"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=stack["cwd"],
-    )
-    return result, result.stdout + result.stderr
-
-
-def run_dir_of(stack, log: str) -> Path:
-    """The directory of the run a `dags test` log reports (not the newest by mtime: retention
-    touches older runs' directories)."""
-    run_id = re.search(r"DagRun Finished: dag_id=\w+, .*?run_id=([^,]+),", log).group(1)
-    return stack["home"] / "runs" / C.run_dir_for(run_id).name
-
-
-def dags_test(stack, conf: dict, logical_date: str) -> dict:
-    result, log = run_dag(stack, conf, logical_date)
-    assert result.returncode == 0, log[-5000:]
-    assert "state=success" in log, log[-5000:]
-    return json.loads((run_dir_of(stack, log) / "summary.json").read_text())
-
-
-def registry_state(stack) -> dict:
-    return in_ml_env(
-        stack,
-        """
-        import json, mlflow
-        client = mlflow.MlflowClient()
-        versions = client.search_model_versions("name = 'mmsearch-esci'")
-        champion = client.get_model_version_by_alias("mmsearch-esci", "champion").version
-        print(json.dumps({"versions": sorted(int(v.version) for v in versions), "champion": str(champion)}))
-    """,
-    )
 
 
 def tree_state(directory: Path) -> dict:
@@ -102,15 +32,6 @@ def tree_state(directory: Path) -> dict:
         for p in directory.rglob("*")
         if p.is_file()
     }
-
-
-def in_ml_env(stack, code: str) -> dict:
-    env = {**stack["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{stack['home'] / 'mlflow' / 'mlflow.db'}"}
-    result = subprocess.run(
-        [ML_PYTHON, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -449,10 +370,9 @@ def test_drift_beyond_the_threshold_fails_before_training(stack, first_run, tmp_
     conf = {**FAST, "raw_data_dir": str(shifted), "drift_threshold": 0.7}
     result, log = run_dag(stack, conf, "2026-01-08T02:00:00+00:00")
     assert "state=failed" in log
-    run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
-    failures = json.loads((stack["home"] / "failures" / f"{C.run_dir_for(run_id).name}.json").read_text())["failed"]
-    assert [f["task_id"] for f in failures] == ["data.drift"]
-    assert "exceeds drift_threshold 0.7 against champion v" in failures[0]["reason"]
+    failed = failures(stack, log)
+    assert [f["task_id"] for f in failed] == ["data.drift"]
+    assert "exceeds drift_threshold 0.7 against champion v" in failed[0]["reason"]
     assert "[DAG TEST] starting task_id=model.train" not in log
     assert "[DAG TEST] starting task_id=model.baselines" not in log
     assert registry_state(stack) == before
@@ -478,13 +398,11 @@ def test_bad_input_fails_validate_and_loses_nothing(stack, first_run, tmp_path):
         "product_features.parquet: column 'clip_image_features': has NaN or infinite values "
         "(e.g. product_id 'B000000007' (row 7))"
     ) in log
-    failed_run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
-    failed_dir = C.run_dir_for(failed_run_id).relative_to(C.runs_root())
     # validate failed before writing anything: only the fingerprint check's record is there
-    assert [p.name for p in (stack["home"] / "runs" / failed_dir).iterdir()] == ["changes"]
-    failures = json.loads((stack["home"] / "failures" / f"{failed_dir}.json").read_text())["failed"]
-    assert [f["task_id"] for f in failures] == ["data.validate"]  # what `make run` ends with
-    assert failures[0]["reason"].endswith("has NaN or infinite values (e.g. product_id 'B000000007' (row 7))")
+    assert [p.name for p in run_dir_of(stack, log).iterdir()] == ["changes"]
+    failed = failures(stack, log)
+    assert [f["task_id"] for f in failed] == ["data.validate"]  # what `make run` ends with
+    assert failed[0]["reason"].endswith("has NaN or infinite values (e.g. product_id 'B000000007' (row 7))")
     assert registry_state(stack) == before_registry
     assert tree_state(Path(first_run["run_dir"])) == before_tree
 
@@ -516,67 +434,3 @@ def test_registering_the_same_run_again_reuses_its_version(stack, first_run):
     again = json.loads(result.stdout)["registry"]
     assert again["version"] == first_run["registry"]["version"]
     assert registry_state(stack) == before  # no new version, champion unchanged
-
-
-def test_a_bad_setting_fails_configure_at_once_in_one_line(stack):
-    result, log = run_dag(stack, {"epohcs": 5}, "2026-01-04T02:00:00+00:00")
-    assert "state=failed" in log
-    run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
-    failures = json.loads((stack["home"] / "failures" / f"{C.run_dir_for(run_id).name}.json").read_text())["failed"]
-    assert failures == [{"task_id": "configure", "reason": "unknown setting 'epohcs' (did you mean 'epochs'?)"}]
-    assert "[DAG TEST] starting task_id=data.pull_data" not in log  # nothing else ran, nothing was retried
-
-
-def test_a_fresh_clone_imports_from_a_mirror_and_trains_with_the_sources_in_its_lineage(stack, tmp_path):
-    """`make real-data MIRROR=...` in a fresh clone (its command, `mmsearch real-data`), then a run:
-    the registered version names each file's URL. Last in this module: it registers a version."""
-    from mmsearch.tools.sample_data import generate
-    from tests.helpers import MirrorServer, publish
-
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True)
-    upstream, mirror, manifest = tmp_path / "upstream", tmp_path / "mirror", tmp_path / "sources.yaml"
-    generate(upstream, SampleSpec(queries=300, products=1600, mean_judgements=16, topics=12, intents=3, seed=23))
-    publish(mirror, upstream, manifest)
-    mmsearch = str(Path(sys.executable).parent / "mmsearch")
-    with MirrorServer(mirror) as server:
-        imported = subprocess.run(
-            [mmsearch, "real-data", "--repo", str(clone), "--manifest", str(manifest), "--base-url", server.url],
-            env=stack["env"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert imported.returncode == 0, imported.stderr[-3000:]
-        assert not (clone / "data" / "raw.dvc").exists()
-        for path in (C.ESCI_FILE, C.QUERY_FEATURES_FILE, C.PRODUCT_FEATURES_FILE):
-            assert (clone / "data" / "raw" / f"{path}.dvc").exists()
-        # what is checked is the registered version's lineage, not its model: the shortest training
-        summary = dags_test(stack, {**WEAK, "dvc_repo": str(clone)}, "2026-01-09T02:00:00+00:00")
-    version = summary["registry"]["version"]
-    tags = in_ml_env(
-        stack,
-        f"""
-        import json, mlflow
-        print(json.dumps(mlflow.MlflowClient().get_model_version("mmsearch-esci", "{version}").tags))
-    """,
-    )
-    assert tags[f"source.{C.ESCI_FILE}"] == (
-        f"{server.url}/amazon-science/esci-data/r1/shopping_queries_dataset/shopping_queries_dataset_examples.parquet"
-    )
-    assert tags[f"source.{C.PRODUCT_FEATURES_FILE}"].endswith(
-        "/crossingminds/shopping-queries-image-dataset/r1/data/product_features.parquet"
-    )
-    assert tags[f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"] and len(tags["fingerprint"]) == 64
-
-
-def test_a_missing_raw_data_dir_fails_pull_data_at_once_naming_it(stack, tmp_path):
-    missing = tmp_path / "does-not-exist"
-    result, log = run_dag(stack, {**FAST, "raw_data_dir": str(missing)}, "2026-01-04T02:00:00+00:00")
-    assert "state=failed" in log
-    failed_run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
-    failed_dir = C.run_dir_for(failed_run_id).relative_to(C.runs_root())
-    failures = json.loads((stack["home"] / "failures" / f"{failed_dir}.json").read_text())["failed"]
-    assert [f["task_id"] for f in failures] == ["data.pull_data"]  # one try: bad input is not retried
-    assert failures[0]["reason"].startswith(f"{missing}: raw_data_dir does not exist")
-    assert not (stack["home"] / "runs" / failed_dir).exists()  # no run outputs at all
