@@ -132,19 +132,10 @@ lint: $(UV)
 # its module fixtures: one stack, one DVC repository): they spend most of their time waiting on
 # servers and schedulers (a quarter of two cores when run one after another). TEST_WORKERS=1
 # runs them in one process. --durations: the slowest tests in the log, where CI's time goes.
-# The ML environment's suite runs beside them, its output kept in ML_TEST_LOG and shown after.
 TEST_WORKERS ?= 3
-ML_TEST_LOG  := $(MMSEARCH_HOME)/ml-suite.log
 test: envs system-deps lint
-	mkdir -p $(MMSEARCH_HOME)
-	$(ML_VENV)/bin/python -m pytest -m "ml" --durations=10 tests > $(ML_TEST_LOG) 2>&1 & ml_suite=$$!; \
-	airflow_status=0; \
-	$(AIRFLOW_BIN)/python -m pytest -m "not ml" -n $(TEST_WORKERS) --dist loadfile --durations=25 tests \
-		|| airflow_status=$$?; \
-	ml_status=0; wait $$ml_suite || ml_status=$$?; \
-	echo "--- the ML environment's suite (-m ml), run beside the Airflow suite: $(ML_TEST_LOG)"; \
-	cat $(ML_TEST_LOG); \
-	exit $$(( airflow_status ? airflow_status : ml_status ))
+	$(AIRFLOW_BIN)/python -m pytest -m "not ml" -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
+	$(ML_VENV)/bin/python -m pytest -m "ml" --durations=10 tests
 
 # A benchmark, not a test: prints and writes the table under $(MMSEARCH_HOME)/bench/.
 BENCH_ARGS ?=
