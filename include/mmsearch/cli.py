@@ -263,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The `mmsearch` command. It ends its process: where TensorFlow was loaded, without the
-    interpreter's teardown (a second or more, and a crash after a Beam pipeline)."""
+    """The `mmsearch` command's exit status. Where TensorFlow was loaded, it ends the process itself,
+    without the interpreter's teardown (a second or more, and a crash after a Beam pipeline)."""
     from mmsearch.io import end_without_teardown
 
     status = _run(argv)

@@ -119,13 +119,13 @@ def split_dataset(transform_manifest: dict, split: str, names, batch_size: int, 
 
     if not _fits_in_memory(transform_manifest, split, names):
         return make_dataset(transform_manifest, split, names, batch_size, training, seed)
-    tensors = read_split(transform_manifest, split, names)
-    indices = tf.data.Dataset.range(len(tensors[1]))
+    features, labels = read_split(transform_manifest, split, names)
+    indices = tf.data.Dataset.range(len(labels))
     if training:
-        indices = indices.shuffle(len(tensors[1]), seed=seed, reshuffle_each_iteration=True).repeat()
+        indices = indices.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).repeat()
 
     def gather(batch):
-        return tf.nest.map_structure(lambda tensor: tf.gather(tensor, batch), tensors)
+        return tf.nest.map_structure(lambda tensor: tf.gather(tensor, batch), (features, labels))
 
     return indices.batch(batch_size).map(gather).prefetch(PREFETCH_BATCHES)
 
