@@ -207,13 +207,15 @@ def test_a_malformed_request_gets_a_4xx_naming_the_problem(served, body, expecte
 
 
 def test_a_worker_killed_in_train_is_replaced_by_the_other(stack, airflow_api, form_run):
-    run_id = trigger(airflow_api, {**FAST, "force_retrain": True})
-    running = wait_for_task(airflow_api, run_id, "model.train", {"running"})
+    # the workers are known before the run starts: asked for once `train` runs, they took long
+    # enough on a loaded machine for the training to end first
     workers = {
         name: pid
         for name, pid in mmsearch(stack["env"], "stack", "status", "--json")["pids"].items()
         if "worker" in name
     }
+    run_id = trigger(airflow_api, {**FAST, "force_retrain": True})
+    running = wait_for_task(airflow_api, run_id, "model.train", {"running"})
     deadline = time.monotonic() + 30
     while not running.get("pid") and time.monotonic() < deadline:  # the runner reports its PID on start
         time.sleep(0.5)
