@@ -85,8 +85,7 @@ def registry_state(stack) -> dict:
 
 def failures(stack, log: str) -> list[dict]:
     """The failed tasks of the run a `dags test` log reports, as the failure callback recorded them."""
-    run_id = re.search(r"DagRun Finished: dag_id=mmsearch_training, .*?run_id=([^,]+),", log).group(1)
-    return json.loads((stack["home"] / "failures" / f"{C.run_dir_for(run_id).name}.json").read_text())["failed"]
+    return json.loads((stack["home"] / "failures" / f"{run_dir_of(stack, log).name}.json").read_text())["failed"]
 
 
 def in_ml_env(stack, code: str) -> dict:
