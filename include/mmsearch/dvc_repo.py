@@ -55,3 +55,8 @@ def imported_url(dvc_file: Path) -> str | None:
 def file_digest(path: Path, algorithm: str = "md5") -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+def cached_file(repo_dir: Path, md5: str) -> Path:
+    """Where DVC 3's local cache keeps the file with this md5."""
+    return Path(repo_dir) / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]

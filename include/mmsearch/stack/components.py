@@ -108,11 +108,18 @@ def servers(settings: StackSettings, env: dict) -> list[Component]:
     return found
 
 
-def serving(settings: StackSettings, env: dict, model_uri: str) -> Component:
-    """`mlflow models serve` of a registered model, in the ML environment; not kept: started on demand."""
+def serving(settings: StackSettings, env: dict) -> Component:
+    """The re-ranking service (mmsearch.stack.rerank_app) of the champion, in the ML environment;
+    not kept: started on demand."""
+    command = [ml_python(), "-m", "mmsearch.stack.rerank_app", "--host", settings.host, "--port", str(settings.serve_port)]
+    return Component("serve", command, {**env, "MMSEARCH_RERANK_TOKEN": stack_secrets()["rerank_token"]}, kept=False)
+
+
+def mlflow_serving(settings: StackSettings, env: dict, model_uri: str, port: int) -> Component:
+    """`mlflow models serve` of a registered model: what the re-ranker is measured against (make bench-stack)."""
     command = [
         *(ml_python(), "-m", "mlflow", "models", "serve", "--model-uri", model_uri, "--env-manager", "local"),
-        *("--host", settings.host, "--port", str(settings.serve_port), "--workers", str(settings.serve_workers)),
+        *("--host", settings.host, "--port", str(port), "--workers", str(settings.serve_workers)),
     ]
     path = f"{Path(ml_python()).parent}{os.pathsep}{env.get('PATH', '')}"  # it execs the env's uvicorn
-    return Component("serve", command, {**env, "PATH": path}, kept=False)
+    return Component("mlflow-serve", command, {**env, "PATH": path}, kept=False)

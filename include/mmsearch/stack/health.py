@@ -48,5 +48,5 @@ def health(settings: StackSettings, env: dict | None = None) -> dict:
             up = any(name.startswith(f"worker-{number}@") for name in answering)
             states[f"worker-{number}"] = HEALTHY if up else "down"
     if "serve" in processes.recorded():
-        states["serve"] = HEALTHY if get_json(f"{settings.serve_url}/ping") else "down"
+        states["serve"] = HEALTHY if get_json(f"{settings.serve_url}/health") else "down"
     return states

@@ -101,7 +101,7 @@ def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
 
 
 def serve(settings: StackSettings | None = None, timeout: float = 180.0) -> dict:
-    """`mlflow models serve` of the champion, in the ML environment, on 127.0.0.1; part of the stack."""
+    """The re-ranking service of the champion, in the ML environment, on 127.0.0.1; part of the stack."""
     settings = settings or running_settings()
     running = processes.running()
     if "mlflow" not in running:
@@ -110,22 +110,23 @@ def serve(settings: StackSettings | None = None, timeout: float = 180.0) -> dict
         raise StackError(f"the champion is already served on {settings.serve_url} (PID {running['serve']['pid']})")
     processes.check_free(settings.host, settings.serve_port, "MMSEARCH_SERVE_PORT")
     env = stack_env(settings)
-    version = champion_version(settings, env)
-    model_uri = f"models:/{REGISTERED_MODEL}@champion"
-    entry = _launch(components.serving(settings, env, model_uri))
+    champion_version(settings, env)  # a clear error before the service starts, when there is none
+    entry = _launch(components.serving(settings, env))
     deadline = time.monotonic() + timeout
-    while not get_json(f"{settings.serve_url}/ping"):
+    while not (found := get_json(f"{settings.serve_url}/health")):
         if not processes.running({"serve": entry}):
             processes.forget("serve")
-            raise StackError(
-                f"mlflow models serve exited; its log ({entry['log']}) ends:\n{processes.tail(entry['log'])}"
-            )
+            raise StackError(f"the re-ranker exited; its log ({entry['log']}) ends:\n{processes.tail(entry['log'])}")
         if time.monotonic() > deadline:
             processes.stop("serve")
-            raise StackError(f"the served model did not answer /ping in {timeout:.0f} s; log: {entry['log']}")
-        time.sleep(1)
-    print(f"champion {REGISTERED_MODEL} v{version} served at {settings.serve_url}/invocations  (stop with make down)")
-    return {"serve_url": settings.serve_url, "pid": entry["pid"], "model_uri": model_uri, "version": version}
+            raise StackError(f"the re-ranker did not answer /health in {timeout:.0f} s; log: {entry['log']}")
+        time.sleep(0.5)
+    version = found["model_version"]
+    print(
+        f"champion {REGISTERED_MODEL} v{version} re-ranks {found['catalogue_rows']} products at "
+        f"{settings.serve_url}/rerank  (token: rerank_token in {secrets_file()}; stop with make down)"
+    )
+    return {"serve_url": settings.serve_url, "pid": entry["pid"], "version": version, **found}
 
 
 def restart(name: str) -> dict:
