@@ -30,8 +30,8 @@ help:
 	@echo "make mlflow-ui   MLflow's UI on make run's store, on a free port; prints the runs' address"
 	@echo "make up          start PostgreSQL, Airflow (UI on :8080), MLflow (:5000, basic auth) on 127.0.0.1"
 	@echo "                 EXECUTOR=celery WORKERS=2: the CeleryExecutor, Redis and two workers"
-	@echo "make serve       serve the champion model on :5001 (mlflow models serve)"
-	@echo "make serve-example  send three judged pairs of data/raw to the served champion"
+	@echo "make serve       the champion as a re-ranking service on :5001 (POST /rerank)"
+	@echo "make serve-example  re-rank one query's judged products of data/raw with the service"
 	@echo "make down        stop them all (by PID)"
 	@echo "make status      health, PIDs and memory of the running stack"
 	@echo "make test        set up and run the linter and the test suite"
@@ -91,11 +91,11 @@ WORKERS  ?= 2
 up: envs system-deps
 	$(AIRFLOW_BIN)/mmsearch stack up --executor $(EXECUTOR) --workers $(WORKERS)
 
-# The champion (models:/mmsearch-esci@champion) served by `mlflow models serve` on 127.0.0.1.
+# The champion (models:/mmsearch-esci@champion) as a re-ranking service on 127.0.0.1.
 serve:
 	$(AIRFLOW_BIN)/mmsearch stack serve
 
-# Three judged pairs of data/raw sent to the served champion; the request stays for curl -d @file.
+# One query of data/raw and its judged products re-ranked; the request stays for curl -d @file.
 serve-example:
 	$(AIRFLOW_BIN)/mmsearch serve-example
 

@@ -237,9 +237,9 @@ def _add_tools(sub) -> None:
     p.add_argument("--port", type=int, help="default: a free port")
     p.set_defaults(func=lambda a: _tool("mlflow_ui").main(a.port))
 
-    p = sub.add_parser("serve-example", help="send judged pairs of the raw data to the served champion")
+    p = sub.add_parser("serve-example", help="re-rank one query's judged products of the raw data with the service")
     p.add_argument("--raw-dir", type=Path, default=Path("data/raw"), help="the raw ESCI/SQID files (default: data/raw)")
-    p.add_argument("--pairs", type=int, default=3, help="query-product pairs in the request (default: 3)")
+    p.add_argument("--pairs", type=int, default=8, help="judged products of the query to rank (default: 8)")
     p.set_defaults(func=lambda a: _tool("serve_example").main(a.raw_dir, a.pairs))
 
     p = sub.add_parser("stack", help="the local server stack: PostgreSQL, Airflow 3, MLflow (make up / down / serve)")

@@ -59,8 +59,8 @@ def resolved() -> dict:
 
 
 def test_services_follow_airflows_official_layout(resolved):
-    assert set(resolved["services"]) == AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "mlflow-serve"}
-    for name in AIRFLOW_SERVICES - {"airflow-init"} | {"postgres", "redis", "mlflow", "mlflow-serve"}:
+    assert set(resolved["services"]) == AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "rerank"}
+    for name in AIRFLOW_SERVICES - {"airflow-init"} | {"postgres", "redis", "mlflow", "rerank"}:
         assert resolved["services"][name]["healthcheck"]["test"], name
     for name in AIRFLOW_SERVICES - {"airflow-init"}:
         depends = resolved["services"][name]["depends_on"]
@@ -108,17 +108,20 @@ def test_airflow_services_get_the_settings_file_the_local_stack_reads(resolved):
         assert {key: env.get(key) for key in shared} == shared, name
 
 
-def test_the_champion_is_served_on_demand(resolved):
-    serve = resolved["services"]["mlflow-serve"]
+def test_the_champion_is_served_on_demand_by_the_reranker(resolved):
+    serve = resolved["services"]["rerank"]
     assert serve["profiles"] == ["serve"]
-    assert "--model-uri=models:/mmsearch-esci@champion" in serve["command"]
-    assert "--env-manager=local" in serve["command"]
+    assert (
+        serve["command"][:2] == ["-m", "mmsearch.stack.rerank_app"] and "--dvc-repo=/opt/mmsearch" in serve["command"]
+    )
     assert serve["environment"]["MLFLOW_TRACKING_USERNAME"] == "admin"
+    assert serve["environment"]["MMSEARCH_RERANK_TOKEN"] == "change-me-rerank-token"
+    assert serve["healthcheck"]["test"][-1].endswith(":5001/health")
 
 
 def test_ports_are_bound_to_localhost_only(resolved):
     published = {name: service["ports"] for name, service in resolved["services"].items() if "ports" in service}
-    assert set(published) == {"airflow-apiserver", "mlflow", "mlflow-serve"}
+    assert set(published) == {"airflow-apiserver", "mlflow", "rerank"}
     for ports in published.values():
         assert all(str(port).startswith("127.0.0.1:") for port in ports), ports
 

@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 import pytest
 
@@ -39,7 +38,6 @@ from tests.stack.support import (
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(1500)]
 
 FAST = {"epochs": 4, "steps_per_epoch": 40}
-EMBEDDINGS = ("query_embedding", "product_text_embedding", "product_image_embedding")
 FIGURES: dict = {}
 
 
@@ -143,67 +141,37 @@ def test_task_logs_hold_no_password(stack, form_run):
 
 @pytest.fixture(scope="module")
 def served(stack, form_run):
-    """The README's `make serve`."""
+    """The README's `make serve`: the re-ranking service of the champion."""
     result = readme.run(readme.command("servers", "make serve "), stack["env"])
     assert result.returncode == 0, result.stderr[-3000:]
     # the person's line goes to stderr; stdout carries only the result (after the line make echoes)
-    assert re.search(r"^champion mmsearch-esci v\d+ served at", result.stderr, re.M), result.stderr[-3000:]
-    return json.loads(result.stdout[result.stdout.index("\n{") :])["serve_url"]
+    assert re.search(r"^champion mmsearch-esci v\d+ re-ranks 1600 products at", result.stderr, re.M), result.stderr
+    return json.loads(result.stdout[result.stdout.index("\n{") :])
 
 
-def rows(n: int, width: int = 768, seed: int = 0) -> list:
-    vectors = np.random.default_rng(seed).standard_normal((n, len(EMBEDDINGS), width)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
-    return vectors.tolist()
-
-
-def invoke(url: str, body: str | dict) -> httpx.Response:
-    content = body if isinstance(body, str) else json.dumps(body)
-    return httpx.post(f"{url}/invocations", content=content, headers={"Content-Type": "application/json"}, timeout=60)
-
-
-def test_the_readme_serving_example_and_its_curl_get_the_same_answer(stack, served):
+def test_the_readme_reranking_example_and_its_curl_get_the_same_ranking(stack, served):
     """The README's serving block, pasted in the checkout the form run pulled data/raw into."""
     result = readme.run(readme.block("serving"), stack["env"], timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     printed, curl_answer = result.stdout.rstrip().rsplit("\n", 1)
     table = [line.split() for line in printed.splitlines() if re.match(r"  B\w+ ", line)]
-    predictions = json.loads(curl_answer)["predictions"]
-    assert [row[2] for row in table] == [p["esci_label"] for p in predictions] and len(table) == 3, result.stdout
-    assert {row[1] for row in table} <= {"E", "S", "C", "I"}
+    products = json.loads(curl_answer)["products"]
+    assert [row[0] for row in table] == [p["product_id"] for p in products] and len(table) == 8, result.stdout
+    gains = [p["expected_gain"] for p in products]
+    assert gains == sorted(gains, reverse=True) and {row[1] for row in table} <= {"E", "S", "C", "I"}
 
 
-def test_the_served_champion_answers_labels_and_probabilities(served):
-    started = time.monotonic()
-    response = invoke(served, {"dataframe_split": {"columns": list(EMBEDDINGS), "data": rows(100)}})
-    assert response.status_code == 200, response.text[:500]
-    predictions = response.json()["predictions"]
-    assert len(predictions) == 100
-    for prediction in predictions:
-        assert prediction["esci_label"] in {"E", "S", "C", "I"}
-        assert sum(prediction[f"p_{label}"] for label in "ESCI") == pytest.approx(1.0, abs=1e-4)
-    FIGURES["first_request_of_100_rows_seconds"] = round(time.monotonic() - started, 3)
+def test_the_reranker_wants_its_token_and_reports_its_version_and_metrics(stack, served):
+    from prometheus_client.parser import text_string_to_metric_families
 
-
-@pytest.mark.parametrize(
-    "body, expected",
-    [
-        (
-            {"dataframe_split": {"columns": list(EMBEDDINGS), "data": rows(3, width=512)}},
-            r"column '\w+_embedding' must hold 768-long arrays; rows \[0, 1, 2\] hold \[512\]",
-        ),
-        (
-            {"dataframe_split": {"columns": list(EMBEDDINGS[:2]), "data": [r[:2] for r in rows(2)]}},
-            "product_image_embedding",
-        ),
-        ("{not json", r"Ensure that input is a valid JSON formatted string"),
-    ],
-    ids=["wrong-width", "missing-column", "not-json"],
-)
-def test_a_malformed_request_gets_a_4xx_naming_the_problem(served, body, expected):
-    response = invoke(served, body)
-    assert 400 <= response.status_code < 500, response.status_code
-    assert re.search(expected, response.json()["message"]), response.json()["message"][:1000]
+    url = served["serve_url"]
+    assert httpx.post(f"{url}/rerank", json={"query_embedding": [0.1] * 768, "product_ids": ["x"]}).status_code == 401
+    health = httpx.get(f"{url}/health").json()
+    assert health["model_version"] == served["version"] and health["catalogue_rows"] == 1600
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
+    assert families["rerank_model_version"].samples[0].value == float(served["version"])
+    statuses = {s.labels["status"] for s in families["rerank_requests"].samples if s.labels.get("path") == "/rerank"}
+    assert {"200", "401"} <= statuses
 
 
 def test_a_worker_killed_in_train_is_replaced_by_the_other(stack, airflow_api, form_run):

@@ -111,7 +111,15 @@ def servers(settings: StackSettings, env: dict) -> list[Component]:
 def serving(settings: StackSettings, env: dict) -> Component:
     """The re-ranking service (mmsearch.stack.rerank_app) of the champion, in the ML environment;
     not kept: started on demand."""
-    command = [ml_python(), "-m", "mmsearch.stack.rerank_app", "--host", settings.host, "--port", str(settings.serve_port)]
+    command = [
+        ml_python(),
+        "-m",
+        "mmsearch.stack.rerank_app",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.serve_port),
+    ]
     return Component("serve", command, {**env, "MMSEARCH_RERANK_TOKEN": stack_secrets()["rerank_token"]}, kept=False)
 
 

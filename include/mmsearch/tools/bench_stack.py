@@ -3,29 +3,36 @@
 In a fresh home with free ports: `stack up` (PostgreSQL, LocalExecutor) to all healthy, from
 an empty home and again on the existing cluster; `stack up --executor celery --workers 2`, its
 idle memory (proportional set size, so shared pages count once); a run of the bundled sample
-triggered through the REST API to its registered model; then `stack serve` and the served
-champion's latency (100-row requests) and throughput (1,000-row requests, one client and two at
-once) against the same pyfunc's rows per second in-process, on the same rows. Prints a table and
-writes `$MMSEARCH_HOME/bench/stack.json`.
+triggered through the REST API to its registered model; then `mlflow models serve` of the
+champion (100-row latency, 1,000-row throughput) and the re-ranking service with the 182k-pair
+bench's catalogue (164,900 products) loaded: start to ready, 100 candidates by id, 1,000 full
+vectors as .npy, memory, a champion swap under load; both against the same pyfunc in-process,
+on the same rows. Prints a table and writes `$MMSEARCH_HOME/bench/stack.json`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from mmsearch import config as C
+from mmsearch.stack import components, processes
 from mmsearch.stack.clients import airflow_api
-from mmsearch.stack.settings import free_port_env
+from mmsearch.stack.settings import free_port, free_port_env, running_settings, stack_env
 
 EMBEDDINGS = ("query_embedding", "product_text_embedding", "product_image_embedding")
 FAST = {"epochs": 4, "steps_per_epoch": 40}
@@ -33,8 +40,13 @@ TARGETS = {
     "up_local_seconds": "< 45 s (aim < 30 s)",
     "idle_memory_celery_mb": "< 3 GB (aim < 2.5 GB)",
     "trigger_to_registered_celery_seconds": "< 90 s (aim < 60 s)",
-    "median_100_rows_ms": "< 300 ms (aim < 100 ms)",
-    "served_over_in_process": ">= 0.25 (aim >= 0.5)",
+    "rerank_median_100_ids_ms": "<= 25 ms (aim <= 10 ms)",
+    "rerank_p99_100_ids_ms": "<= 60 ms (aim <= 30 ms)",
+    "rerank_two_clients_over_in_process_arrays": ">= 0.3 (aim >= 0.5)",
+    "score_npy_over_in_process_arrays": ">= 0.3 (aim >= 0.6)",
+    "rerank_memory_mb": "< 1,500 MB (aim < 1,000 MB)",
+    "rerank_start_to_ready_seconds": "< 30 s (aim < 10 s)",
+    "swap_failed_requests": "0",
 }
 
 
@@ -52,28 +64,34 @@ def request_body(vectors: np.ndarray) -> str:
     return '{"dataframe_split":{"columns":' + json.dumps(list(EMBEDDINGS)) + ',"data":[' + ",".join(rows) + "]}}"
 
 
-def in_process_rows_per_second(model_uri: str, rows: int, seed: int, repeat: int) -> dict:
-    """The same pyfunc, loaded in this process, predicting the same rows (run in the ML env): as
-    the Python lists a JSON parser makes of them (what the server gets, without the JSON), and as
-    numpy arrays (what a batch job reading Parquet has)."""
+def in_process_rows_per_second(model_uri: str, seed: int, repeat: int) -> dict:
+    """The same pyfunc, loaded in this process (run in the ML env): 1,000 rows as the Python lists a
+    JSON parser makes of them (what `mlflow models serve` gets, without the JSON), and 100 and
+    1,000 rows as numpy arrays through its `probabilities` (what a batch job reading Parquet has)."""
     import mlflow
     import pandas as pd
 
-    vectors = request_rows(rows, seed)
     model = mlflow.pyfunc.load_model(model_uri)
-    frames = {
-        "lists": pd.DataFrame({name: vectors[:, i].tolist() for i, name in enumerate(EMBEDDINGS)}),
-        "arrays": pd.DataFrame({name: list(vectors[:, i].astype(np.float64)) for i, name in enumerate(EMBEDDINGS)}),
-    }
+    python_model = model.unwrap_python_model()
     rates = {}
-    for kind, frame in frames.items():
-        model.predict(frame.head(10))  # warm
+    for rows in (100, 1000):
+        vectors = request_rows(rows, seed)
+        matrices = {name: vectors[:, i] for i, name in enumerate(EMBEDDINGS)}
+        python_model.probabilities(matrices)  # warm
         timings = []
-        for _ in range(repeat):
+        for _ in range(10 * repeat):
             started = time.perf_counter()
-            model.predict(frame)
+            python_model.probabilities(matrices)
             timings.append(time.perf_counter() - started)
-        rates[kind] = rows / statistics.median(timings)
+        rates[f"arrays_{rows}"] = rows / statistics.median(timings)
+    frame = pd.DataFrame({name: vectors[:, i].tolist() for i, name in enumerate(EMBEDDINGS)})
+    model.predict(frame.head(10))
+    timings = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        model.predict(frame)
+        timings.append(time.perf_counter() - started)
+    rates["lists_1000"] = 1000 / statistics.median(timings)
     return rates
 
 
@@ -131,68 +149,208 @@ def _run_to_registered(status: dict) -> float:
         return trigger_to_registered(api, run_id)
 
 
-def _serving(status: dict, env: dict, repeat: int) -> dict:
+def _wait_for(url: str, entry: dict, timeout: float = 300.0) -> float:
     import httpx
 
-    url = f"{status['serve_url']}/invocations"
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=2).is_success:
+                return time.monotonic() - started
+        if not processes.running({"x": entry}):
+            raise RuntimeError(f"{url}'s process exited; its log: {entry['log']}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer in {timeout:.0f} s")
+
+
+def _timed(call, count: int) -> list[float]:
+    timings = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def _two_clients(call, count: int) -> float:
+    """Seconds for two clients (threads, each its own connection) to send `count` requests each."""
+    with ThreadPoolExecutor(2) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda _: [call() for _ in range(count)], range(2)))
+        return time.perf_counter() - started
+
+
+def _mlflow_serving(settings, env: dict, repeat: int) -> dict:
+    """`mlflow models serve` of the champion: full vectors as JSON, 100-row latency and 1,000-row throughput."""
+    import httpx
+
+    port = free_port()
+    entry = _start(components.mlflow_serving(settings, env, "models:/mmsearch-esci@champion", port))
+    url = f"http://{settings.host}:{port}"
+    _wait_for(f"{url}/ping", entry)
     headers = {"Content-Type": "application/json"}
-    small = request_body(request_rows(100, seed=1))
-    large = request_body(request_rows(1000, seed=2))
-    with httpx.Client(timeout=120) as client:
-        client.post(url, content=small, headers=headers).raise_for_status()  # warm
-        latencies = []
-        for _ in range(50):
-            started = time.perf_counter()
-            client.post(url, content=small, headers=headers).raise_for_status()
-            latencies.append(time.perf_counter() - started)
+    small, large = request_body(request_rows(100, seed=1)), request_body(request_rows(1000, seed=2))
+    try:
+        with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
+            client.post("/invocations", content=small).raise_for_status()  # warm
+            latencies = _timed(lambda: client.post("/invocations", content=small).raise_for_status(), 50)
+            sequential = 1000 / statistics.median(
+                _timed(lambda: client.post("/invocations", content=large).raise_for_status(), repeat)
+            )
+        return {
+            "mlflow_median_100_rows_ms": round(statistics.median(latencies) * 1000, 1),
+            "mlflow_p90_100_rows_ms": round(float(np.percentile(latencies, 90)) * 1000, 1),
+            "mlflow_request_mb_1000_rows": round(len(large) / 1e6, 1),
+            "mlflow_rows_per_second_1000_rows": round(sequential),
+            "mlflow_memory_mb": processes.memory_mb({"mlflow-serve": entry})["mlflow-serve"],
+        }
+    finally:
+        processes.stop("mlflow-serve")
 
-        def one_large(_=None) -> float:
-            started = time.perf_counter()
-            client.post(url, content=large, headers=headers).raise_for_status()
-            return time.perf_counter() - started
 
-        sequential = 1000 / statistics.median([one_large() for _ in range(repeat)])
-        with ThreadPoolExecutor(2) as pool:
-            started = time.perf_counter()
-            list(pool.map(one_large, range(2 * repeat)))
-            concurrent = 2 * repeat * 1000 / (time.perf_counter() - started)
+def _catalogue_ids(path: Path) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    return np.asarray(pq.read_table(path, columns=["product_id"]).column(0).to_pylist())
+
+
+def _reranking(settings, env: dict, catalogue: Path, repeat: int) -> dict:
+    """The re-ranker with `catalogue` loaded: start to ready, 100 candidates by id (one client's
+    latency, two clients' rows/s), 1,000 full vectors as .npy, memory, and a champion swap under load."""
+    import httpx
+
+    port = free_port()
+    component = components.serving(replace(settings, serve_port=port), env)
+    command = [*component.command, "--catalogue", str(catalogue), "--poll-seconds", "1"]
+    entry = _start(replace(component, name="rerank-bench", command=command))
+    url = f"http://{settings.host}:{port}"
+    figures = {"rerank_start_to_ready_seconds": round(_wait_for(f"{url}/health", entry), 1)}
+    ids, rng = _catalogue_ids(catalogue), np.random.default_rng(3)
+    query = request_rows(1, seed=4)[0, 0].tolist()
+    bodies = [
+        json.dumps({"query_embedding": query, "product_ids": rng.choice(ids, 100, replace=False).tolist()})
+        for _ in range(64)
+    ]
+    npy = io.BytesIO()
+    np.save(npy, request_rows(1000, seed=2))
+    headers = {"Authorization": f"Bearer {component.env['MMSEARCH_RERANK_TOKEN']}"}
+    try:
+        with (
+            httpx.Client(base_url=url, timeout=60, headers=headers) as one,
+            httpx.Client(base_url=url, timeout=60, headers=headers) as two,
+        ):
+            clients = itertools.cycle([one, two])
+            counter = itertools.count()
+
+            def by_id(client=None) -> httpx.Response:
+                client = client or next(clients)
+                return client.post("/rerank", content=bodies[next(counter) % len(bodies)]).raise_for_status()
+
+            by_id(one)
+            latencies = _timed(lambda: by_id(one), 300)
+            figures["rerank_median_100_ids_ms"] = round(statistics.median(latencies) * 1000, 2)
+            figures["rerank_p99_100_ids_ms"] = round(float(np.percentile(latencies, 99)) * 1000, 2)
+            figures["rerank_rows_per_second_two_clients"] = round(2 * 200 * 100 / _two_clients(by_id, 200))
+            score = lambda: one.post("/score", content=npy.getvalue()).raise_for_status()  # noqa: E731
+            score()
+            figures["score_npy_rows_per_second_1000_rows"] = round(1000 / statistics.median(_timed(score, 5 * repeat)))
+            figures["rerank_memory_mb"] = processes.memory_mb({"rerank": entry})["rerank"]
+            figures.update(_swap_under_load(env, url, by_id))
+    finally:
+        processes.stop("rerank-bench")
+    return figures
+
+
+def _swap_under_load(env: dict, url: str, by_id) -> dict:
+    """The champion's version registered again as a new version and the alias moved to it while
+    two clients send requests: failed requests, and how long until answers named the new version."""
+    import httpx
+
+    failures, versions, stop = [], [], threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                versions.append(by_id().json()["model_version"])
+            except httpx.HTTPError as error:
+                failures.append(str(error))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    code = (
+        "import mlflow, json; c = mlflow.MlflowClient(); "
+        "v = c.get_model_version_by_alias('mmsearch-esci', 'champion'); "
+        "n = c.create_model_version('mmsearch-esci', v.source, v.run_id, tags=v.tags); "
+        "c.set_registered_model_alias('mmsearch-esci', 'champion', n.version); print(n.version)"
+    )
+    moved = time.monotonic()
+    new = subprocess.run([components.ml_python(), "-c", code], env=env, capture_output=True, text=True, check=True)
+    new_version = new.stdout.strip().splitlines()[-1]
+    while time.monotonic() - moved < 120 and (not versions or versions[-1] != new_version):
+        time.sleep(0.1)
+    swapped = time.monotonic() - moved
+    time.sleep(1)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return {
+        "swap_failed_requests": len(failures),
+        "swap_requests_during": len(versions),
+        "swap_seconds_to_new_version": round(swapped, 1),
+        "swap_answers_name_new_version": versions[-1] == new_version,
+    }
+
+
+def _in_process(env: dict, repeat: int) -> dict:
+    """The champion's pyfunc in-process (the ML env), scoring numpy arrays (100 and 1,000 rows)
+    and the lists a JSON parser makes of 1,000 rows."""
     code = (
         "from mmsearch.tools.bench_stack import in_process_rows_per_second as f; "
-        f"import json; print(json.dumps(f('models:/mmsearch-esci@champion', 1000, 2, {repeat})))"
+        f"import json; print(json.dumps(f('models:/mmsearch-esci@champion', 2, {repeat})))"
     )
-    ml_env = {
-        **env,
-        "MLFLOW_TRACKING_URI": status["mlflow_url"],
-        "MLFLOW_TRACKING_USERNAME": "admin",
-        "MLFLOW_TRACKING_PASSWORD": json.loads(Path(status["secrets_file"]).read_text())["mlflow_admin_password"],
-    }
-    out = subprocess.run(
-        [os.environ.get("MMSEARCH_ML_PYTHON", str(C.REPO_ROOT / ".venvs/ml/bin/python")), "-c", code],
-        env=ml_env,
-        capture_output=True,
-        text=True,
-        check=True,
+    out = subprocess.run([components.ml_python(), "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _bench_catalogue(root: Path, env: dict) -> Path:
+    """The 182k-pair bench's raw data (164,900 products), generated as `make bench` does."""
+    from mmsearch.tools.bench import PAIRS_PER_QUERY, PRODUCTS_PER_PAIR
+
+    out = root / "raw-182k"
+    sizes = ["--queries", str(round(181_701 / PAIRS_PER_QUERY)), "--products", str(round(181_701 * PRODUCTS_PER_PAIR))]
+    _mmsearch(env, "sample-data", "--out", str(out), *sizes, "--mean-judgements", str(round(PAIRS_PER_QUERY, 2)))
+    return out / C.PRODUCT_FEATURES_FILE
+
+
+def _start(component: components.Component) -> dict:
+    return processes.start(component.name, component.command, component.env)
+
+
+def _serving_figures(root: Path, repeat: int) -> dict:
+    """`mlflow models serve` and the re-ranker side by side, against the pyfunc in-process."""
+    settings = running_settings()
+    env = stack_env(settings)
+    catalogue = _bench_catalogue(root, env)
+    figures = {**_mlflow_serving(settings, env, repeat), **_reranking(settings, env, catalogue, repeat)}
+    rates = _in_process(env, repeat)
+    figures.update({f"in_process_rows_per_second_{kind}": round(rate) for kind, rate in rates.items()})
+    figures["mlflow_over_in_process_lists"] = round(
+        figures["mlflow_rows_per_second_1000_rows"] / rates["lists_1000"], 2
     )
-    in_process = json.loads(out.stdout.strip().splitlines()[-1])
-    return {
-        "median_100_rows_ms": round(statistics.median(latencies) * 1000, 1),
-        "p90_100_rows_ms": round(float(np.percentile(latencies, 90)) * 1000, 1),
-        "request_mb_1000_rows": round(len(large) / 1e6, 1),
-        "served_rows_per_second_one_client": round(sequential),
-        "served_rows_per_second_two_clients": round(concurrent),
-        "in_process_rows_per_second_lists": round(in_process["lists"]),
-        "in_process_rows_per_second_arrays": round(in_process["arrays"]),
-        "served_over_in_process": round(sequential / in_process["lists"], 2),
-        "served_over_in_process_two_clients": round(concurrent / in_process["lists"], 2),
-        "served_over_in_process_arrays": round(sequential / in_process["arrays"], 2),
-        "served_over_in_process_arrays_two_clients": round(concurrent / in_process["arrays"], 2),
-    }
+    two = figures["rerank_rows_per_second_two_clients"]
+    figures["rerank_two_clients_over_in_process_arrays"] = round(two / rates["arrays_100"], 2)
+    figures["score_npy_over_in_process_arrays"] = round(
+        figures["score_npy_rows_per_second_1000_rows"] / rates["arrays_1000"], 2
+    )
+    return figures
 
 
 def main(repeat: int = 3) -> dict:
     figures: dict = {}
     with tempfile.TemporaryDirectory(prefix="mmsearch-bench-stack-") as tmp:
         env = _bench_env(Path(tmp))
+        os.environ.update(env)  # this process reads the stack's home and ports as its commands do
         first, _ = _timed_up(env)
         _mmsearch(env, "stack", "down")
         again = []
@@ -210,8 +368,7 @@ def main(repeat: int = 3) -> dict:
             figures["idle_memory_celery_mb"] = idle["total"]
             figures["idle_memory_celery_by_component_mb"] = idle
             figures["trigger_to_registered_celery_seconds"] = round(_run_to_registered(status), 1)
-            _mmsearch(env, "stack", "serve")
-            figures.update(_serving(_mmsearch(env, "stack", "status", "--json"), env, repeat))
+            figures.update(_serving_figures(Path(tmp), repeat))
         finally:
             _mmsearch(env, "stack", "down")
     out = C.mmsearch_home() / "bench" / "stack.json"
@@ -219,5 +376,5 @@ def main(repeat: int = 3) -> dict:
     out.write_text(json.dumps(figures, indent=2) + "\n")
     for name, value in figures.items():
         if not isinstance(value, dict):
-            print(f"{name:40} {value!s:>10}   {TARGETS.get(name, '')}", file=sys.stderr)
+            print(f"{name:44} {value!s:>10}   {TARGETS.get(name, '')}", file=sys.stderr)
     return figures

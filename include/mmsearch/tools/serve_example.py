@@ -1,6 +1,6 @@
-"""`make serve-example`: a request to the served champion, built from judged pairs of the raw
-data (the bundled sample once `make run` pulled it), written to a file `curl -d @file` can send,
-sent, and the answer printed beside the judges' labels."""
+"""`make serve-example`: a re-ranking request to the served champion, built from one query of the
+raw data (the bundled sample once `make run` pulled it) and the products judged for it, written to
+a file `curl -d @file` can send, sent, and the ranking printed beside the judges' labels."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmsearch import config as C
-from mmsearch import features as F
 from mmsearch import raw
 from mmsearch.io import DataError
-from mmsearch.stack.settings import StackError, StackSettings
+from mmsearch.stack.settings import StackError, StackSettings, stack_secrets
 
-MODEL_INPUTS = list(F.EMBEDDING_COLUMNS["query_product"])
 LABEL_ORDER = ("E", "S", "C", "I")
 
 
@@ -36,76 +34,54 @@ def _pairs_of_one_query(esci_path: Path, pairs: int) -> pd.DataFrame:
     return rows.sort_values(["repeat", "label_rank", "product_id"]).head(pairs)
 
 
-def _embeddings(path: Path, key: str, ids: list, columns: dict[str, str]) -> pd.DataFrame:
-    table = pq.read_table(path, columns=[key, *columns], filters=pc.field(key).isin(ids))
-    missing = sorted(set(ids) - set(table.column(key).to_pylist()))
-    if missing:
-        raise DataError(path, "has no embeddings for some judged ids", column=key, rows=missing)
-    return table.to_pandas().rename(columns=columns)
-
-
-def example_pairs(raw_dir: str | Path = "data/raw", pairs: int = 3) -> pd.DataFrame:
-    """`pairs` judged pairs of one query from the raw files: query_id, query, product_id,
-    esci_label and the three CLIP embeddings the model reads (768-long float32 arrays)."""
+def example_request(raw_dir: str | Path = "data/raw", pairs: int = 8) -> tuple[dict, pd.DataFrame]:
+    """A `/rerank` body (one query's CLIP embedding, `pairs` of its judged products' ids) and the judgements."""
     raw_dir = Path(raw_dir)
     esci_path = raw_dir / C.ESCI_FILE
     if not esci_path.exists():
         raise DataError(esci_path, "file is missing: `make run` pulls the bundled sample into data/raw")
     rows = _pairs_of_one_query(esci_path, pairs)
-    queries = raw.query_table(raw_dir)
-    products = raw.product_table(raw_dir)
-    query = _embeddings(
-        queries.path, "query_id", rows.query_id.unique().tolist(), {"clip_text_features": F.QUERY_EMBEDDING}
-    )
-    product_columns = {"clip_text_features": F.PRODUCT_TEXT_EMBEDDING, "clip_image_features": F.PRODUCT_IMAGE_EMBEDDING}
-    product = _embeddings(products.path, "product_id", rows.product_id.tolist(), product_columns)
-    frame = rows.merge(query, on="query_id").merge(product, on="product_id")
-    return frame[["query_id", "query", "product_id", "esci_label", *MODEL_INPUTS]].reset_index(drop=True)
+    query_id = rows.query_id.iloc[0]
+    queries = raw.query_table(raw_dir).path
+    found = pq.read_table(queries, columns=["query_id", "clip_text_features"], filters=pc.field("query_id") == query_id)
+    if not found.num_rows:
+        raise DataError(queries, "has no embedding for the judged query", column="query_id", rows=[query_id])
+    embedding = [float(v) for v in found.column(1)[0].values.to_numpy().astype("float32").astype(str)]
+    body = {"query_embedding": embedding, "product_ids": rows.product_id.tolist()}
+    return body, rows.set_index("product_id")
 
 
-def request_body(frame: pd.DataFrame) -> dict:
-    """MLflow's `dataframe_split` body; each float32 as its shortest exact decimal (half the bytes
-    of a 17-digit double, and the same float32 once parsed)."""
-    data = [
-        [[float(v) for v in row[name].astype("float32").astype(str)] for name in MODEL_INPUTS]
-        for _, row in frame.iterrows()
-    ]
-    return {"dataframe_split": {"columns": MODEL_INPUTS, "data": data}}
-
-
-def _answer_table(frame: pd.DataFrame, predictions: list[dict]) -> list[str]:
-    lines = [f"  {'product_id':<12} judged  predicted  {'  '.join(f'p_{label}' for label in LABEL_ORDER)}"]
-    for (_, row), predicted in zip(frame.iterrows(), predictions, strict=True):
-        probabilities = "  ".join(f"{predicted[f'p_{label}']:.2f}" for label in LABEL_ORDER)
-        lines.append(f"  {row.product_id:<12} {row.esci_label:<7} {predicted['esci_label']:<10} {probabilities}")
-    return lines
-
-
-def main(raw_dir: Path = Path("data/raw"), pairs: int = 3) -> str:
+def main(raw_dir: Path = Path("data/raw"), pairs: int = 8) -> str:
     import httpx
 
-    frame = example_pairs(raw_dir, pairs)
-    request = C.mmsearch_home() / "serve-example.json"
+    body, judged = example_request(raw_dir, pairs)
+    request = C.mmsearch_home() / "rerank-example.json"
     request.parent.mkdir(parents=True, exist_ok=True)
-    request.write_text(json.dumps(request_body(frame)))
-    url = f"{StackSettings.from_env().serve_url}/invocations"
+    request.write_text(json.dumps(body))
+    url = f"{StackSettings.from_env().serve_url}/rerank"
+    headers = {"Authorization": f"Bearer {stack_secrets()['rerank_token']}", "Content-Type": "application/json"}
     try:
-        response = httpx.post(
-            url, content=request.read_bytes(), headers={"Content-Type": "application/json"}, timeout=60
-        )
+        response = httpx.post(url, content=request.read_bytes(), headers=headers, timeout=60)
     except httpx.TransportError:
         raise StackError(
             f"nothing answers on {url}: `make up`, then `make serve` once a champion is registered"
         ) from None
     if not response.is_success:
         raise StackError(f"{url} answered HTTP {response.status_code}: {response.text[:500]}")
-    query = frame["query"].iloc[0]
+    answer = response.json()
+    lines = [f"  {'product_id':<12} judged  predicted  gain  {'  '.join(f'p_{label}' for label in LABEL_ORDER)}"]
+    for product in answer["products"]:
+        probabilities = "  ".join(f"{product[f'p_{label}']:.2f}" for label in LABEL_ORDER)
+        judged_label = judged.loc[product["product_id"], "esci_label"]
+        lines.append(
+            f"  {product['product_id']:<12} {judged_label:<7} {product['esci_label']:<10} "
+            f"{product['expected_gain']:.2f}  {probabilities}"
+        )
     return "\n".join(
         [
-            f"request: {len(frame)} judged pairs of the query {query!r} ({frame.query_id.iloc[0]}) from {raw_dir},"
-            f" in {request} ({request.stat().st_size // 1024} KB)",
-            f"answer of {url}:",
-            *_answer_table(frame, response.json()["predictions"]),
-            f"the same request with curl: curl -s {url} -H 'Content-Type: application/json' -d @{request}",
+            f"request: the query {judged['query'].iloc[0]!r} ({judged.query_id.iloc[0]}) and {len(judged)} products"
+            f" judged for it, from {raw_dir}, in {request}",
+            f"ranked by champion v{answer['model_version']} at {url}:",
+            *lines,
         ]
     )
