@@ -631,7 +631,7 @@ def test_a_champion_swap_under_load_fails_no_request_and_later_answers_name_the_
         import json, mlflow
         client = mlflow.MlflowClient()
         old = client.get_model_version_by_alias("mmsearch-esci", "champion")
-        new = client.create_model_version("mmsearch-esci", old.source, old.run_id, tags=old.tags)
+        new = mlflow.register_model(old.source, "mmsearch-esci", tags=old.tags)
         client.set_registered_model_alias("mmsearch-esci", "champion", new.version)
         print(json.dumps({"old": str(old.version), "new": str(new.version)}))
     """

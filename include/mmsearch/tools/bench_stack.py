@@ -281,11 +281,13 @@ def _swap_under_load(env: dict, url: str, by_id) -> dict:
     code = (
         "import mlflow, json; c = mlflow.MlflowClient(); "
         "v = c.get_model_version_by_alias('mmsearch-esci', 'champion'); "
-        "n = c.create_model_version('mmsearch-esci', v.source, v.run_id, tags=v.tags); "
+        "n = mlflow.register_model(v.source, 'mmsearch-esci', tags=v.tags); "
         "c.set_registered_model_alias('mmsearch-esci', 'champion', n.version); print(n.version)"
     )
     moved = time.monotonic()
-    new = subprocess.run([components.ml_python(), "-c", code], env=env, capture_output=True, text=True, check=True)
+    new = subprocess.run([components.ml_python(), "-c", code], env=env, capture_output=True, text=True)
+    if new.returncode != 0:
+        raise RuntimeError(f"registering the champion again failed: {new.stderr[-2000:]}")
     new_version = new.stdout.strip().splitlines()[-1]
     while time.monotonic() - moved < 120 and (not versions or versions[-1] != new_version):
         time.sleep(0.1)
