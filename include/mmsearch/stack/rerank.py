@@ -206,19 +206,30 @@ def _row(answer: dict, i: int, product_id: str) -> dict:
     return found
 
 
-def score_vectors(champion: Champion, body: bytes) -> dict:
-    """Full vectors as a `.npy` [n, 3, 768] float32 (query, product text, product image): labels and p_*."""
+def _npy(body: bytes) -> np.ndarray:
+    """An .npy body as an array over the body's own bytes (np.load would copy them: 1 ms of 9 MB)."""
     import io
 
+    stream = io.BytesIO(body)
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(stream)
+    if fortran_order or dtype != np.float32:
+        raise ValueError(f"it must be C-ordered float32, not {dtype}{' in Fortran order' if fortran_order else ''}")
+    return np.frombuffer(body, dtype, offset=stream.tell()).reshape(shape)
+
+
+def score_vectors(champion: Champion, body: bytes) -> dict:
+    """Full vectors as a `.npy` [n, 3, 768] float32 (query, product text, product image): labels and p_*."""
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
+        array = _npy(body)
     except ValueError as error:
         raise RequestError(400, f"the body is not an .npy array: {error}") from None
     if array.ndim != 3 or array.shape[1:] != (len(MODEL_INPUTS), F.EMBEDDING_DIM) or not len(array):
         raise RequestError(
             422, f"the array must be [n, 3, {F.EMBEDDING_DIM}] (query, text, image), not {list(array.shape)}"
         )
-    array = _finite(np.ascontiguousarray(array, np.float32).reshape(len(array), -1), "the array")
+    array = _finite(array.reshape(len(array), -1), "the array")
     query, text, image = (np.ascontiguousarray(part) for part in np.split(array, len(MODEL_INPUTS), axis=1))
     answer = champion.answer(champion.probabilities(query, text, image))
     return {"model_version": champion.version, **answer}
