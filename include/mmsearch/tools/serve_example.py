@@ -12,11 +12,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmsearch import config as C
+from mmsearch import features as F
 from mmsearch import raw
 from mmsearch.io import DataError
 from mmsearch.stack.settings import StackError, StackSettings, stack_secrets
 
 LABEL_ORDER = ("E", "S", "C", "I")
+MODEL_INPUTS = list(F.EMBEDDING_COLUMNS["query_product"])
 
 
 def _pairs_of_one_query(esci_path: Path, pairs: int) -> pd.DataFrame:
@@ -32,6 +34,30 @@ def _pairs_of_one_query(esci_path: Path, pairs: int) -> pd.DataFrame:
     rows["repeat"] = rows.groupby("esci_label").cumcount()
     rows["label_rank"] = rows.esci_label.map(LABEL_ORDER.index)
     return rows.sort_values(["repeat", "label_rank", "product_id"]).head(pairs)
+
+
+def _embeddings(path: Path, key: str, ids: list, columns: dict[str, str]) -> pd.DataFrame:
+    table = pq.read_table(path, columns=[key, *columns], filters=pc.field(key).isin(ids))
+    missing = sorted(set(ids) - set(table.column(key).to_pylist()))
+    if missing:
+        raise DataError(path, "has no embeddings for some judged ids", column=key, rows=missing)
+    return table.to_pandas().rename(columns=columns)
+
+
+def example_pairs(raw_dir: str | Path = "data/raw", pairs: int = 3) -> pd.DataFrame:
+    """`pairs` judged pairs of one query from the raw files: query_id, query, product_id,
+    esci_label and the three CLIP embeddings the model reads (768-long float32 arrays)."""
+    raw_dir = Path(raw_dir)
+    esci_path = raw_dir / C.ESCI_FILE
+    if not esci_path.exists():
+        raise DataError(esci_path, "file is missing: `make run` pulls the bundled sample into data/raw")
+    rows = _pairs_of_one_query(esci_path, pairs)
+    query_columns = {"clip_text_features": F.QUERY_EMBEDDING}
+    query = _embeddings(raw.query_table(raw_dir).path, "query_id", rows.query_id.unique().tolist(), query_columns)
+    product_columns = {"clip_text_features": F.PRODUCT_TEXT_EMBEDDING, "clip_image_features": F.PRODUCT_IMAGE_EMBEDDING}
+    product = _embeddings(raw.product_table(raw_dir).path, "product_id", rows.product_id.tolist(), product_columns)
+    frame = rows.merge(query, on="query_id").merge(product, on="product_id")
+    return frame[["query_id", "query", "product_id", "esci_label", *MODEL_INPUTS]].reset_index(drop=True)
 
 
 def example_request(raw_dir: str | Path = "data/raw", pairs: int = 8) -> tuple[dict, pd.DataFrame]:
