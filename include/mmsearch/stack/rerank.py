@@ -138,17 +138,16 @@ def champion_version(name: str = REGISTERED_MODEL):
     return mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
 
 
-def load_champion(cache_dir: Path, name: str = REGISTERED_MODEL) -> tuple[Champion, dict]:
-    """The version the champion alias names, downloaded once into `cache_dir`; with its version tags."""
+def load_champion(cache_dir: Path, version, name: str = REGISTERED_MODEL) -> Champion:
+    """A registered version (an MLflow ModelVersion), downloaded and converted once into `cache_dir`."""
     import mlflow
 
-    version = champion_version(name)
     model_dir = cache_dir / f"{name}-v{version.version}"
     if not model_dir.exists():
         part = cache_dir / f".{model_dir.name}.part"
         mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}", dst_path=str(part))
         part.rename(model_dir)
-    return Champion(str(version.version), model_dir), dict(version.tags)
+    return Champion(str(version.version), model_dir)
 
 
 def _finite(matrix: np.ndarray, what: str) -> np.ndarray:

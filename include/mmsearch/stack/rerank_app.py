@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,13 +69,17 @@ class Service:
         self._stop = threading.Event()
 
     def load(self, current: Served | None) -> Served:
-        champion, tags = rerank.load_champion(self.cache, self.options.model)
+        """The champion and its catalogue; the catalogue read while the model downloads and converts."""
+        version = rerank.champion_version(self.options.model)
         if self.options.catalogue:
             path, md5 = self.options.catalogue, ""
         else:
-            path, md5 = rerank.catalogue_path(tags, self.options.dvc_repo)
+            path, md5 = rerank.catalogue_path(version.tags, self.options.dvc_repo)
         same = current and current.catalogue.path == Path(path)
-        catalogue = current.catalogue if same else rerank.Catalogue.load(path, md5)
+        with ThreadPoolExecutor(1) as pool:
+            reading = None if same else pool.submit(rerank.Catalogue.load, path, md5)
+            champion = rerank.load_champion(self.cache, version, self.options.model)
+            catalogue = current.catalogue if same else reading.result()
         log.info("champion v%s with %d products from %s", champion.version, len(catalogue.ids), path)
         return Served(champion, catalogue)
 
