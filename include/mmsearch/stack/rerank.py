@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 CATALOGUE_TAG = f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"
 GAINS = np.array([F.ESCI_GAINS[F.LABELS_BY_ID[i]] for i in range(F.NUM_CLASSES)], np.float32)
 MODEL_INPUTS = F.EMBEDDING_COLUMNS["query_product"]
+GIVE_CATALOGUE = "give the product file with --catalogue (make serve: MMSEARCH_SERVE_CATALOGUE=path)"
 
 
 class RequestError(ValueError):
@@ -82,10 +83,10 @@ def catalogue_path(version_tags: dict, dvc_repo_dir: Path) -> tuple[Path, str]:
     """The champion's product file in the DVC cache, by the md5 its version's lineage records."""
     md5 = version_tags.get(CATALOGUE_TAG)
     if not md5:
-        raise DataError(C.PRODUCT_FEATURES_FILE, f"the champion's lineage has no {CATALOGUE_TAG} tag: pass --catalogue")
+        raise DataError(C.PRODUCT_FEATURES_FILE, f"the champion's lineage has no {CATALOGUE_TAG} tag: {GIVE_CATALOGUE}")
     path = dvc_repo.cached_file(dvc_repo_dir, md5)
     if not path.exists():
-        raise DataError(path, f"the champion's catalogue (md5 {md5}) is not in the DVC cache: pass --catalogue")
+        raise DataError(path, f"the champion's catalogue (md5 {md5}) is not in the DVC cache: {GIVE_CATALOGUE}")
     return path, md5
 
 
