@@ -3,7 +3,7 @@
 PostgreSQL (Airflow's metadata, MLflow's tracking store and users) and, with the Celery
 executor, Redis; Airflow 3 as separate processes (api-server, scheduler, dag-processor,
 triggerer, and N `airflow celery worker`s) from the Airflow environment; an MLflow tracking
-server behind MLflow's basic-auth app, and `mlflow models serve` of the champion, from the ML
+server behind MLflow's basic-auth app, and the champion's re-ranking service, from the ML
 environment. Every port is on 127.0.0.1.
 
 - settings: ports, executor, secrets, paths, and the environment every process gets;
@@ -11,5 +11,6 @@ environment. Every port is on 127.0.0.1.
 - processes: start, record, stop by PID, memory and sockets of what was started;
 - services: PostgreSQL's cluster and Redis' configuration; keeper: `restart: always`;
 - health: each component's state; clients: the running stack's APIs;
-- lifecycle: up, down, serve, restart, status.
+- lifecycle: up, down, serve, restart, status;
+- rerank, rerank_app: the re-ranking service `make serve` starts (docs/serving.md).
 """
