@@ -12,7 +12,13 @@ from pathlib import Path
 
 from mmsearch import config as C
 from mmsearch.stack import services
-from mmsearch.stack.settings import StackSettings, mlflow_server_env, stack_dir, stack_secrets
+from mmsearch.stack.settings import (
+    RERANK_TOKEN_VARIABLE,
+    StackSettings,
+    mlflow_server_env,
+    stack_dir,
+    stack_secrets,
+)
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ def serving(settings: StackSettings, env: dict) -> Component:
         "--port",
         str(settings.serve_port),
     ]
-    return Component("serve", command, {**env, "MMSEARCH_RERANK_TOKEN": stack_secrets()["rerank_token"]}, kept=False)
+    return Component("serve", command, {**env, RERANK_TOKEN_VARIABLE: stack_secrets()["rerank_token"]}, kept=False)
 
 
 def mlflow_serving(settings: StackSettings, env: dict, model_uri: str, port: int) -> Component:

@@ -133,7 +133,9 @@ def convert(saved_model: Path, flatbuffer: Path) -> None:
     Path(f"{flatbuffer}.part").rename(flatbuffer)
 
 
-def champion_version(name: str = REGISTERED_MODEL):
+def champion_model_version(name: str = REGISTERED_MODEL):
+    """The MLflow ModelVersion the champion alias names (clients.champion_version asks the REST API
+    from the Airflow environment, which has no MLflow)."""
     import mlflow
 
     return mlflow.MlflowClient().get_model_version_by_alias(name, "champion")

@@ -34,10 +34,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from mmsearch import config as C
 from mmsearch.stack import rerank
+from mmsearch.stack.settings import RERANK_TOKEN_VARIABLE
 
 log = logging.getLogger("mmsearch.rerank")
 access_log = logging.getLogger("mmsearch.rerank.access")
-TOKEN_VARIABLE = "MMSEARCH_RERANK_TOKEN"
 PROTECTED = ("/rerank", "/score")
 
 
@@ -70,7 +70,7 @@ class Service:
 
     def load(self, current: Served | None) -> Served:
         """The champion and its catalogue; the catalogue read while the model downloads and converts."""
-        version = rerank.champion_version(self.options.model)
+        version = rerank.champion_model_version(self.options.model)
         if self.options.catalogue:
             path, md5 = self.options.catalogue, ""
         else:
@@ -84,7 +84,7 @@ class Service:
         return Served(champion, catalogue)
 
     def poll_once(self) -> bool:
-        named = rerank.champion_version(self.options.model).version
+        named = rerank.champion_model_version(self.options.model).version
         if str(named) == self.served.champion.version:
             return False
         before = self.served.champion.version
@@ -188,7 +188,7 @@ def create_app(options: Options) -> FastAPI:
             raise rerank.RequestError(400, f"the body is not JSON: {error}") from None
         if not isinstance(body, dict):
             raise rerank.RequestError(422, "the body must be a JSON object")
-        queries = body.get("queries", [body]) if "queries" in body else [body]
+        queries = body.get("queries", [body])
         if not isinstance(queries, list) or not queries:
             raise rerank.RequestError(422, "queries must be a non-empty list")
         ranked = rerank.rerank(served.champion, served.catalogue, queries)
@@ -229,9 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dvc-repo", type=Path, default=C.REPO_ROOT, help="the DVC repository whose cache holds it")
     parser.add_argument("--poll-seconds", type=float, default=30.0, help="how often the registry is asked")
     args = parser.parse_args(argv)
-    token = os.environ.get(TOKEN_VARIABLE)
+    token = os.environ.get(RERANK_TOKEN_VARIABLE)
     if not token:
-        sys.exit(f"{TOKEN_VARIABLE} is not set: the service wants a bearer token (make serve takes it from the stack)")
+        sys.exit(
+            f"{RERANK_TOKEN_VARIABLE} is not set: the service wants a bearer token (make serve takes it from the stack)"
+        )
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     import uvicorn

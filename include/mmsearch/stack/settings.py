@@ -21,6 +21,7 @@ SECRET_NAMES = (
     *("jwt_secret", "secret_key", "postgres_password", "redis_password", "mlflow_admin_password"),
     "rerank_token",  # the re-ranking service's bearer token
 )
+RERANK_TOKEN_VARIABLE = "MMSEARCH_RERANK_TOKEN"  # where the re-ranking service reads its bearer token
 # Airflow's settings docker-compose.yaml reads too (its env_file)
 AIRFLOW_ENV_FILE = C.REPO_ROOT / "docker" / "airflow.env"
 
