@@ -112,21 +112,28 @@ def serve(settings: StackSettings | None = None, timeout: float = 180.0) -> dict
     env = stack_env(settings)
     champion_version(settings, env)  # a clear error before the service starts, when there is none
     entry = _launch(components.serving(settings, env))
-    deadline = time.monotonic() + timeout
-    while not (found := get_json(f"{settings.serve_url}/health")):
-        if not processes.running({"serve": entry}):
-            processes.forget("serve")
-            raise StackError(f"the re-ranker exited; its log ({entry['log']}) ends:\n{processes.tail(entry['log'])}")
-        if time.monotonic() > deadline:
-            processes.stop("serve")
-            raise StackError(f"the re-ranker did not answer /health in {timeout:.0f} s; log: {entry['log']}")
-        time.sleep(0.5)
+    found = wait_for_answer(f"{settings.serve_url}/health", "serve", entry, timeout)
     version = found["model_version"]
     print(
         f"champion {REGISTERED_MODEL} v{version} re-ranks {found['catalogue_rows']} products at "
         f"{settings.serve_url}/rerank  (token: rerank_token in {secrets_file()}; stop with make down)"
     )
     return {"serve_url": settings.serve_url, "pid": entry["pid"], "version": version, **found}
+
+
+def wait_for_answer(url: str, name: str, entry: dict, timeout: float) -> dict:
+    """What `url` answers once the process started as `name` serves it; StackError with its log's
+    end if the process exits first, or (the process stopped) if nothing answers in `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (found := get_json(url)):
+        if not processes.running({name: entry}):
+            processes.forget(name)
+            raise StackError(f"{name} exited; its log ({entry['log']}) ends:\n{processes.tail(entry['log'])}")
+        if time.monotonic() > deadline:
+            processes.stop(name)
+            raise StackError(f"{name} did not answer {url} in {timeout:.0f} s; log: {entry['log']}")
+        time.sleep(0.2)
+    return found
 
 
 def restart(name: str) -> dict:

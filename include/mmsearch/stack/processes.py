@@ -24,13 +24,15 @@ def recorded() -> dict:
 
 
 def running(entries: dict | None = None) -> dict:
-    """The recorded processes still alive with the same start time (so not a reused PID)."""
+    """The recorded processes still alive with the same start time (so not a reused PID); a zombie
+    (exited, not yet reaped by the command that started it) is not alive."""
     import psutil
 
     alive = {}
     for name, entry in (recorded() if entries is None else entries).items():
         try:
-            if psutil.Process(entry["pid"]).create_time() == entry["create_time"]:
+            process = psutil.Process(entry["pid"])
+            if process.create_time() == entry["create_time"] and process.status() != psutil.STATUS_ZOMBIE:
                 alive[name] = entry
         except psutil.NoSuchProcess:
             pass

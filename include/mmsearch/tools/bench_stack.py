@@ -12,7 +12,6 @@ on the same rows. Prints a table and writes `$MMSEARCH_HOME/bench/stack.json`.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import json
@@ -32,7 +31,8 @@ import numpy as np
 from mmsearch import config as C
 from mmsearch.stack import components, processes
 from mmsearch.stack.clients import airflow_api
-from mmsearch.stack.settings import free_port, free_port_env, running_settings, stack_env
+from mmsearch.stack.lifecycle import wait_for_answer
+from mmsearch.stack.settings import RERANK_TOKEN_VARIABLE, free_port, free_port_env, running_settings, stack_env
 
 EMBEDDINGS = ("query_embedding", "product_text_embedding", "product_image_embedding")
 FAST = {"epochs": 4, "steps_per_epoch": 40}
@@ -149,18 +149,10 @@ def _run_to_registered(status: dict) -> float:
         return trigger_to_registered(api, run_id)
 
 
-def _wait_for(url: str, entry: dict, timeout: float = 300.0) -> float:
-    import httpx
-
+def _seconds_to_answer(url: str, entry: dict, name: str) -> float:
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=2).is_success:
-                return time.monotonic() - started
-        if not processes.running({"x": entry}):
-            raise RuntimeError(f"{url}'s process exited; its log: {entry['log']}")
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer in {timeout:.0f} s")
+    wait_for_answer(url, name, entry, timeout=300)
+    return time.monotonic() - started
 
 
 def _timed(call, count: int) -> list[float]:
@@ -187,7 +179,7 @@ def _mlflow_serving(settings, env: dict, repeat: int) -> dict:
     port = free_port()
     entry = _start(components.mlflow_serving(settings, env, "models:/mmsearch-esci@champion", port))
     url = f"http://{settings.host}:{port}"
-    _wait_for(f"{url}/ping", entry)
+    _seconds_to_answer(f"{url}/ping", entry, "mlflow-serve")
     headers = {"Content-Type": "application/json"}
     small, large = request_body(request_rows(100, seed=1)), request_body(request_rows(1000, seed=2))
     try:
@@ -224,7 +216,7 @@ def _reranking(settings, env: dict, catalogue: Path, repeat: int) -> dict:
     command = [*component.command, "--catalogue", str(catalogue), "--poll-seconds", "1"]
     entry = _start(replace(component, name="rerank-bench", command=command))
     url = f"http://{settings.host}:{port}"
-    figures = {"rerank_start_to_ready_seconds": round(_wait_for(f"{url}/health", entry), 1)}
+    figures = {"rerank_start_to_ready_seconds": round(_seconds_to_answer(f"{url}/health", entry, "rerank-bench"), 1)}
     ids, rng = _catalogue_ids(catalogue), np.random.default_rng(3)
     query = request_rows(1, seed=4)[0, 0].tolist()
     bodies = [
@@ -233,7 +225,7 @@ def _reranking(settings, env: dict, catalogue: Path, repeat: int) -> dict:
     ]
     npy = io.BytesIO()
     np.save(npy, request_rows(1000, seed=2))
-    headers = {"Authorization": f"Bearer {component.env['MMSEARCH_RERANK_TOKEN']}"}
+    headers = {"Authorization": f"Bearer {component.env[RERANK_TOKEN_VARIABLE]}"}
     try:
         with (
             httpx.Client(base_url=url, timeout=60, headers=headers) as one,
