@@ -291,12 +291,6 @@ class RunConfig:
         "Beam pipeline options, e.g. --runner=FlinkRunner --flink_master=host:8081.",
         fingerprint=False,
     )
-    tfrecord_compression: str = _transform(
-        "none",
-        "Transformed TFRecords: none, or GZIP (4-7x the write time for ~9 % smaller files).",
-        choices=("none", "GZIP"),
-        fingerprint=False,
-    )
     transform_batch_rows: int = _transform(
         2000, "Rows per Arrow record batch fed to TensorFlow Transform.", fingerprint=False, **AT_LEAST_ONE
     )

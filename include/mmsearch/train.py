@@ -36,12 +36,11 @@ PREFETCH_BATCHES = 2
 IN_MEMORY_BYTES = 256 * 2**20
 
 
-def records(examples_dir: str, compression: str | None):
+def records(examples_dir: str):
     """The serialized tf.Examples of one transformed split (its directory in the manifest's `examples`)."""
     import tensorflow as tf
 
-    files = sorted(str(p) for p in Path(examples_dir).glob("transformed_examples-*"))
-    return tf.data.TFRecordDataset(files, compression_type=compression or None)
+    return tf.data.TFRecordDataset(sorted(str(p) for p in Path(examples_dir).glob("transformed_examples-*")))
 
 
 def _feature_spec(transform_graph: str, names) -> dict:
@@ -64,7 +63,7 @@ def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, t
     import tensorflow as tf
 
     spec = _feature_spec(transform_manifest["transform_graph"], names)
-    dataset = records(transform_manifest["examples"][split], transform_manifest["compression"])
+    dataset = records(transform_manifest["examples"][split])
     if training:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
 
@@ -81,20 +80,15 @@ def read_split(transform_manifest: dict, split: str, names) -> tuple[dict, objec
     once a process and held as tensors only: training gathers its batches from them, validation
     and the regressions read them, and no second copy is made (at 182k pairs the query model's
     validation split is 83 MB a copy)."""
-    return _parsed(
-        transform_manifest["transform_graph"],
-        transform_manifest["examples"][split],
-        transform_manifest["compression"],
-        tuple(names),
-    )
+    return _parsed(transform_manifest["transform_graph"], transform_manifest["examples"][split], tuple(names))
 
 
 @functools.lru_cache(maxsize=4)
-def _parsed(transform_graph: str, examples_dir: str, compression: str | None, names: tuple):
+def _parsed(transform_graph: str, examples_dir: str, names: tuple):
     import tensorflow as tf
 
     spec = _feature_spec(transform_graph, names)
-    parts = [_as_columns(tf.io.parse_example(batch, spec)) for batch in records(examples_dir, compression).batch(4096)]
+    parts = [_as_columns(tf.io.parse_example(batch, spec)) for batch in records(examples_dir).batch(4096)]
     return {name: tf.concat([p[0][name] for p in parts], 0) for name in names}, tf.concat([p[1] for p in parts], 0)
 
 

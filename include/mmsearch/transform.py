@@ -83,10 +83,6 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
 
     columns = [*embedding_columns, F.LABEL]
     adapter = tensor_adapter_config(embedding_columns, dim)
-    suffix = ".gz" if cfg.tfrecord_compression == "GZIP" else ""
-    compression = (
-        beam.io.filesystem.CompressionTypes.GZIP if suffix else beam.io.filesystem.CompressionTypes.UNCOMPRESSED
-    )
 
     class ReadRecordBatches(beam.DoFn):
         """Parquet row groups straight to Arrow record batches (no per-row Python objects)."""
@@ -123,11 +119,7 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
             | f"Encode{split}" >> tft_beam.EncodeTransformedDataset()
             | f"Count{split}" >> beam.Map(count)
             | f"Write{split}"
-            >> beam.io.WriteToTFRecord(
-                str(examples_dir(out, split) / "transformed_examples"),
-                file_name_suffix=".tfrecord" + suffix,
-                compression_type=compression,
-            )
+            >> beam.io.WriteToTFRecord(str(examples_dir(out, split) / "transformed_examples"), ".tfrecord")
         )
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(graph_dir(out)))
 
@@ -158,7 +150,6 @@ def transform(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
             "merged_dir": str(merged_dir),
             "transform_graph": str(graph_dir(out_dir)),
             "examples": {split: str(examples_dir(out_dir, split)) for split in C.SPLITS},
-            "compression": "GZIP" if cfg.tfrecord_compression == "GZIP" else "",
             "embedding_columns": embedding_columns,
             "embedding_dim": dim,
             "rows_in": {split: counts.get(f"rows_in_transform_{split}", 0) for split in C.SPLITS},

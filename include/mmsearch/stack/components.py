@@ -127,13 +127,3 @@ def serving(settings: StackSettings, env: dict) -> Component:
         str(settings.serve_port),
     ]
     return Component("serve", command, {**env, RERANK_TOKEN_VARIABLE: stack_secrets()["rerank_token"]}, kept=False)
-
-
-def mlflow_serving(settings: StackSettings, env: dict, model_uri: str, port: int) -> Component:
-    """`mlflow models serve` of a registered model: what the re-ranker is measured against (make bench-stack)."""
-    command = [
-        *(ml_python(), "-m", "mlflow", "models", "serve", "--model-uri", model_uri, "--env-manager", "local"),
-        *("--host", settings.host, "--port", str(port), "--workers", str(settings.serve_workers)),
-    ]
-    path = f"{Path(ml_python()).parent}{os.pathsep}{env.get('PATH', '')}"  # it execs the env's uvicorn
-    return Component("mlflow-serve", command, {**env, "PATH": path}, kept=False)

@@ -197,7 +197,7 @@ def status_table(found: dict) -> str:
         f"logs         {found['logs']}",
     ]
     if "serve" in found["pids"]:
-        lines.append(f"served model {found['serve_url']}/invocations")
+        lines.append(f"re-ranker    {found['serve_url']}/rerank")
     return "\n".join(lines)
 
 

@@ -41,8 +41,6 @@ class StackSettings:
     serve_port: int = 5001
     executor: str = "local"
     workers: int = 2
-    # each serving worker holds the model (~0.6 GB); two parse JSON on both cores at once
-    serve_workers: int = 2
     admin_user: str = "admin"
     # A fixed admin password (MMSEARCH_ADMIN_PASSWORD); empty: Airflow generates one.
     admin_password: str = field(default="", repr=False)
@@ -58,7 +56,6 @@ class StackSettings:
         }
         values["executor"] = env.get("MMSEARCH_EXECUTOR", cls.executor)
         values["workers"] = int(env.get("MMSEARCH_WORKERS", cls.workers))
-        values["serve_workers"] = int(env.get("MMSEARCH_SERVE_WORKERS", cls.serve_workers))
         values["admin_password"] = env.get("MMSEARCH_ADMIN_PASSWORD", "")
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["executor"] not in EXECUTORS:

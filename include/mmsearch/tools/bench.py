@@ -30,8 +30,6 @@ from mmsearch.io import read_json
 # The real working set's proportions: 181,701 pairs, 8,956 queries, 164,900 products.
 PAIRS_PER_QUERY = 181_701 / 8_956
 PRODUCTS_PER_PAIR = 164_900 / 181_701
-DEFAULT_SIZES = (10_000, 50_000, 182_000)
-FULL_SIZE = 1_100_000
 
 
 def _venv_bin(name: str) -> Path:
@@ -136,9 +134,7 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
 DIRECT_STAGES = ("validate", "merge", "transform", "candidates", "baselines", "select", "evaluate", "register")
 
 
-def bench_size(
-    pairs: int, root: Path, env: dict, e2e: bool, compare_compression: bool = False, repeat: int = 1
-) -> tuple[list[dict], list[dict]]:
+def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) -> tuple[list[dict], list[dict]]:
     """Generate once, then `repeat` passes, each the stages run directly and then the DAG: passes
     interleave so that a slow spell of the machine hits both sides, and the median is reported.
     Also returns the model quality of the last direct pass beside the baselines and the ceiling."""
@@ -188,12 +184,6 @@ def bench_size(
         transformed = stage("transform", "ml", transform, merged["rows"], run / "transform")
         beam = read_json(run / "transform" / "manifest.json")["beam_seconds"]
         record("transform (Beam)", beam, merged["rows"], measured["transform"][-1]["peak_rss_mb"])
-        if compare_compression and i == 0:  # the default output is uncompressed: what GZIP would cost
-            gzip_args = _command("transform", **merged_in, out=run / "transform-gzip", set="tfrecord_compression=GZIP")
-            gzip = stage("transform GZIP", "ml", gzip_args + settings, merged["rows"], run / "transform-gzip")
-            if gzip["rows_out"] != transformed["rows_out"]:
-                raise RuntimeError(f"GZIP wrote {gzip['rows_out']} rows, uncompressed {transformed['rows_out']}")
-            shutil.rmtree(run / "transform-gzip")
         floor = numpy_transform(run / "merged", work / "numpy")
         record("numpy floor", floor["seconds"], floor["rows"], output_mb=_size_mb(work / "numpy"))
         shutil.rmtree(work / "numpy")
@@ -368,7 +358,7 @@ def write_report(rows: list[dict], quality: list[dict], out_dir: Path) -> Path:
     return report
 
 
-def main(sizes: list[int], e2e: bool = True, compare_compression: bool = False, repeat: int = 1) -> dict:
+def main(sizes: list[int], e2e: bool = True, repeat: int = 1) -> dict:
     root = C.mmsearch_home() / "bench"
     # a fresh Airflow and MLflow home: a champion left by an earlier bench would make register
     # re-score it, work the other sizes' runs do not do
@@ -388,7 +378,7 @@ def main(sizes: list[int], e2e: bool = True, compare_compression: bool = False, 
         )
     rows, quality = [], []
     for pairs in sizes:
-        measured, scored = bench_size(pairs, root, env, e2e, compare_compression, repeat)
+        measured, scored = bench_size(pairs, root, env, e2e, repeat)
         rows += measured
         quality += scored
     report = write_report(rows, quality, root)

@@ -3,15 +3,15 @@
 In a fresh home with free ports: `stack up` (PostgreSQL, LocalExecutor) to all healthy, from
 an empty home and again on the existing cluster; `stack up --executor celery --workers 2`, its
 idle memory (proportional set size, so shared pages count once); a run of the bundled sample
-triggered through the REST API to its registered model; then `mlflow models serve` of the
-champion (100-row latency, 1,000-row throughput) and the re-ranking service with the 182k-pair
-bench's catalogue (164,900 products) loaded: start to ready, 100 candidates by id, 1,000 full
-vectors as .npy, memory, a champion swap under load; both against the same pyfunc in-process,
-on the same rows. Prints a table and writes `$MMSEARCH_HOME/bench/stack.json`.
+triggered through the REST API to its registered model; then the re-ranking service with the
+182k-pair bench's catalogue (164,900 products) loaded: start to ready, 100 candidates by id,
+1,000 full vectors as .npy, memory, a champion swap under load; against the same pyfunc
+in-process, on the same rows. Prints a table and writes `$MMSEARCH_HOME/bench/stack.json`.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -56,42 +56,19 @@ def request_rows(n: int, seed: int) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=2, keepdims=True)
 
 
-def request_body(vectors: np.ndarray) -> str:
-    """`dataframe_split` JSON with each float32 as its shortest exact decimal (what orjson and
-    numpy print), not as a 17-digit double: CLIP embeddings are float32."""
-    text = vectors.astype(str)
-    rows = ("[" + ",".join("[" + ",".join(column) + "]" for column in row) + "]" for row in text)
-    return '{"dataframe_split":{"columns":' + json.dumps(list(EMBEDDINGS)) + ',"data":[' + ",".join(rows) + "]}}"
-
-
 def in_process_rows_per_second(model_uri: str, seed: int, repeat: int) -> dict:
-    """The same pyfunc, loaded in this process (run in the ML env): 1,000 rows as the Python lists a
-    JSON parser makes of them (what `mlflow models serve` gets, without the JSON), and 100 and
-    1,000 rows as numpy arrays through its `probabilities` (what a batch job reading Parquet has)."""
+    """The same pyfunc, loaded in this process (run in the ML env): 100 and 1,000 rows as numpy
+    arrays through its `probabilities` (what a batch job reading Parquet has)."""
     import mlflow
-    import pandas as pd
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    python_model = model.unwrap_python_model()
+    python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     rates = {}
     for rows in (100, 1000):
         vectors = request_rows(rows, seed)
         matrices = {name: vectors[:, i] for i, name in enumerate(EMBEDDINGS)}
-        python_model.probabilities(matrices)  # warm
-        timings = []
-        for _ in range(10 * repeat):
-            started = time.perf_counter()
-            python_model.probabilities(matrices)
-            timings.append(time.perf_counter() - started)
-        rates[f"arrays_{rows}"] = rows / statistics.median(timings)
-    frame = pd.DataFrame({name: vectors[:, i].tolist() for i, name in enumerate(EMBEDDINGS)})
-    model.predict(frame.head(10))
-    timings = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        model.predict(frame)
-        timings.append(time.perf_counter() - started)
-    rates["lists_1000"] = 1000 / statistics.median(timings)
+        score = functools.partial(python_model.probabilities, matrices)
+        score()  # warm
+        rates[f"arrays_{rows}"] = rows / statistics.median(_timed(score, 10 * repeat))
     return rates
 
 
@@ -170,34 +147,6 @@ def _two_clients(call, count: int) -> float:
         started = time.perf_counter()
         list(pool.map(lambda _: [call() for _ in range(count)], range(2)))
         return time.perf_counter() - started
-
-
-def _mlflow_serving(settings, env: dict, repeat: int) -> dict:
-    """`mlflow models serve` of the champion: full vectors as JSON, 100-row latency and 1,000-row throughput."""
-    import httpx
-
-    port = free_port()
-    entry = _start(components.mlflow_serving(settings, env, "models:/mmsearch-esci@champion", port))
-    url = f"http://{settings.host}:{port}"
-    _seconds_to_answer(f"{url}/ping", entry, "mlflow-serve")
-    headers = {"Content-Type": "application/json"}
-    small, large = request_body(request_rows(100, seed=1)), request_body(request_rows(1000, seed=2))
-    try:
-        with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
-            client.post("/invocations", content=small).raise_for_status()  # warm
-            latencies = _timed(lambda: client.post("/invocations", content=small).raise_for_status(), 50)
-            sequential = 1000 / statistics.median(
-                _timed(lambda: client.post("/invocations", content=large).raise_for_status(), repeat)
-            )
-        return {
-            "mlflow_median_100_rows_ms": round(statistics.median(latencies) * 1000, 1),
-            "mlflow_p90_100_rows_ms": round(float(np.percentile(latencies, 90)) * 1000, 1),
-            "mlflow_request_mb_1000_rows": round(len(large) / 1e6, 1),
-            "mlflow_rows_per_second_1000_rows": round(sequential),
-            "mlflow_memory_mb": processes.memory_mb({"mlflow-serve": entry})["mlflow-serve"],
-        }
-    finally:
-        processes.stop("mlflow-serve")
 
 
 def _catalogue_ids(path: Path) -> np.ndarray:
@@ -322,16 +271,13 @@ def _start(component: components.Component) -> dict:
 
 
 def _serving_figures(root: Path, repeat: int) -> dict:
-    """`mlflow models serve` and the re-ranker side by side, against the pyfunc in-process."""
+    """The re-ranker against the pyfunc in-process."""
     settings = running_settings()
     env = stack_env(settings)
     catalogue = _bench_catalogue(root, env)
-    figures = {**_mlflow_serving(settings, env, repeat), **_reranking(settings, env, catalogue, repeat)}
+    figures = _reranking(settings, env, catalogue, repeat)
     rates = _in_process(env, repeat)
     figures.update({f"in_process_rows_per_second_{kind}": round(rate) for kind, rate in rates.items()})
-    figures["mlflow_over_in_process_lists"] = round(
-        figures["mlflow_rows_per_second_1000_rows"] / rates["lists_1000"], 2
-    )
     two = figures["rerank_rows_per_second_two_clients"]
     figures["rerank_two_clients_over_in_process_arrays"] = round(two / rates["arrays_100"], 2)
     figures["score_npy_over_in_process_arrays"] = round(

@@ -1,33 +1,11 @@
 """Generate ESCI and SQID files with the real names and schemas, and the structure of search data.
 
-A reader of ESCI should recognise it (docs/sample-data.md has the long form):
-
-* **Product types** (``topics``) come in sibling pairs (0-1, 2-3, ...: running shoe, trail
-  shoe), each with ``intents`` values of an attribute (colour, size, brand line). A query names a
-  type and, six times in ten, an attribute value ("black phone"); a product has both.
-* **Exact**: the type and the attribute the query asked for. **Substitute**: the type with another
-  attribute value than the one the query named, or the sibling type. **Complement**: a product of
-  an accessory type of the query's type (phone -> case). The accessory relation is a directed
-  graph with no two-way edges: a case complements a phone query, a phone does not complement a
-  case query (that pair is judged irrelevant). **Irrelevant**: an unrelated type; half of them
-  lexical hard negatives, products whose *title* carries the query's type word (an "apple" that
-  is a fruit), so their text embedding is close while their image is not.
-* **CLIP-like geometry**: every vector shares a common direction (as CLIP's do), so cosines sit
-  mostly between 0.5 and 0.9; the type, attribute, title-word and brand components vary in
-  strength from item to item (a long generic title, a weak photo); brands are nuisance factors
-  that raise a cosine without meaning relevance. Image vectors add a modality offset, carry no
-  words and more noise. An accessory's title names the type it fits ("case for phone").
-* **Judges disagree**: the label is drawn from a known p(label | pair), the relation with
-  probability ``1 - label_noise`` (more often disputed for substitutes and complements, less
-  for plain exact matches), else a nearby label (`STRAY`). That distribution is written beside
-  the raw files (`generator_truth.parquet`, by example_id), so the best possible scores on any
-  split are known (`ceiling`): the honest yardstick of a model.
-
-Relations are drawn with frequencies that make the judged labels come out at ESCI's (E 65 %,
-S 22 %, I 10 %, C 3 %); every query carries several labels, and only the pair tells them apart.
-Besides the working set (locale ``us``, ``small_version`` 1, split ``test``, the rows SQID has
-embeddings for), ESCI gets rows outside it (other locales, the train split, large-version only)
-with no SQID features, as in the public files. Everything is deterministic for a given seed.
+Product types in sibling pairs with attribute values; Exact, Substitute, Complement (a one-way
+accessory graph) and Irrelevant (half lexical hard negatives) relations; CLIP-like geometry (a
+common direction, brands as nuisance); labels drawn from a known p(label | pair), written beside
+the raw files (`generator_truth.parquet`) so the best possible scores are known (`ceiling`);
+ESCI rows outside the working set as in the public files. Deterministic for a seed.
+docs/sample-data.md explains each piece and why.
 """
 
 from __future__ import annotations

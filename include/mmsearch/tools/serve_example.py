@@ -62,17 +62,8 @@ def example_pairs(raw_dir: str | Path = "data/raw", pairs: int = 3) -> pd.DataFr
 
 def example_request(raw_dir: str | Path = "data/raw", pairs: int = 8) -> tuple[dict, pd.DataFrame]:
     """A `/rerank` body (one query's CLIP embedding, `pairs` of its judged products' ids) and the judgements."""
-    raw_dir = Path(raw_dir)
-    esci_path = raw_dir / C.ESCI_FILE
-    if not esci_path.exists():
-        raise DataError(esci_path, "file is missing: `make run` pulls the bundled sample into data/raw")
-    rows = _pairs_of_one_query(esci_path, pairs)
-    query_id = rows.query_id.iloc[0]
-    queries = raw.query_table(raw_dir).path
-    found = pq.read_table(queries, columns=["query_id", "clip_text_features"], filters=pc.field("query_id") == query_id)
-    if not found.num_rows:
-        raise DataError(queries, "has no embedding for the judged query", column="query_id", rows=[query_id])
-    embedding = [float(v) for v in found.column(1)[0].values.to_numpy().astype("float32").astype(str)]
+    rows = example_pairs(raw_dir, pairs)
+    embedding = [float(v) for v in rows[F.QUERY_EMBEDDING].iloc[0].astype("float32").astype(str)]
     body = {"query_embedding": embedding, "product_ids": rows.product_id.tolist()}
     return body, rows.set_index("product_id")
 
