@@ -6,18 +6,14 @@ ranking itself is include/mmsearch/rank.py, run in the ML environment.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import dag, get_current_context, task
 
+from mmsearch import config as C
 from mmsearch.assets import CHAMPION_MODEL
 from mmsearch.dag_support import default_args
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ML_PYTHON = os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
 
 
 @task
@@ -30,7 +26,7 @@ def configure() -> dict:
     return {"config": RunConfig().as_dict(), "run_dir": str(run_dir_for(dag_run.run_id)), "tags": tags}
 
 
-@task.external_python(python=ML_PYTHON, expect_airflow=False, execution_timeout=timedelta(minutes=60))
+@task.external_python(python=C.ml_python(), expect_airflow=False, execution_timeout=timedelta(minutes=60))
 def rank(settings: dict) -> dict:
     """Score every working-set pair with the champion; write the ranked parquet; log its nDCG."""
     from mmsearch import rank as stage

@@ -8,7 +8,6 @@ paths, ids, counts, metrics. The TensorFlow side runs in the ML environment thro
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,10 +27,8 @@ from mmsearch import config as C
 from mmsearch.assets import CHAMPION_MODEL, RAW_DATA
 from mmsearch.dag_support import default_args
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ML_PYTHON = os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
 # Tasks that run in the ML environment (TensorFlow, Beam, MLflow), not in Airflow's.
-ML_ENV = {"python": ML_PYTHON, "expect_airflow": False}
+ML_ENV = {"python": C.ml_python(), "expect_airflow": False}
 
 DOC_MD = """
 ### mmsearch_training

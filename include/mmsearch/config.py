@@ -30,6 +30,11 @@ def mmsearch_home() -> Path:
     return Path(os.environ.get("MMSEARCH_HOME", REPO_ROOT / ".mmsearch")).resolve()
 
 
+def ml_python() -> str:
+    """The ML environment's interpreter (TensorFlow, Beam, MLflow), where the ML tasks run."""
+    return os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
+
+
 def default_raw_dir() -> Path:
     return REPO_ROOT / "data" / "raw"
 
@@ -66,13 +71,8 @@ def redact_uri(uri: str) -> str:
 
 # Environment variables whose values are secrets: masked in Airflow's task logs.
 SECRET_ENV_VARS = (
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-    "AZURE_STORAGE_KEY",
-    "AZURE_STORAGE_CONNECTION_STRING",
+    *("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
+    *("GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING"),
 )
 # URLs that carry a password (the server stack sets them): the password is masked.
 SECRET_URL_ENV_VARS = (
@@ -120,15 +120,8 @@ def setting(
     `bounds`: JSON Schema's minimum, maximum, exclusiveMinimum, exclusiveMaximum.
     """
     assert section in SECTIONS and set(bounds) <= set(BOUNDS), (section, bounds)
-    meta = {
-        "description": description,
-        "section": section,
-        "choices": choices,
-        "optional": optional,
-        "items": items,
-        "bounds": bounds,
-        "fingerprint": fingerprint,
-    }
+    meta = {"description": description, "section": section, "choices": choices, "optional": optional}
+    meta |= {"items": items, "bounds": bounds, "fingerprint": fingerprint}
     return dataclasses.field(default=default, metadata=meta)
 
 

@@ -114,7 +114,7 @@ def compare(current_dir: Path, reference_dir: Path, seed: int = 0) -> tuple[dict
 
 
 def plot(report: dict, current: dict, reference: dict, path: Path) -> None:
-    from mmsearch.plots import _pyplot
+    from mmsearch.plots import _pyplot, save
 
     pyplot = _pyplot()
     modalities = list(report["modalities"])
@@ -133,12 +133,9 @@ def plot(report: dict, current: dict, reference: dict, path: Path) -> None:
         bins = np.linspace(low - 1e-3, high + 1e-3, 41)  # CLIP embeddings may all have norm 1
         for values, side in zip(norms, ("this run", "champion's data")):
             ax.hist(values, bins=bins, alpha=0.5, label=side)
-        ax.set_title(
-            f"{name}: norms\nAUC {found['classifier_auc']:.3f}, mean shift {found['mean_cosine_distance']:.3g}"
-        )
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    pyplot.close(figure)
+        shift = f"AUC {found['classifier_auc']:.3f}, mean shift {found['mean_cosine_distance']:.3g}"
+        ax.set_title(f"{name}: norms\n{shift}")
+    save(figure, path, dpi=90)
 
 
 def reference_dir(cfg: C.RunConfig) -> tuple[Path | None, str]:

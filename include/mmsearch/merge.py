@@ -9,6 +9,7 @@ and `manifest.json` with the row counts per split and label.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,7 @@ class _SplitWriter:
         self.directory, self.schema = directory, schema
         self.directory.mkdir(parents=True)
         self.writer, self.shard, self.in_shard, self.rows = None, 0, 0, 0
-        self.labels: dict[str, int] = {}
-        self.queries: set[str] = set()
+        self.labels, self.queries = Counter(), set()
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None or self.in_shard >= SHARD_ROWS:
@@ -77,10 +77,7 @@ class _SplitWriter:
         self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         self.in_shard += table.num_rows
         self.rows += table.num_rows
-        for label, count in zip(
-            *np.unique(table.column("esci_label").to_numpy(zero_copy_only=False), return_counts=True)
-        ):
-            self.labels[str(label)] = self.labels.get(str(label), 0) + int(count)
+        self.labels.update(table.column("esci_label").to_pylist())
         self.queries.update(table.column("query_id").to_pylist())
 
     def _roll(self) -> None:
@@ -91,12 +88,8 @@ class _SplitWriter:
         # (distinct floats) a dictionary is built, then abandoned, and a shard took 4x as long
         # to write and 3x as long to read as with plain pages.
         keys = [field.name for field in self.schema if not pa.types.is_fixed_size_list(field.type)]
-        self.writer = pq.ParquetWriter(
-            self.directory / f"part-{self.shard:05d}.parquet",
-            self.schema,
-            use_dictionary=keys,
-            write_statistics=keys,
-        )
+        path = self.directory / f"part-{self.shard:05d}.parquet"
+        self.writer = pq.ParquetWriter(path, self.schema, use_dictionary=keys, write_statistics=keys)
         self.in_shard = 0
 
     def close(self) -> dict:
@@ -107,15 +100,9 @@ class _SplitWriter:
 
 
 def _schema(columns, dim: int) -> pa.Schema:
-    fields = [
-        ("example_id", pa.int64()),
-        ("query_id", pa.string()),
-        ("product_id", pa.string()),
-        ("esci_label", pa.string()),
-        (F.LABEL, pa.int64()),
-        ("split", pa.string()),
-    ]
-    return pa.schema(fields + [(name, pa.list_(pa.float32(), dim)) for name in columns])
+    fields = {"example_id": pa.int64(), "query_id": pa.string(), "product_id": pa.string(), "esci_label": pa.string()}
+    fields |= {F.LABEL: pa.int64(), "split": pa.string()} | {name: pa.list_(pa.float32(), dim) for name in columns}
+    return pa.schema(list(fields.items()))
 
 
 def run(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
@@ -141,9 +128,8 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
         "product_id": esci.column("product_id").to_numpy(zero_copy_only=False)[mask].astype(str),
         "esci_label": esci.column("esci_label").to_numpy(zero_copy_only=False)[mask].astype(str),
     }
-    queries = raw.scan_features(
-        raw.query_table(raw_dir), cfg.embedding_dim, keep=True, source=cfg.query_features_source
-    )
+    query_table = raw.query_table(raw_dir)
+    queries = raw.scan_features(query_table, cfg.embedding_dim, keep=True, source=cfg.query_features_source)
     q_row = _lookup(queries.keys, judgements["query_id"])
     joined = q_row >= 0
     product_table = raw.product_table(raw_dir)
@@ -170,17 +156,10 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
                 lo, hi = np.searchsorted(by_product, [first, first + len(matrices["clip_text_features"])])
                 part = rows[lo:hi]
                 local = by_product[lo:hi] - first
-                _write_rows(
-                    writers,
-                    part,
-                    judgements,
-                    split,
-                    {
-                        F.QUERY_EMBEDDING: query_matrix[q_row[part]],
-                        F.PRODUCT_TEXT_EMBEDDING: matrices["clip_text_features"][local],
-                        F.PRODUCT_IMAGE_EMBEDDING: matrices["clip_image_features"][local],
-                    },
-                )
+                embeddings = {F.QUERY_EMBEDDING: query_matrix[q_row[part]]}
+                embeddings[F.PRODUCT_TEXT_EMBEDDING] = matrices["clip_text_features"][local]
+                embeddings[F.PRODUCT_IMAGE_EMBEDDING] = matrices["clip_image_features"][local]
+                _write_rows(writers, part, judgements, split, embeddings)
         else:
             rows = np.flatnonzero(joined)
             for start in range(0, len(rows), SHARD_ROWS):

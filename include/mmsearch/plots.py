@@ -16,6 +16,12 @@ def _pyplot():
     return pyplot
 
 
+def save(figure, path: Path, dpi: int = 100) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    _pyplot().close(figure)
+
+
 def plot_training_curves(history: dict, title: str, path: Path) -> None:
     """Loss and accuracy per epoch, training beside validation."""
     pyplot = _pyplot()
@@ -30,22 +36,18 @@ def plot_training_curves(history: dict, title: str, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
+    save(figure, path)
 
 
 def plot_confusion_matrix(metrics: dict, title: str, path: Path) -> None:
-    pyplot = _pyplot()
+    _pyplot()
     from sklearn.metrics import ConfusionMatrixDisplay
 
     cm = metrics["confusion_matrix"]
     display = ConfusionMatrixDisplay(np.array(cm["matrix"]), display_labels=cm["labels"])
     display.plot(cmap="Blues", colorbar=False)
     display.ax_.set_title(title)
-    display.figure_.tight_layout()
-    display.figure_.savefig(path, dpi=100)
-    pyplot.close(display.figure_)
+    save(display.figure_, path)
 
 
 def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, title: str, path: Path) -> None:
@@ -63,9 +65,7 @@ def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, title: str, 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
+    save(figure, path)
 
 
 def plot_precision_recall(labels: np.ndarray, probabilities: np.ndarray, title: str, path: Path) -> None:
@@ -83,6 +83,4 @@ def plot_precision_recall(labels: np.ndarray, probabilities: np.ndarray, title: 
             )
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
+    save(figure, path)

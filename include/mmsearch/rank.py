@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 RANKED = "ranked.parquet"
 BATCH_ROWS = 512  # larger batches cost memory (the embeddings of a batch) and gain no speed
-GAINS = np.array([F.ESCI_GAINS[F.LABELS_BY_ID[i]] for i in range(F.NUM_CLASSES)])
 
 
 def score(merged_dir: Path, scorer, batch_rows: int = BATCH_ROWS) -> dict[str, np.ndarray]:
@@ -46,7 +45,9 @@ def ranked_table(scored: dict):
     """Per query, products by expected gain (highest first), ranks from 1."""
     import pyarrow as pa
 
-    gain = scored["probabilities"] @ GAINS
+    from mmsearch.metrics import GAIN_BY_ID
+
+    gain = scored["probabilities"] @ GAIN_BY_ID
     order = np.lexsort((-gain, scored["query_id"]))
     query_ids = scored["query_id"][order]
     starts = np.flatnonzero(np.r_[True, query_ids[1:] != query_ids[:-1]])
@@ -79,10 +80,8 @@ def run(
     from mmsearch.register import RUN_DIR_TAG
 
     mlflow = tracking.setup(cfg)
-    if version:
-        champion = mlflow.MlflowClient().get_model_version(cfg.registered_model_name, str(version))
-    else:
-        champion = tracking.champion(cfg)
+    found = mlflow.MlflowClient().get_model_version(cfg.registered_model_name, str(version)) if version else None
+    champion = found or tracking.champion(cfg)
     if champion is None:
         raise RuntimeError(f"{cfg.registered_model_name} has no champion to rank with")
     merged_dir = Path(merged_dir or Path(champion.tags.get(RUN_DIR_TAG, "")) / "merged")
@@ -105,18 +104,11 @@ def run(
         pq.write_table(table, tmp / RANKED)
         write_json(tmp / "rank.json", result)
     result["ranked"] = str(Path(out_dir) / RANKED)
-    with mlflow.start_run(
-        run_name="rank", tags={**tracking.airflow_tags(tags or {}), "champion_version": champion.version}
-    ):
+    run_tags = {**tracking.airflow_tags(tags or {}), "champion_version": champion.version}
+    with mlflow.start_run(run_name="rank", tags=run_tags):
         mlflow.log_metrics({"rank/ndcg": ndcg, "rank/rows": table.num_rows})
     log.warning(
-        "ranked %s pairs of %s queries with %s v%s: mean nDCG %.4f over %d queries -> %s",
-        f"{table.num_rows:,}",
-        f"{result['queries']:,}",
-        champion.name,
-        champion.version,
-        ndcg,
-        queries,
-        result["ranked"],
+        f"ranked {table.num_rows:,} pairs of {result['queries']:,} queries with {champion.name} v{champion.version}: "
+        f"mean nDCG {ndcg:.4f} over {queries} queries -> {result['ranked']}"
     )
     return result

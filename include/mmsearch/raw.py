@@ -65,9 +65,8 @@ class FeatureTable:
 
 
 def query_table(raw_dir: Path) -> FeatureTable:
-    return FeatureTable(
-        Path(raw_dir) / C.QUERY_FEATURES_FILE, "query_id", ("clip_text_features",), QUERY_FEATURE_COLUMNS
-    )
+    path = Path(raw_dir) / C.QUERY_FEATURES_FILE
+    return FeatureTable(path, "query_id", ("clip_text_features",), QUERY_FEATURE_COLUMNS)
 
 
 def product_table(raw_dir: Path) -> FeatureTable:
@@ -120,9 +119,8 @@ def embedding_matrix(column: pa.Array, dim: int, path: Path, name: str, row_ids:
     wrong = np.flatnonzero(lengths != dim)
     if wrong.size:
         found = sorted(set(lengths[wrong].tolist()))
-        raise DataError(
-            path, f"embeddings must have {dim} values, found {found}", column=name, rows=[row_ids[i] for i in wrong]
-        )
+        rows = [row_ids[i] for i in wrong]
+        raise DataError(path, f"embeddings must have {dim} values, found {found}", column=name, rows=rows)
     values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     matrix = values.reshape(len(column), dim)
     bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
@@ -250,26 +248,20 @@ def read_legacy_query_csv(path: Path, dim: int) -> pa.Table:
         raise DataError(path, f"not a readable CSV file: {exc}") from None
     expected = [f"f{i}" for i in range(dim)]
     found = [name for name in table.column_names if name.startswith("f") and name[1:].isdigit()]
-    missing = sorted(set(expected) - set(found), key=lambda n: int(n[1:]))
-    extra = sorted(set(found) - set(expected), key=lambda n: int(n[1:]))
     for name in ("query_id", "event_timestamp"):
         if name not in table.column_names:
             raise DataError(path, "required column is missing", column=name)
-    if missing:
-        raise DataError(
-            path, f"feature columns f0..f{dim - 1} expected, {len(missing)} missing", column=missing[0], rows=missing
-        )
-    if extra:
-        raise DataError(
-            path, f"feature columns f0..f{dim - 1} expected, {len(extra)} extra", column=extra[0], rows=extra
-        )
+    for wrong, names in (("missing", set(expected) - set(found)), ("extra", set(found) - set(expected))):
+        if names:
+            names = sorted(names, key=lambda n: int(n[1:]))
+            problem = f"feature columns f0..f{dim - 1} expected, {len(names)} {wrong}"
+            raise DataError(path, problem, column=names[0], rows=names)
     if table.num_rows == 0:
         raise DataError(path, "has no rows")
     for name in expected:
-        if not pa.types.is_floating(table.schema.field(name).type) and not pa.types.is_integer(
-            table.schema.field(name).type
-        ):
-            raise DataError(path, f"must be numeric, found {table.schema.field(name).type}", column=name)
+        kind = table.schema.field(name).type
+        if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+            raise DataError(path, f"must be numeric, found {kind}", column=name)
     matrix = np.column_stack([table.column(n).to_numpy().astype(np.float32) for n in expected])
     return pa.table({"query_id": table.column("query_id"), "clip_text_features": embedding_array(matrix)})
 
@@ -345,7 +337,6 @@ def _first_of_duplicates(path, key, keys, prints) -> tuple[np.ndarray, int]:
         if not np.allclose(prints[rows], prints[rows[0]], rtol=0, atol=1e-6):
             conflicting.append(f"{key} '{uniq[group]}' (rows {', '.join(map(str, rows[:3]))})")
     if conflicting:
-        raise DataError(
-            path, f"{len(conflicting)} duplicate keys with different embeddings", column=key, rows=conflicting
-        )
+        problem = f"{len(conflicting)} duplicate keys with different embeddings"
+        raise DataError(path, problem, column=key, rows=conflicting)
     return np.sort(first), int(len(keys) - len(uniq))

@@ -34,8 +34,6 @@ SUMMARY = "summary.json"
 class Decision:
     promote: bool
     reason: str
-    challenger_score: float
-    champion_score: float | None = None
     champion_version: str | None = None
 
 
@@ -69,34 +67,22 @@ def decide(
     worse = [name for name in baselines if differences[name][metric]["high"] < 0]
     if worse:
         losses = "; ".join(_difference(metric, name, differences[name][metric]) for name in worse)
-        return Decision(
-            False, f"{metric} {ours:.4f} is significantly below a baseline: {losses}", ours, None, champion_version
-        )
+        return Decision(False, f"{metric} {ours:.4f} is significantly below a baseline: {losses}", champion_version)
     best_baseline = min(baselines, key=lambda name: differences[name][metric]["difference"])
     against_baseline = _difference(metric, best_baseline, differences[best_baseline][metric])
     if champion_version is None:
         return Decision(
-            True, f"no champion yet; {metric} {ours:.4f}, {against_baseline}, no baseline significantly better", ours
+            True, f"no champion yet; {metric} {ours:.4f}, {against_baseline}, no baseline significantly better"
         )
     if champion_error is not None:
-        return Decision(
-            False,
-            f"champion v{champion_version} could not be scored on this data: {champion_error}",
-            ours,
-            None,
-            champion_version,
-        )
+        unscored = f"champion v{champion_version} could not be scored on this data: {champion_error}"
+        return Decision(False, unscored, champion_version)
     found = differences["champion"][metric]
     promote = found["low"] > min_improvement
     verdict = "above" if promote else "not above"
-    return Decision(
-        promote,
-        f"{_difference(metric, 'champion', found, f'champion v{champion_version}')}: lower bound {verdict} "
-        f"min_improvement {min_improvement:g}; {against_baseline}",
-        ours,
-        scores["champion"][metric],
-        champion_version,
-    )
+    over = _difference(metric, "champion", found, f"champion v{champion_version}")
+    reason = f"{over}: lower bound {verdict} min_improvement {min_improvement:g}; {against_baseline}"
+    return Decision(promote, reason, champion_version)
 
 
 def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.RunConfig, run_dir: str) -> dict:
@@ -258,15 +244,10 @@ def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, t
 
     champion = tracking.champion(cfg)
     if champion is not None and champion.version == version.version:
-        decision = Decision(False, f"v{version.version} is already the champion", metrics["model"][metric])
+        decision = Decision(False, f"v{version.version} is already the champion")
     elif champion is not None and str(champion.version) != str(scores["champion"]["version"]):
-        decision = Decision(
-            False,
-            f"the champion changed to v{champion.version} after evaluate scored v{scores['champion']['version']}",
-            metrics["model"][metric],
-            None,
-            champion.version,
-        )
+        moved = f"the champion changed to v{champion.version} after evaluate scored v{scores['champion']['version']}"
+        decision = Decision(False, moved, champion.version)
     else:
         decision = decide(
             metric,

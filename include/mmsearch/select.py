@@ -48,13 +48,13 @@ def run(trained: list[dict], out_dir: Path, cfg: C.RunConfig) -> dict:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(out_dir) / "selection.json", selected)
     for row in table:
-        log.info(
-            "candidate %d %s (%d parameters): val macro_f1 %.4f, accuracy %.4f",
+        found = (
             row["candidate"],
             row["overrides"] or "{}",
             row["parameters"],
             row["val_macro_f1"],
             row["val_accuracy"],
         )
+        log.info("candidate %d %s (%d parameters): val macro_f1 %.4f, accuracy %.4f", *found)
     log.info("selected candidate %d: %s", winner["candidate"], rule)
     return selected

@@ -12,7 +12,6 @@ from mmsearch import config as C
 
 log = logging.getLogger(__name__)
 
-SCORING_BATCH_ROWS = 2048
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -29,14 +28,12 @@ def setup(cfg: C.RunConfig):
     mlflow.set_tracking_uri(C.mlflow_tracking_uri())
     if mlflow.get_experiment_by_name(cfg.experiment_name) is None:
         # the embedded default keeps artifacts under MMSEARCH_HOME, not in ./mlruns of the cwd
-        mlflow.create_experiment(
-            cfg.experiment_name, artifact_location=C.mlflow_artifact_root() if default_store else None
-        )
+        artifacts = C.mlflow_artifact_root() if default_store else None
+        mlflow.create_experiment(cfg.experiment_name, artifact_location=artifacts)
     experiment = mlflow.set_experiment(cfg.experiment_name)
     # MLflow's UI opens an experiment of this kind on its training runs (not the GenAI traces view)
-    mlflow.MlflowClient().set_experiment_tag(
-        experiment.experiment_id, "mlflow.experimentKind", "custom_model_development"
-    )
+    kind = ("mlflow.experimentKind", "custom_model_development")
+    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *kind)
     return mlflow
 
 
@@ -65,11 +62,8 @@ def end_abandoned_runs(mlflow, cfg: C.RunConfig, airflow_run_id: str, run_name: 
     if not airflow_run_id:
         return
     named = f" and attributes.run_name = '{run_name}'" if run_name else ""
-    stale = mlflow.search_runs(
-        experiment_names=[cfg.experiment_name],
-        output_format="list",
-        filter_string=f"tags.`airflow.run_id` = '{airflow_run_id}' and attributes.status = 'RUNNING'{named}",
-    )
+    running = f"tags.`airflow.run_id` = '{airflow_run_id}' and attributes.status = 'RUNNING'{named}"
+    stale = mlflow.search_runs(experiment_names=[cfg.experiment_name], output_format="list", filter_string=running)
     for run in stale:
         log.warning("marking MLflow run %s of an earlier, killed attempt as KILLED", run.info.run_id)
         mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")

@@ -240,15 +240,10 @@ def _log_pyfunc(
     artifacts = {"saved_model": str(work_dir / "serving_model")}
     if decision_rule is not None:
         artifacts[DECISION_RULE] = str(decision_rule)
-    return mlflow.pyfunc.log_model(
-        name=MODEL_ARTIFACT,
-        python_model=EsciRelevanceModel(),
-        artifacts=artifacts,
-        code_paths=[str(Path(__file__).parent)],
-        input_example=raw_frame(rows, raw_columns, np.float64),
-        signature=model_signature(raw_columns),
-        pip_requirements=pip_requirements(),
-    )
+    logged = {"name": MODEL_ARTIFACT, "python_model": EsciRelevanceModel(), "artifacts": artifacts}
+    logged |= {"code_paths": [str(Path(__file__).parent)], "pip_requirements": pip_requirements()}
+    example = raw_frame(rows, raw_columns, np.float64)
+    return mlflow.pyfunc.log_model(**logged, input_example=example, signature=model_signature(raw_columns))
 
 
 @dataclass(frozen=True)
@@ -400,28 +395,16 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, candidate: dict, t
             # class weights change the loss the regression minimised: the wide part then starts at zero
             start = wide_init(transform_manifest) if weights is None else None
             model = M.build_pair_model(dim, hp, decay_steps=cfg.epochs * steps, wide_init=start)
-            rule = cfg.decision_rule == "macro_f1"
+            options = {"weights": weights, "fit_rule": cfg.decision_rule == "macro_f1"}
             job = Training(
                 model, "query_product", transform_manifest, work_dir, cfg, hp.as_dict(), hp.batch_size, steps
             )
-            job = dataclasses.replace(job, weights=weights, fit_rule=rule, keep_start_if_better=start is not None)
+            job = dataclasses.replace(job, **options, keep_start_if_better=start is not None)
         result = train_and_log(job, mlflow)
-    result.update(
-        {
-            "candidate": candidate["index"],
-            "overrides": candidate["overrides"],
-            "mlflow_run_id": child.info.run_id,
-            "parent_run_id": candidate["parent_run_id"],
-            "experiment": cfg.experiment_name,
-            "train_dir": str(work_dir),
-        }
-    )
+    result |= {"candidate": candidate["index"], "overrides": candidate["overrides"], "train_dir": str(work_dir)}
+    result |= {"mlflow_run_id": child.info.run_id, "parent_run_id": candidate["parent_run_id"]}
+    result["experiment"] = cfg.experiment_name
     write_json(work_dir / "train.json", result)
-    log.info(
-        "trained %s: best epoch %d of %d, validation %s",
-        name,
-        result["best_epoch"],
-        result["epochs_run"],
-        result["validation"],
-    )
+    found = (name, result["best_epoch"], result["epochs_run"], result["validation"])
+    log.info("trained %s: best epoch %d of %d, validation %s", *found)
     return result

@@ -119,7 +119,9 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
             | f"Encode{split}" >> tft_beam.EncodeTransformedDataset()
             | f"Count{split}" >> beam.Map(count)
             | f"Write{split}"
-            >> beam.io.WriteToTFRecord(str(examples_dir(out, split) / "transformed_examples"), ".tfrecord")
+            >> beam.io.WriteToTFRecord(
+                str(examples_dir(out, split) / "transformed_examples"), file_name_suffix=".tfrecord"
+            )
         )
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(graph_dir(out)))
 
@@ -210,19 +212,8 @@ def run(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     if finished is not None:
         log.info("transform outputs in %s are already complete: reusing them", out_dir)
         return _result(finished)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmsearch.cli",
-        "transform",
-        "--child",
-        "--merged-dir",
-        str(merged_dir),
-        "--out",
-        str(out_dir),
-        "--config",
-        json.dumps(cfg.as_dict()),
-    ]
+    cmd = [sys.executable, "-m", "mmsearch.cli", "transform", "--child", "--merged-dir", str(merged_dir)]
+    cmd += ["--out", str(out_dir), "--config", json.dumps(cfg.as_dict())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     log.info("transform child exited %d\n%s", proc.returncode, proc.stderr[-4000:])
     manifest = complete_outputs(out_dir)

@@ -24,9 +24,8 @@ def validate(raw_dir: Path, cfg: C.RunConfig) -> dict:
     esci = raw.read_esci(esci_path)
     mask = raw.working_set(esci_path, esci, cfg)
     queries = raw.scan_features(raw.query_table(raw_dir), cfg.embedding_dim, source=cfg.query_features_source)
-    products = None
-    if cfg.feature_set == "query_product":
-        products = raw.scan_features(raw.product_table(raw_dir), cfg.embedding_dim)
+    pairs = cfg.feature_set == "query_product"
+    products = raw.scan_features(raw.product_table(raw_dir), cfg.embedding_dim) if pairs else None
     coverage = raw.check_coverage(esci_path, esci, mask, queries.keys, products.keys if products else None, cfg)
     report = {
         "raw_dir": str(raw_dir),
@@ -53,14 +52,7 @@ def run(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     report = validate(raw_dir, cfg)
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "validation.json", report)
-    log.info(
-        "validated %s: %d working-set judgements, coverage %.4f",
-        raw_dir,
-        report["coverage"]["working_set_judgements"],
-        report["coverage"]["coverage"],
-    )
-    return {
-        "validation_report": str(Path(out_dir) / "validation.json"),
-        "coverage": report["coverage"]["coverage"],
-        "working_set_judgements": report["coverage"]["working_set_judgements"],
-    }
+    coverage, judgements = report["coverage"]["coverage"], report["coverage"]["working_set_judgements"]
+    log.info("validated %s: %d working-set judgements, coverage %.4f", raw_dir, judgements, coverage)
+    report_path = str(Path(out_dir) / "validation.json")
+    return {"validation_report": report_path, "coverage": coverage, "working_set_judgements": judgements}

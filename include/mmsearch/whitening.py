@@ -21,8 +21,7 @@ class _CovarianceFn(beam.CombineFn):
 
     def add_input(self, accumulator, batches):
         (rows,) = batches
-        batch = [rows.T @ rows, rows.sum(axis=0), len(rows)]
-        found = [np.asarray(batch[0], np.float64), np.asarray(batch[1], np.float64), batch[2]]
+        found = [np.asarray(rows.T @ rows, np.float64), np.asarray(rows.sum(axis=0), np.float64), len(rows)]
         return found if accumulator is None else [a + b for a, b in zip(accumulator, found)]
 
     def merge_accumulators(self, accumulators):

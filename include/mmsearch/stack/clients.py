@@ -16,14 +16,10 @@ def airflow_api(status: dict):
     import httpx
 
     password = json.loads(Path(status["admin_password_file"]).read_text())[status["admin_user"]]
-    token = httpx.post(
-        f"{status['airflow_url']}/auth/token", json={"username": status["admin_user"], "password": password}
-    ).raise_for_status()
-    return httpx.Client(
-        base_url=f"{status['airflow_url']}/api/v2",
-        timeout=30,
-        headers={"Authorization": f"Bearer {token.json()['access_token']}"},
-    )
+    login = {"username": status["admin_user"], "password": password}
+    token = httpx.post(f"{status['airflow_url']}/auth/token", json=login).raise_for_status().json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.Client(base_url=f"{status['airflow_url']}/api/v2", timeout=30, headers=headers)
 
 
 def champion_version(settings: StackSettings, env: dict) -> str:
@@ -39,10 +35,8 @@ def champion_version(settings: StackSettings, env: dict) -> str:
         # no such model: 404; a model without the alias: 400 "Registered model alias champion not found."
         if found.status_code not in (400, 404) or "not found" not in found.text:
             raise StackError(f"MLflow at {settings.mlflow_url} answered {found.status_code}: {found.text[:300]}")
-        latest = mlflow.get(
-            "/model-versions/search",
-            params={"filter": f"name='{REGISTERED_MODEL}'", "order_by": "version_number DESC", "max_results": 1},
-        )
+        newest_first = {"filter": f"name='{REGISTERED_MODEL}'", "order_by": "version_number DESC", "max_results": 1}
+        latest = mlflow.get("/model-versions/search", params=newest_first)
         versions = latest.json().get("model_versions", []) if latest.is_success else []
     if not versions:
         raise StackError(

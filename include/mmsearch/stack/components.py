@@ -4,7 +4,7 @@ stop signal, and whether the keeper starts it again when it exits on its own (co
 
 from __future__ import annotations
 
-import os
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,13 +12,7 @@ from pathlib import Path
 
 from mmsearch import config as C
 from mmsearch.stack import services
-from mmsearch.stack.settings import (
-    RERANK_TOKEN_VARIABLE,
-    StackSettings,
-    mlflow_server_env,
-    stack_dir,
-    stack_secrets,
-)
+from mmsearch.stack.settings import RERANK_TOKEN_VARIABLE, StackSettings, mlflow_server_env, stack_dir, stack_secrets
 
 
 @dataclass(frozen=True)
@@ -38,10 +32,6 @@ class Component:
         return [sys.executable, "-m", "mmsearch.stack.keeper", self.name, "--", *self.command]
 
 
-def ml_python() -> str:
-    return os.environ.get("MMSEARCH_ML_PYTHON", str(C.REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
-
-
 def airflow_cli() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
@@ -58,29 +48,14 @@ def _log_server_command(settings: StackSettings) -> list[str]:
 def databases(settings: StackSettings, env: dict) -> list[Component]:
     """PostgreSQL and, for Celery, Redis."""
     keys, host = stack_secrets(), settings.host
-    found = [
-        Component(
-            "postgres",
-            services.postgres_command(stack_dir(), host, settings.postgres_port),
-            env,
-            ready=lambda: services.wait_for_postgres(keys["postgres_password"], host, settings.postgres_port),
-            stop_signal="SIGINT",  # Postgres' fast shutdown
-            kept=False,
-            backing=True,
-        )
-    ]
+    postgres = services.postgres_command(stack_dir(), host, settings.postgres_port)
+    ready = functools.partial(services.wait_for_postgres, keys["postgres_password"], host, settings.postgres_port)
+    # SIGINT: Postgres' fast shutdown
+    found = [Component("postgres", postgres, env, ready, stop_signal="SIGINT", kept=False, backing=True)]
     if settings.executor == "celery":
         config = services.write_redis_config(stack_dir(), host, settings.redis_port, keys["redis_password"])
-        found.append(
-            Component(
-                "redis",
-                [services.redis_binary(), str(config)],
-                env,
-                ready=lambda: services.wait_for_redis(host, settings.redis_port, keys["redis_password"]),
-                kept=False,
-                backing=True,
-            )
-        )
+        ready = functools.partial(services.wait_for_redis, host, settings.redis_port, keys["redis_password"])
+        found.append(Component("redis", [services.redis_binary(), str(config)], env, ready, kept=False, backing=True))
     return found
 
 
@@ -90,7 +65,7 @@ def servers(settings: StackSettings, env: dict) -> list[Component]:
     mlflow_dir = C.mmsearch_home() / "mlflow-server"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow = [
-        *(ml_python(), "-m", "mlflow", "server", "--app-name", "basic-auth"),
+        *(C.ml_python(), "-m", "mlflow", "server", "--app-name", "basic-auth"),
         *("--host", settings.host, "--port", str(settings.mlflow_port), "--workers", "1"),
         *("--serve-artifacts", "--artifacts-destination", str(mlflow_dir / "artifacts")),
     ]
@@ -117,13 +92,6 @@ def servers(settings: StackSettings, env: dict) -> list[Component]:
 def serving(settings: StackSettings, env: dict) -> Component:
     """The re-ranking service (mmsearch.stack.rerank_app) of the champion, in the ML environment;
     not kept: started on demand."""
-    command = [
-        ml_python(),
-        "-m",
-        "mmsearch.stack.rerank_app",
-        "--host",
-        settings.host,
-        "--port",
-        str(settings.serve_port),
-    ]
+    command = [C.ml_python(), "-m", "mmsearch.stack.rerank_app"]
+    command += ["--host", settings.host, "--port", str(settings.serve_port)]
     return Component("serve", command, {**env, RERANK_TOKEN_VARIABLE: stack_secrets()["rerank_token"]}, kept=False)

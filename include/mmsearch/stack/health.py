@@ -1,5 +1,5 @@
 """Each component's state, as its own endpoint reports it: MLflow's /health, Airflow's
-/api/v2/monitor/health, the Celery workers' ping through Redis, the served model's /ping."""
+/api/v2/monitor/health, the Celery workers' ping through Redis, the re-ranker's /health."""
 
 from __future__ import annotations
 

@@ -25,13 +25,14 @@ from mmsearch import config as C
 from mmsearch import dvc_repo, raw
 from mmsearch import features as F
 from mmsearch.io import DataError
+from mmsearch.metrics import GAIN_BY_ID
 from mmsearch.serving import DECISION_RULE, PROBABILITY_COLUMNS, served_label_ids
 from mmsearch.stack.clients import REGISTERED_MODEL
 
 log = logging.getLogger(__name__)
 
 CATALOGUE_TAG = f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"
-GAINS = np.array([F.ESCI_GAINS[F.LABELS_BY_ID[i]] for i in range(F.NUM_CLASSES)], np.float32)
+GAINS = GAIN_BY_ID.astype(np.float32)
 MODEL_INPUTS = F.EMBEDDING_COLUMNS["query_product"]
 GIVE_CATALOGUE = "give the product file with --catalogue (make serve: MMSEARCH_SERVE_CATALOGUE=path)"
 

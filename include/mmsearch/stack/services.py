@@ -93,20 +93,9 @@ def init_postgres(stack_dir: Path, password: str) -> bool:
         pwfile.write(password)
         pwfile.flush()
         _give_to_postgres(Path(pwfile.name))
-        result = subprocess.run(
-            [
-                *_as_postgres_user(),
-                str(pg_bindir() / "initdb"),
-                f"--pgdata={data}",
-                f"--username={DB_USER}",
-                f"--pwfile={pwfile.name}",
-                "--auth=scram-sha-256",
-                "--encoding=UTF8",
-                "--no-locale",
-            ],
-            capture_output=True,
-            text=True,
-        )
+        command = [*_as_postgres_user(), str(pg_bindir() / "initdb"), f"--pgdata={data}", f"--username={DB_USER}"]
+        command += [f"--pwfile={pwfile.name}", "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale"]
+        result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise ServiceError(f"initdb of {data} failed:\n{result.stderr[-2000:]}")
     return True
@@ -115,19 +104,10 @@ def init_postgres(stack_dir: Path, password: str) -> bool:
 def postgres_command(stack_dir: Path, host: str, port: int) -> list[str]:
     """The postmaster in the foreground: TCP on `host` only, its socket inside its data dir."""
     data = postgres_data(stack_dir)
-    return [
-        *_as_postgres_user(),
-        str(pg_bindir() / "postgres"),
-        "-D",
-        str(data),
-        "-c",
-        f"listen_addresses={host}",
-        "-c",
-        f"port={port}",
-        "-c",
-        f"unix_socket_directories={data}",
-        "-c",
-        "max_connections=200",  # every Airflow component and worker keeps a pool
+    # max_connections: every Airflow component and worker keeps a pool
+    parameters = {"listen_addresses": host, "port": port, "unix_socket_directories": data, "max_connections": 200}
+    return [*_as_postgres_user(), str(pg_bindir() / "postgres"), "-D", str(data)] + [
+        f"--{name}={value}" for name, value in parameters.items()
     ]
 
 
@@ -153,15 +133,8 @@ def wait_for_postgres(password: str, host: str, port: int, timeout: float = 60.0
     import psycopg2
 
     try:
-        connection = _until_up(timeout, 0.3, psycopg2.OperationalError)(
-            psycopg2.connect,
-            host=host,
-            port=port,
-            user=DB_USER,
-            password=password,
-            dbname="postgres",
-            connect_timeout=3,
-        )
+        login = {"host": host, "port": port, "user": DB_USER, "password": password, "dbname": "postgres"}
+        connection = _until_up(timeout, 0.3, psycopg2.OperationalError)(psycopg2.connect, **login, connect_timeout=3)
     except psycopg2.OperationalError as error:
         raise ServiceError(f"PostgreSQL on {host}:{port} not accepting connections: {error}") from None
     connection.autocommit = True

@@ -226,7 +226,7 @@ def _swap_under_load(env: dict, url: str, by_id) -> dict:
         "c.set_registered_model_alias('mmsearch-esci', 'champion', n.version); print(n.version)"
     )
     moved = time.monotonic()
-    new = subprocess.run([components.ml_python(), "-c", code], env=env, capture_output=True, text=True)
+    new = subprocess.run([C.ml_python(), "-c", code], env=env, capture_output=True, text=True)
     if new.returncode != 0:
         raise RuntimeError(f"registering the champion again failed: {new.stderr[-2000:]}")
     new_version = new.stdout.strip().splitlines()[-1]
@@ -252,7 +252,7 @@ def _in_process(env: dict, repeat: int) -> dict:
         "from mmsearch.tools.bench_stack import in_process_rows_per_second as f; "
         f"import json; print(json.dumps(f('models:/mmsearch-esci@champion', 2, {repeat})))"
     )
-    out = subprocess.run([components.ml_python(), "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([C.ml_python(), "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

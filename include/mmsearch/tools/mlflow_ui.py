@@ -13,7 +13,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mmsearch import config as C
-from mmsearch.stack.components import ml_python
 from mmsearch.stack.health import get_json
 from mmsearch.stack.settings import StackError, free_port
 
@@ -47,7 +46,7 @@ def start(port: int | None = None, timeout: float = 60.0) -> tuple[subprocess.Po
     uri = C.mlflow_tracking_uri()
     _store(uri)
     port = port or free_port()
-    command = [ml_python(), "-m", "mlflow", "server", "--backend-store-uri", uri]
+    command = [C.ml_python(), "-m", "mlflow", "server", "--backend-store-uri", uri]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         command += ["--default-artifact-root", C.mlflow_artifact_root()]
