@@ -98,6 +98,7 @@ PATH = {"type": Path, "required": True}
 RAW_DIR = ("--raw-dir", {"type": Path, "default": C.default_raw_dir()})
 MERGED_DIR = ("--merged-dir", PATH)
 TRANSFORM_DIR = ("--transform-dir", PATH)
+FIRST = {"index": 0, "overrides": {}, "parent_run_id": None}  # `mmsearch train` without --candidate
 TAGS = ("--tags", {"help": "JSON: the Airflow DAG run's dag_id, run_id, logical_date (MLflow tags)"})
 
 # name: (help, inputs besides --out and the configuration, what it runs on (args, configuration))
@@ -144,13 +145,7 @@ STAGES = {
     "train": (
         "train one candidate in a nested MLflow run",
         [TRANSFORM_DIR, ("--candidate", {"help": "JSON from `mmsearch candidates` (default: #0)"}), TAGS],
-        lambda a, cfg: _stage("train").run(
-            a.transform_dir,
-            a.out,
-            cfg,
-            _json(a.candidate) or {"index": 0, "overrides": {}, "parent_run_id": None},
-            _json(a.tags),
-        ),
+        lambda a, cfg: _stage("train").run(a.transform_dir, a.out, cfg, _json(a.candidate) or FIRST, _json(a.tags)),
     ),
     "baselines": (
         "fit the CLIP baseline, train the original design's query model",

@@ -68,13 +68,8 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
     mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / np.maximum(count, 1)
     accuracy = np.bincount(which, weights=correct, minlength=bins) / np.maximum(count, 1)
     ece = float(np.sum(count * np.abs(accuracy - mean_confidence)) / max(len(labels), 1))
-    return {
-        "ece": ece,
-        "bins": edges.tolist(),
-        "count": count.tolist(),
-        "confidence": mean_confidence.tolist(),
-        "accuracy": accuracy.tolist(),
-    }
+    curve = {"bins": edges.tolist(), "count": count.tolist(), "confidence": mean_confidence.tolist()}
+    return {"ece": ece, **curve, "accuracy": accuracy.tolist()}
 
 
 def classification_metrics(
@@ -105,13 +100,8 @@ def classification_metrics(
         "ndcg_queries": ndcg_queries,
         "ece": expected_calibration_error(labels, probabilities)["ece"],
         "per_class": {
-            F.LABELS_BY_ID[i]: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i in LABEL_ORDER
+            F.LABELS_BY_ID[i]: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for i, p, r, f, n in zip(LABEL_ORDER, precision, recall, f1, support)
         },
         "confusion_matrix": {
             "labels": [F.LABELS_BY_ID[i] for i in LABEL_ORDER],

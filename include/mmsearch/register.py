@@ -28,6 +28,7 @@ RUN_TAG = "airflow_run_id"
 LOGICAL_DATE_TAG = "airflow_logical_date"
 RUN_DIR_TAG = "run_dir"  # the run's outputs: retention keeps them, drift reads its merged data
 SUMMARY = "summary.json"
+MODEL_SUMMARY = ("candidate", "overrides", "epochs_run", "best_epoch", "validation", "weights_sha256")
 
 
 @dataclass(frozen=True)
@@ -215,10 +216,7 @@ def run(
         "metrics": scores["metrics"],
         "intervals": scores["uncertainty"]["intervals"],
         "test_rows": scores["test_rows"],
-        "model": {
-            k: model.get(k)
-            for k in ("candidate", "overrides", "epochs_run", "best_epoch", "validation", "weights_sha256")
-        },
+        "model": {k: model.get(k) for k in MODEL_SUMMARY},
         "candidates": model.get("selection", {}).get("candidates", []),
     }
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -249,23 +247,16 @@ def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, t
         moved = f"the champion changed to v{champion.version} after evaluate scored v{scores['champion']['version']}"
         decision = Decision(False, moved, champion.version)
     else:
-        decision = decide(
-            metric,
-            metrics,
-            scores["uncertainty"]["differences"],
-            scores["champion"]["version"],
-            scores["champion"]["error"],
-            cfg.min_improvement,
-        )
+        champion_scored = (scores["champion"]["version"], scores["champion"]["error"], cfg.min_improvement)
+        decision = decide(metric, metrics, scores["uncertainty"]["differences"], *champion_scored)
         if decision.promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)
     client.set_model_version_tag(name, version.version, "promotion_decision", decision.reason)
     card = model_card(model, metrics, lineage, decision, metric, scores["uncertainty"]["intervals"])
     client.update_model_version(name, version.version, card)
+    registered = {"registered_model": name, "registered_version": version.version}
     with mlflow.start_run(run_id=model["mlflow_run_id"]):
-        mlflow.set_tags(
-            {"registered_model": name, "registered_version": version.version, "promotion_decision": decision.reason}
-        )
+        mlflow.set_tags(registered | {"promotion_decision": decision.reason})
     aliases = sorted(client.get_model_version(name, version.version).aliases)
     log.info("registered %s v%s, aliases %s: %s", name, version.version, aliases, decision.reason)
     holders = [_alias_holder(client, name, alias) for alias in (CHAMPION, CHALLENGER)]

@@ -61,10 +61,8 @@ def model_signature(raw_columns):
     from mlflow.types.schema import Array
 
     inputs = Schema([ColSpec(Array(DataType.double), name) for name in raw_columns])
-    outputs = Schema(
-        [ColSpec(DataType.string, "esci_label")] + [ColSpec(DataType.double, c) for c in PROBABILITY_COLUMNS.values()]
-    )
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    probabilities = [ColSpec(DataType.double, column) for column in PROBABILITY_COLUMNS.values()]
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(DataType.string, "esci_label"), *probabilities]))
 
 
 def pip_requirements() -> list[str]:
@@ -124,7 +122,7 @@ class EsciRelevanceModel(_PythonModel):
         missing = [name for name in self._inputs if name not in model_input.columns]
         if missing:
             raise MlflowException.invalid_parameter_value(
-                f"model input lacks columns {missing}; it needs {sorted(self._inputs)}"
+                f"model input lacks {missing}; it needs {sorted(self._inputs)}"
             )
         for name, spec in self._inputs.items():  # a 4xx naming the column and rows, not a 500
             widths = model_input[name].map(lambda value: len(value) if hasattr(value, "__len__") else 0).to_numpy()

@@ -217,33 +217,24 @@ def _emissions_tracker(output_dir: Path, cfg: C.RunConfig, project: str):
     )
 
 
-def _log_pyfunc(
-    mlflow, keras_model, transform_manifest: dict, work_dir: Path, feature_set: str, decision_rule: Path | None
-):
+def _log_pyfunc(mlflow, keras_model, transform_manifest: dict, work_dir: Path, feature_set: str, rule: Path | None):
+    from mmsearch import serving as S
     from mmsearch.raw import parquet_file
-    from mmsearch.serving import (
-        DECISION_RULE,
-        EsciRelevanceModel,
-        export_serving_model,
-        model_signature,
-        pip_requirements,
-        raw_frame,
-    )
 
     dim = transform_manifest["embedding_dim"]
     raw_columns = F.EMBEDDING_COLUMNS[feature_set]
     with atomic_dir(work_dir / "serving_model") as export_dir:
-        export_serving_model(keras_model, transform_manifest["transform_graph"], raw_columns, dim, export_dir)
+        S.export_serving_model(keras_model, transform_manifest["transform_graph"], raw_columns, dim, export_dir)
     # two rows for the input example, from the validation split's first row group
     first_shard = sorted((Path(transform_manifest["merged_dir"]) / "val").glob("*.parquet"))[0]
     rows = parquet_file(first_shard).read_row_group(0, columns=list(raw_columns)).slice(0, 2)
     artifacts = {"saved_model": str(work_dir / "serving_model")}
-    if decision_rule is not None:
-        artifacts[DECISION_RULE] = str(decision_rule)
-    logged = {"name": MODEL_ARTIFACT, "python_model": EsciRelevanceModel(), "artifacts": artifacts}
-    logged |= {"code_paths": [str(Path(__file__).parent)], "pip_requirements": pip_requirements()}
-    example = raw_frame(rows, raw_columns, np.float64)
-    return mlflow.pyfunc.log_model(**logged, input_example=example, signature=model_signature(raw_columns))
+    if rule is not None:
+        artifacts[S.DECISION_RULE] = str(rule)
+    logged = {"name": MODEL_ARTIFACT, "python_model": S.EsciRelevanceModel(), "artifacts": artifacts}
+    logged |= {"code_paths": [str(Path(__file__).parent)], "pip_requirements": S.pip_requirements()}
+    example = S.raw_frame(rows, raw_columns, np.float64)
+    return mlflow.pyfunc.log_model(**logged, input_example=example, signature=S.model_signature(raw_columns))
 
 
 @dataclass(frozen=True)
@@ -276,18 +267,10 @@ def train_and_log(job: Training, mlflow) -> dict:
     from mmsearch.metrics import apply_decision_rule, classification_metrics, fit_decision_rule, headline
 
     model, feature_set, transform_manifest, work_dir = job.model, job.feature_set, job.transform_manifest, job.work_dir
-    mlflow.log_params(
-        {
-            "batch_size": job.batch_size,
-            "epochs": job.cfg.epochs,
-            "input_dim": M.input_width(feature_set, transform_manifest["embedding_dim"]),
-            "optimizer": "Adam",
-            "feature_set": feature_set,
-            "steps_per_epoch": job.steps_per_epoch,
-            "patience": job.cfg.patience,
-            **job.params,
-        }
-    )
+    width = M.input_width(feature_set, transform_manifest["embedding_dim"])
+    params = {"batch_size": job.batch_size, "epochs": job.cfg.epochs, "input_dim": width, "optimizer": "Adam"}
+    params |= {"feature_set": feature_set, "steps_per_epoch": job.steps_per_epoch, "patience": job.cfg.patience}
+    mlflow.log_params(params | job.params)
     tracker = _emissions_tracker(work_dir, job.cfg, f"mmsearch-{feature_set}")
     tracker.start()
     try:
@@ -295,17 +278,13 @@ def train_and_log(job: Training, mlflow) -> dict:
     finally:
         emissions_kg = tracker.stop()
     data = tracker.final_emissions_data
+    energy = {"emissions_kg": float(emissions_kg or 0.0), "energy_kwh": float(data.energy_consumed)}
+    energy["duration_s"] = float(data.duration)
     # the per-epoch curves, logged from Keras' history rather than by MLflow's autolog, whose
     # callback adds `validation_*` duplicates of `val_*` with other values (the last epoch's)
     for i, epoch in enumerate(history["epoch"]):
         mlflow.log_metrics({name: float(history[name][i]) for name in EPOCH_METRICS if name in history}, step=epoch)
-    mlflow.log_metrics(
-        {
-            "codecarbon_emissions_kg": float(emissions_kg or 0.0),
-            "codecarbon_energy_kwh": float(data.energy_consumed),
-            "codecarbon_duration_s": float(data.duration),
-        }
-    )
+    mlflow.log_metrics({f"codecarbon_{name}": value for name, value in energy.items()})
     mlflow.log_artifact(str(work_dir / "emissions.csv"))
     plot_training_curves(history, f"{feature_set}: loss and accuracy per epoch", work_dir / "training_curves.png")
     mlflow.log_artifact(str(work_dir / "training_curves.png"))
@@ -326,20 +305,11 @@ def train_and_log(job: Training, mlflow) -> dict:
     mlflow.log_metrics({f"selection/val_{name}": value for name, value in validation.items()})
     info = _log_pyfunc(mlflow, model, transform_manifest, work_dir, feature_set, rule_path)
     best = history["epoch"].index(history["best_epoch"]) if history["best_epoch"] else None
-    return {
-        "feature_set": feature_set,
-        "model_uri": info.model_uri,
-        "validation": validation,
-        "validation_rows": len(labels),
-        "parameters": int(model.count_params()),
-        "weights_sha256": weights_sha256,
-        "epochs_run": len(history["loss"]),
-        "best_epoch": history["best_epoch"],
-        "best_val_loss": float(history["val_loss"][best]) if best is not None else None,
-        "emissions_kg": float(emissions_kg or 0.0),
-        "energy_kwh": float(data.energy_consumed),
-        "duration_s": float(data.duration),
-    }
+    trained = {"feature_set": feature_set, "model_uri": info.model_uri, "weights_sha256": weights_sha256}
+    trained |= {"validation": validation, "validation_rows": len(labels), "parameters": int(model.count_params())}
+    trained |= {"epochs_run": len(history["loss"]), "best_epoch": history["best_epoch"]}
+    trained["best_val_loss"] = float(history["val_loss"][best]) if best is not None else None
+    return trained | energy
 
 
 def hyperparameters(cfg: C.RunConfig, overrides: dict) -> M.Hyperparameters:

@@ -132,12 +132,9 @@ class Recorded:
 def create_app(options: Options) -> FastAPI:
     registry = CollectorRegistry()
     requests = Counter("rerank_requests", "Requests by path and status", ["path", "status"], registry=registry)
+    buckets = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
     latency = Histogram(
-        "rerank_request_seconds",
-        "Request latency by path",
-        ["path"],
-        buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-        registry=registry,
+        "rerank_request_seconds", "Request latency by path", ["path"], buckets=buckets, registry=registry
     )
     version_gauge = Gauge("rerank_model_version", "The registered version answering", registry=registry)
 
@@ -202,13 +199,9 @@ def create_app(options: Options) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        served = app.state.service.served
-        catalogue = served.catalogue
-        return {
-            "model_version": served.champion.version,
-            "catalogue_rows": len(catalogue.ids),
-            "catalogue_md5": catalogue.md5,
-        }
+        served = app.state.service.served  # one read: a swap cannot split the pair
+        champion, catalogue = served.champion, served.catalogue
+        return {"model_version": champion.version, "catalogue_rows": len(catalogue.ids), "catalogue_md5": catalogue.md5}
 
     @app.get("/metrics")
     async def metrics():
@@ -223,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5002)
     parser.add_argument(
-        "--model", default=rerank.REGISTERED_MODEL, help="the registered model whose champion is served"
+        "--model", default=rerank.REGISTERED_MODEL, help="the registered model to serve the champion of"
     )
     parser.add_argument("--catalogue", type=Path, help="a product file to serve (default: the champion's, by lineage)")
     parser.add_argument("--dvc-repo", type=Path, default=C.REPO_ROOT, help="the DVC repository whose cache holds it")

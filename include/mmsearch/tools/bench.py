@@ -155,10 +155,9 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
         """`mmsearch <args>` in that environment, as the DAG's task runs it; its result JSON."""
         result = run_measured([str(_venv_bin(environment) / "mmsearch"), *args], env)
         record(name, result["seconds"], rows_in, result["peak_rss_mb"], _size_mb(out) if out else 0.0)
+        rate = rows_in / result["seconds"]
         print(
-            f"  {name:<12} {result['seconds']:8.1f} s  {rows_in / result['seconds']:10.0f} rows/s  "
-            f"{result['peak_rss_mb']:8.0f} MB",
-            flush=True,
+            f"  {name:<12} {result['seconds']:8.1f} s  {rate:10.0f} rows/s  {result['peak_rss_mb']:8.0f} MB", flush=True
         )
         return json.loads(result["stdout"]) if result["stdout"].strip() else {}
 
@@ -224,16 +223,10 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
     def dag_pass(i: int) -> None:
         from mmsearch.tools.run_dag import latest_run, task_seconds
 
-        conf = json.dumps(
-            {
-                "raw_data_dir": str(raw),
-                "experiment_name": f"bench-{pairs}",
-                "registered_model_name": f"bench-{pairs}-dag-r{i}",
-            }
-        )
-        result = run_measured(
-            [str(_venv_bin("airflow") / "airflow"), "dags", "test", "mmsearch_training", "--conf", conf], env
-        )
+        names = {"experiment_name": f"bench-{pairs}", "registered_model_name": f"bench-{pairs}-dag-r{i}"}
+        conf = json.dumps({"raw_data_dir": str(raw), **names})
+        airflow = str(_venv_bin("airflow") / "airflow")
+        result = run_measured([airflow, "dags", "test", "mmsearch_training", "--conf", conf], env)
         record("airflow dags test", result["seconds"], n, result["peak_rss_mb"])
         tasks = task_seconds(latest_run(env)["run_id"], env)
         for task_id, seconds in tasks.items():
@@ -256,16 +249,13 @@ def _quality(pairs: int, scores: dict, ceiling: dict) -> list[dict]:
     """The test metrics of the model and each baseline with their 95 % intervals, the model's
     difference from each baseline with its interval, the ceiling, and each one's gap to it."""
     uncertainty = scores["uncertainty"]
-    rows = [
-        {
-            "pairs": pairs,
-            "scorer": name,
-            **{k: m[k] for k in QUALITY},
+    rows = []
+    for name, metrics in scores["metrics"].items():
+        found = {
             "intervals": uncertainty["intervals"].get(name, {}),
             "difference": uncertainty["differences"].get(name),
         }
-        for name, m in scores["metrics"].items()
-    ]
+        rows.append({"pairs": pairs, "scorer": name, **{k: metrics[k] for k in QUALITY}, **found})
     rows.append({"pairs": pairs, "scorer": "best possible", **{k: ceiling[k] for k in QUALITY}, "intervals": {}})
     for row in rows:
         row["gap"] = {k: row[k] - ceiling[k] for k in QUALITY}
@@ -279,18 +269,11 @@ def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
     for name, runs in measured.items():
         seconds = [r["seconds"] for r in runs]
         median = statistics.median(seconds)
-        rows.append(
-            {
-                "pairs": pairs,
-                "stage": name,
-                "rows": runs[-1]["rows"],
-                "seconds": median,
-                "spread": f"{min(seconds):.1f}-{max(seconds):.1f}" if len(runs) > 1 else "",
-                "rows_per_s": runs[-1]["rows"] / median if median > 0 else 0.0,
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-                "output_mb": runs[-1]["output_mb"],
-            }
-        )
+        row = {"pairs": pairs, "stage": name, "rows": runs[-1]["rows"], "seconds": median}
+        row["spread"] = f"{min(seconds):.1f}-{max(seconds):.1f}" if len(runs) > 1 else ""
+        row["rows_per_s"] = runs[-1]["rows"] / median if median > 0 else 0.0
+        row |= {"peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "output_mb": runs[-1]["output_mb"]}
+        rows.append(row)
     direct = {row["stage"]: row["seconds"] for row in rows}
     for row in rows:
         if row["stage"] in ("drift", "rank"):
@@ -299,10 +282,8 @@ def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
             trains = sum(seconds for stage, seconds in direct.items() if stage.startswith("train ["))
             row["overhead"] = row["seconds"] / (trains + sum(direct[s] for s in DIRECT_STAGES))
             row["floor_units"] = row["seconds"] / direct["numpy floor"]
-            print(
-                f"  dags test overhead {row['overhead']:.2f}x, {row['floor_units']:.1f} numpy floors (medians)",
-                flush=True,
-            )
+            floors = f"{row['overhead']:.2f}x, {row['floor_units']:.1f} numpy floors (medians)"
+            print(f"  dags test overhead {floors}", flush=True)
         elif row["stage"].startswith("task "):
             name = row["stage"].split(".")[-1].replace("[", " [")
             if name in direct:
@@ -345,12 +326,9 @@ def write_report(rows: list[dict], quality: list[dict], out_dir: Path) -> Path:
     for q in quality:
         gap, difference = q["gap"], q.get("difference") or {}
         cells = [with_interval(q[k], q["intervals"].get(k)) for k in QUALITY]
-        cells += [
-            f"{difference[k]['difference']:+.4f} [{difference[k]['low']:+.3f}, {difference[k]['high']:+.3f}]"
-            if k in difference
-            else ""
-            for k in QUALITY
-        ]
+        for k in QUALITY:
+            d = difference.get(k)
+            cells.append(f"{d['difference']:+.4f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "")
         cells += [f"{gap[k]:+.4f}" for k in QUALITY]
         lines.append(f"| {q['pairs']:,} | {q['scorer']} | " + " | ".join(cells) + " |")
     report = out_dir / "bench.md"

@@ -24,22 +24,12 @@ from mmsearch.io import atomic_dir
 from mmsearch.raw import PRODUCT_EMBEDDINGS, embedding_array
 
 LABEL_FREQUENCIES = {"E": 0.65, "S": 0.22, "I": 0.10, "C": 0.03}
-# sibling types: 0-1, 2-3, ... (a substitute may be the sibling)
-SIBLING_TYPES = [
-    ("phone", "smartphone"),
-    ("laptop", "tablet"),
-    ("running shoe", "trail shoe"),
-    ("desk lamp", "floor lamp"),
-    ("camera", "camcorder"),
-    ("guitar", "ukulele"),
-    ("printer", "scanner"),
-    ("coffee maker", "espresso machine"),
-    ("bike", "scooter"),
-    ("tent", "hammock"),
-    ("razor", "trimmer"),
-    ("drill", "impact driver"),
+# the product types' words, in sibling pairs 0-1, 2-3, ... (a substitute may be the sibling)
+TOPIC_WORDS = [
+    *("phone", "smartphone", "laptop", "tablet", "running shoe", "trail shoe", "desk lamp", "floor lamp"),
+    *("camera", "camcorder", "guitar", "ukulele", "printer", "scanner", "coffee maker", "espresso machine"),
+    *("bike", "scooter", "tent", "hammock", "razor", "trimmer", "drill", "impact driver"),
 ]
-TOPIC_WORDS = [word for pair in SIBLING_TYPES for word in pair]
 INTENT_WORDS = ["black", "waterproof", "kids", "pro", "wireless", "large", "cheap", "vintage"]
 PRODUCT_CHUNK = 8_192
 # The generator's own knowledge, beside the raw files: the pipeline never reads it.
