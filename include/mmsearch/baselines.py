@@ -69,12 +69,9 @@ def run(transform_dir: Path, out_dir: Path, cfg: C.RunConfig, parent_run_id: str
     if cfg.feature_set == "query_product" and cfg.train_query_baseline:
         mlflow = tracking.setup(cfg)
         tracking.end_abandoned_runs(mlflow, cfg, (tags or {}).get("run_id", ""), run_name="baseline-query")
-        with mlflow.start_run(
-            run_name="baseline-query",
-            parent_run_id=parent_run_id,
-            nested=True,
-            tags={**tracking.airflow_tags(tags or {}), "baseline": "query"},
-        ) as child:
+        run_tags = {**tracking.airflow_tags(tags or {}), "baseline": "query"}
+        nested = {"parent_run_id": parent_run_id, "nested": True, "tags": run_tags}
+        with mlflow.start_run(run_name="baseline-query", **nested) as child:
             trained = train_and_log(query_training(transform_manifest, Path(out_dir) / "query", cfg), mlflow)
         result["query_model"] = {**trained, "mlflow_run_id": child.info.run_id}
     write_json(Path(out_dir) / "baselines.json", result)

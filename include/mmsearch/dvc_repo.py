@@ -38,6 +38,12 @@ def check(repo_dir: Path, *args: str, quiet: bool = True) -> None:
         raise PullError(f"dvc {' '.join(args)} failed (exit {result.returncode}){': ' + said[-1] if said else ''}")
 
 
+def lineage(raw_dir: Path, target: str, md5: str, file_md5: dict, exit_code: int | None, **more) -> dict:
+    """The data's lineage, as every pull returns it: where it is, DVC's target and hash, each file's md5."""
+    found = {"raw_dir": str(raw_dir), "dvc_target": target, "dvc_md5": md5, "file_md5": file_md5}
+    return {**found, "dvc_exit_code": exit_code, **more}
+
+
 def output(dvc_file: Path) -> tuple[Path, str]:
     """The workspace path and md5 a .dvc file records for its output."""
     out = yaml.safe_load(Path(dvc_file).read_text())["outs"][0]

@@ -125,9 +125,7 @@ def _interval_metrics(uncertainty: dict) -> dict:
     for name, metrics in uncertainty["differences"].items():
         for metric, found in metrics.items():
             prefix = f"test_model_minus_{name}/{metric}"
-            flat.update(
-                {prefix: found["difference"], f"{prefix}_ci_low": found["low"], f"{prefix}_ci_high": found["high"]}
-            )
+            flat |= {prefix: found["difference"], f"{prefix}_ci_low": found["low"], f"{prefix}_ci_high": found["high"]}
     return {name: value for name, value in flat.items() if np.isfinite(value)}
 
 
@@ -137,9 +135,8 @@ def _figures(results: dict, scored: dict, out: Path, feature_set: str) -> None:
     for name, metrics in results.items():
         plot_confusion_matrix(metrics, f"{name} ({feature_set})", out / f"confusion_{name}.png")
     labels, probabilities = scored["labels"], scored[MODEL][0]
-    plot_reliability(
-        labels, probabilities, f"model: reliability (ECE {results[MODEL]['ece']:.3f})", out / "reliability_model.png"
-    )
+    reliability = f"model: reliability (ECE {results[MODEL]['ece']:.3f})"
+    plot_reliability(labels, probabilities, reliability, out / "reliability_model.png")
     plot_precision_recall(
         labels, probabilities, "model: per-class precision-recall", out / "precision_recall_model.png"
     )
@@ -188,20 +185,10 @@ def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.Ru
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
     with mlflow.start_run(run_id=model["parent_run_id"]):  # the model's headline, on the DAG run's run too
         mlflow.log_metrics({name: value for name, value in logged.items() if name.startswith("test/")})
-        mlflow.set_tags(
-            {
-                "selected_candidate": str(model["candidate"]),
-                "selected_run_id": model["mlflow_run_id"],
-                "mlflow.note.content": _parent_note(mlflow, model),
-            }
-        )
-    scores = {
-        "evaluation_dir": str(out_dir),
-        "test_rows": len(labels),
-        "champion": champion,
-        "metrics": {name: headline(metrics) for name, metrics in results.items()},
-        "uncertainty": uncertainty,
-    }
+        selected = {"selected_candidate": str(model["candidate"]), "selected_run_id": model["mlflow_run_id"]}
+        mlflow.set_tags(selected | {"mlflow.note.content": _parent_note(mlflow, model)})
+    scores = {"evaluation_dir": str(out_dir), "test_rows": len(labels), "champion": champion}
+    scores |= {"metrics": {name: headline(metrics) for name, metrics in results.items()}, "uncertainty": uncertainty}
     write_json(Path(out_dir) / SCORES, scores)
     log.info("test metrics on %d rows: %s", len(labels), scores["metrics"])
     return scores

@@ -76,6 +76,21 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def with_backoff(attempts: int, wait_seconds: float, longest: float, retry, what: str):
+    """tenacity's Retrying with exponential backoff, each failed try logged: `what (attempt N): error`."""
+    import logging
+
+    import tenacity
+
+    def warn(state) -> None:
+        first_line = str(state.outcome.exception()).splitlines()[0][:300]
+        logging.getLogger("mmsearch").warning("%s (attempt %d): %s", what, state.attempt_number, first_line)
+
+    wait = tenacity.wait_exponential(multiplier=wait_seconds, max=longest)
+    stop = tenacity.stop_after_attempt(max(1, attempts))
+    return tenacity.Retrying(stop=stop, wait=wait, retry=retry, before_sleep=warn, reraise=True)
+
+
 # TensorFlow's native start-up lines on a machine without a GPU or the CPU features its wheel
 # skips: absl writes them to fd 2 before any log level applies (TF_CPP_MIN_LOG_LEVEL does not
 # hide them), and they read as errors ("E0000 ... failed call to cuInit") in a healthy task.

@@ -84,13 +84,7 @@ def describe_untracked(raw_dir: Path) -> dict:
     raw_dir = Path(raw_dir)
     files = sorted(p for p in raw_dir.rglob("*") if p.is_file())
     hashes = {str(path.relative_to(raw_dir)): dvc_repo.file_digest(path) for path in files}
-    return {
-        "raw_dir": str(raw_dir),
-        "dvc_target": "",
-        "dvc_md5": "not tracked by DVC (raw_data_dir)",
-        "file_md5": hashes,
-        "dvc_exit_code": None,
-    }
+    return dvc_repo.lineage(raw_dir, "", "not tracked by DVC (raw_data_dir)", hashes, None)
 
 
 def pull(
@@ -100,19 +94,13 @@ def pull(
     DVC's lock), then fail naming what is missing."""
     import tenacity
 
+    from mmsearch.io import with_backoff
+
     repo_dir = Path(repo_dir).resolve()
     if not (repo_dir / target).exists():
         raise PullError(f"{repo_dir / target}: DVC target is missing")
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(max(1, attempts)),
-        wait=tenacity.wait_exponential(multiplier=wait_seconds, max=60),
-        retry=tenacity.retry_if_exception_type(PullError),
-        before_sleep=lambda state: log.warning(
-            "dvc pull attempt %d failed, retrying: %s", state.attempt_number, state.outcome.exception()
-        ),
-        reraise=True,
-    )
-    return retrying(_pull_once, repo_dir, target, remote)
+    failed = tenacity.retry_if_exception_type(PullError)
+    return with_backoff(attempts, wait_seconds, 60, failed, "dvc pull failed")(_pull_once, repo_dir, target, remote)
 
 
 def _pull_once(repo_dir: Path, target: str, remote: str) -> dict:
@@ -133,13 +121,7 @@ def _pull_once(repo_dir: Path, target: str, remote: str) -> dict:
             f"({_explain(repo_dir, target, remote)}); dvc exit code {result.returncode}: {said}"
         )
     out_path, md5 = dvc_repo.output(repo_dir / target)
-    return {
-        "raw_dir": str(out_path),
-        "dvc_target": target,
-        "dvc_md5": md5,
-        "file_md5": hashes,
-        "dvc_exit_code": result.returncode,
-    }
+    return dvc_repo.lineage(out_path, target, md5, hashes, result.returncode)
 
 
 def remember(lineage: dict) -> bool:

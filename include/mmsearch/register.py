@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mmsearch import config as C
 from mmsearch import tracking
-from mmsearch.io import CredentialsError, RegistryError, write_json
+from mmsearch.io import CredentialsError, RegistryError, with_backoff, write_json
 from mmsearch.tracking import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
@@ -187,17 +187,8 @@ def run(
     import tenacity
 
     tags = tags or {}
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(max(1, cfg.registry_attempts)),
-        wait=tenacity.wait_exponential(multiplier=wait_seconds, max=120),
-        retry=tenacity.retry_if_exception(_unreachable),
-        before_sleep=lambda state: log.warning(
-            "MLflow unreachable (attempt %d): %s",
-            state.attempt_number,
-            str(state.outcome.exception()).splitlines()[0][:300],
-        ),
-        reraise=True,
-    )
+    unreachable = tenacity.retry_if_exception(_unreachable)
+    retrying = with_backoff(cfg.registry_attempts, wait_seconds, 120, unreachable, "MLflow unreachable")
     try:
         registry = retrying(_register_once, model, scores, lineage, cfg, tags, out_dir)
     except Exception as error:

@@ -159,12 +159,4 @@ def update(repo_dir: Path, raw_dir: Path, dvc_files: list[Path]) -> dict:
             changed.append(relative)
     log.info("dvc update: %s", f"changed upstream: {', '.join(changed)}" if changed else "nothing changed upstream")
     combined = hashlib.md5("".join(f"{k}:{v}\n" for k, v in sorted(hashes.items())).encode()).hexdigest()
-    return {
-        "raw_dir": str(raw_dir),
-        "dvc_target": ", ".join(targets),
-        "dvc_md5": combined,
-        "file_md5": hashes,
-        "sources": sources,
-        "updated": changed,
-        "dvc_exit_code": 0,
-    }
+    return dvc_repo.lineage(raw_dir, ", ".join(targets), combined, hashes, 0, sources=sources, updated=changed)

@@ -56,7 +56,7 @@ def test_unreachable_remote_is_retried_then_named(repo, caplog):
     assert dvc(repo, "remote", "add", "-f", "-d", "dead", "http://127.0.0.1:9/dvc").returncode == 0
     with pytest.raises(PullError, match=r"from remote 'default' did not restore data/raw .*dvc exit code 1"):
         pull(repo, attempts=2, wait_seconds=0.1)
-    assert "dvc pull attempt 1 failed, retrying" in caplog.text
+    assert "dvc pull failed (attempt 1)" in caplog.text
 
 
 def test_concurrent_pulls_in_one_repo_both_succeed(repo):

@@ -120,12 +120,8 @@ def _until_up(timeout: float, interval: float, errors: type[Exception]):
     """Call again on `errors` every `interval` s until `timeout` s have passed, then raise the last one."""
     import tenacity
 
-    return tenacity.Retrying(
-        stop=tenacity.stop_after_delay(timeout),
-        wait=tenacity.wait_fixed(interval),
-        retry=tenacity.retry_if_exception_type(errors),
-        reraise=True,
-    )
+    stop, wait = tenacity.stop_after_delay(timeout), tenacity.wait_fixed(interval)
+    return tenacity.Retrying(stop=stop, wait=wait, retry=tenacity.retry_if_exception_type(errors), reraise=True)
 
 
 def wait_for_postgres(password: str, host: str, port: int, timeout: float = 60.0) -> None:
