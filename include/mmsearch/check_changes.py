@@ -78,10 +78,8 @@ def run(lineage: dict, out_dir: Path, cfg: C.RunConfig) -> dict:
             f"{version.tags.get('airflow_run_id', '?')}, was trained on the same data, code and settings "
             f"(fingerprint {short})"
         )
-        if cfg.force_retrain:
-            result = {"retrain": True, "version": str(version.version), "reason": f"force_retrain: {same}"}
-        else:
-            result = {"retrain": False, "version": str(version.version), "reason": f"nothing changed: {same}"}
+        why = "force_retrain" if cfg.force_retrain else "nothing changed"
+        result = {"retrain": cfg.force_retrain, "version": str(version.version), "reason": f"{why}: {same}"}
     result["fingerprint"] = found["fingerprint"]
     log.warning("%s", result["reason"])
     Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def _bench(args: argparse.Namespace) -> dict:
 
 
 PATH = {"type": Path, "required": True}
-RAW_DIR = ("--raw-dir", {"type": Path, "default": C.default_raw_dir()})
+RAW_DIR = ("--raw-dir", {"type": Path, "default": C.REPO_ROOT / "data" / "raw"})
 MERGED_DIR = ("--merged-dir", PATH)
 TRANSFORM_DIR = ("--transform-dir", PATH)
 FIRST = {"index": 0, "overrides": {}, "parent_run_id": None}  # `mmsearch train` without --candidate

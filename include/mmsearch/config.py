@@ -35,10 +35,6 @@ def ml_python() -> str:
     return os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
 
 
-def default_raw_dir() -> Path:
-    return REPO_ROOT / "data" / "raw"
-
-
 def runs_root() -> Path:
     return mmsearch_home() / "runs"
 
@@ -322,9 +318,8 @@ class RunConfig:
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"candidates: {error}") from None
         if not self.val_fraction + self.test_fraction < 1:
-            raise ConfigError(
-                f"val_fraction + test_fraction must be below 1, not {self.val_fraction} + {self.test_fraction}"
-            )
+            fractions = f"{self.val_fraction} + {self.test_fraction}"
+            raise ConfigError(f"val_fraction + test_fraction must be below 1, not {fractions}")
 
     def model_settings(self) -> dict:
         """The settings that can change the model: the config part of a run's fingerprint."""
@@ -356,12 +351,8 @@ def check_setting(field: dataclasses.Field, value) -> None:
         raise ConfigError(f"{field.name} must be a list of {JSON_TYPES[meta['items']]}s, not {list(value)!r}")
     if meta["choices"] and value not in meta["choices"] and not (meta["optional"] and value == ""):
         raise ConfigError(f"{field.name} must be one of {list(meta['choices'])}, not {value!r}")
-    tests = {
-        "minimum": (float.__ge__, "≥"),
-        "maximum": (float.__le__, "≤"),
-        "exclusiveMinimum": (float.__gt__, ">"),
-        "exclusiveMaximum": (float.__lt__, "<"),
-    }
+    tests = {"minimum": (float.__ge__, "≥"), "maximum": (float.__le__, "≤")}
+    tests |= {"exclusiveMinimum": (float.__gt__, ">"), "exclusiveMaximum": (float.__lt__, "<")}
     for key, bound in meta["bounds"].items():
         holds, sign = tests[key]
         if not holds(float(value), float(bound)):
@@ -372,12 +363,8 @@ def param_schema(field: dataclasses.Field) -> dict:
     """The JSON Schema of one setting, as Airflow's Param and trigger form take it."""
     meta = field.metadata
     json_type = JSON_TYPES[type(field.default)]
-    schema = {
-        "type": [json_type, "null"] if meta["optional"] else json_type,
-        "description": meta["description"],
-        "section": meta["section"],
-        **meta["bounds"],
-    }
+    schema = {"type": [json_type, "null"] if meta["optional"] else json_type, "description": meta["description"]}
+    schema |= {"section": meta["section"], **meta["bounds"]}
     if meta["choices"]:
         schema["enum"] = list(meta["choices"]) + ([None] if meta["optional"] else [])
     if json_type == "array":

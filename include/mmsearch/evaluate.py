@@ -1,15 +1,9 @@
-"""The selected model, every baseline and the current champion, on the same
-held-out test query groups, in one pass over the test split (the only stage that reads it).
+"""The selected model, every baseline and the current champion, on the same held-out test query
+groups, in one pass over the test split (the only stage that reads it).
 
-The model and the champion are loaded back from MLflow as the pyfuncs that serve, and fed
-raw test rows, so the numbers are those of the served model (transform graph and decision
-rule included). Baselines: the train split's majority label; the training-free CLIP
-baseline (ranking by the query-product cosines, labels from a logistic regression on them);
-the original design's query model. Metrics: accuracy, micro/macro F1, per-class precision,
-recall and F1, the confusion matrix, mean nDCG over queries with the ESCI gains, and the
-expected calibration error; a paired bootstrap over the test query groups gives each headline
-metric's 95 % interval and the model's difference from every other scorer with its interval;
-figures: confusion matrices, a reliability diagram, per-class precision-recall curves.
+The model and the champion are scored as the pyfuncs that serve (transform graph and decision
+rule included). Metrics: accuracy, F1, per class, the confusion matrix, nDCG with the ESCI gains,
+calibration; a paired bootstrap over the query groups gives every interval; figures go to MLflow.
 """
 
 from __future__ import annotations

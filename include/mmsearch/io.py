@@ -16,16 +16,11 @@ class DataError(ValueError):
     """Bad input: the message names the file, the column and the problem, on one line."""
 
     def __init__(self, path, problem: str, column: str | None = None, rows: Iterable | None = None):
-        where = f"{path}"
-        if column:
-            where += f": column '{column}'"
-        text = f"{where}: {problem}"
-        if rows is not None:
-            rows = list(rows)
-            if rows:
-                shown = ", ".join(str(r) for r in rows[:5])
-                more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
-                text += f" (e.g. {shown}{more})"
+        text = f"{path}" + (f": column '{column}'" if column else "") + f": {problem}"
+        rows = list(rows or [])
+        if rows:
+            more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+            text += f" (e.g. {', '.join(str(r) for r in rows[:5])}{more})"
         super().__init__(text)
         self.path, self.column, self.problem = str(path), column, problem
 

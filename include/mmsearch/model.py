@@ -1,19 +1,13 @@
-"""The Keras models.
+"""The Keras models (docs/design.md, The model, has the why of each piece).
 
-`query`: the original design, kept for comparison. Dense 256 relu, Dropout 0.3, Dense 128
-relu, Dense 4 softmax on the query embedding; Adam; sparse categorical cross-entropy.
+`query`: the original design, kept for comparison: Dense 256 relu, Dropout 0.3, Dense 128 relu,
+Dense 4 softmax on the query embedding; Adam; sparse categorical cross-entropy.
 
-`query_product`: a wide-and-deep pair model. Wide: a linear model on the pair features (the
-z-scored raw cosines of query-text, query-image and text-image, and the same cosines of the
-whitened embeddings), started from a logistic regression fitted on the train split, so the
-model begins where a strong regression ends. Deep: a tower per input (query, product text,
-product image), each a projection of its whitened embedding (features.WHITENED, 32 wide: a
-768-wide projection fitted to a few hundred training queries learns them by heart) to a small
-vector. The elementwise products of the query's vector with each product vector are a low-rank
-bilinear form q^T U^T V p with U != V, so the model can learn relations that run one way (a
-case complements a phone query; a phone does not complement a case query), which one
-projection shared by both sides cannot. A hidden layer adds its logits to the wide ones,
-starting from zero. `hidden_units: 0` is the wide part alone.
+`query_product`: wide and deep. Wide: a linear model on the pair features, started from a
+logistic regression fitted on the train split. Deep: a tower per input projecting its whitened
+embedding, the query's tower output times each product's (a bilinear form that can learn
+one-way relations), a hidden layer whose logits add to the wide ones from zero.
+`hidden_units: 0` is the wide part alone.
 """
 
 from __future__ import annotations

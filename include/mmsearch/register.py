@@ -1,13 +1,8 @@
 """The MLflow model registry, with aliases, lineage and a model card.
 
-Every new version gets the alias `challenger`. The gate (`decide`) makes it `champion` on this
-run's test split (scored by evaluate, with a paired bootstrap over its query groups) only if no
-baseline is significantly better on `promotion_metric` and, when there is a champion, the lower
-95 % bound of its difference from the champion is above `min_improvement`. A champion that
-could not be scored on this data keeps its alias. The
-reason is written to the version's tags, its description (a short model card), the task log
-and the run summary.
-
+Every new version gets the alias `challenger`; the gate (`decide`) makes it `champion` on this
+run's test split, with the bootstrap's intervals (docs/design.md, The model). The reason goes to
+the version's tags, its description (a short model card), the task log and the run summary.
 Re-running the same DAG run finds the version it already registered and reuses it.
 """
 

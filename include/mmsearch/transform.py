@@ -65,10 +65,6 @@ def tensor_adapter_config(embedding_columns, dim: int):
     return tensor_adapter.TensorAdapterConfig(pa.schema(fields), representations)
 
 
-def split_files(merged_dir: Path, split: str) -> list[str]:
-    return sorted(str(p) for p in (Path(merged_dir) / split).glob("*.parquet"))
-
-
 def examples_dir(transform_dir: Path, split: str) -> Path:
     return Path(transform_dir) / "transformed_examples" / f"Split-{split}"
 
@@ -98,7 +94,8 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
     def read(split, purpose):
         return (
             pipeline
-            | f"List{purpose}{split}" >> beam.Create(split_files(merged_dir, split))
+            | f"List{purpose}{split}"
+            >> beam.Create(sorted(str(p) for p in (Path(merged_dir) / split).glob("*.parquet")))
             | f"Read{purpose}{split}" >> beam.ParDo(ReadRecordBatches(f"{purpose.lower()}_{split}"))
         )
 

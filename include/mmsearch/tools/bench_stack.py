@@ -126,12 +126,6 @@ def _run_to_registered(status: dict) -> float:
         return trigger_to_registered(api, run_id)
 
 
-def _seconds_to_answer(url: str, entry: dict, name: str) -> float:
-    started = time.monotonic()
-    wait_for_answer(url, name, entry, timeout=300)
-    return time.monotonic() - started
-
-
 def _timed(call, count: int) -> list[float]:
     timings = []
     for _ in range(count):
@@ -149,24 +143,21 @@ def _two_clients(call, count: int) -> float:
         return time.perf_counter() - started
 
 
-def _catalogue_ids(path: Path) -> np.ndarray:
-    import pyarrow.parquet as pq
-
-    return np.asarray(pq.read_table(path, columns=["product_id"]).column(0).to_pylist())
-
-
 def _reranking(settings, env: dict, catalogue: Path, repeat: int) -> dict:
     """The re-ranker with `catalogue` loaded: start to ready, 100 candidates by id (one client's
     latency, two clients' rows/s), 1,000 full vectors as .npy, memory, and a champion swap under load."""
     import httpx
+    import pyarrow.parquet as pq
 
     port = free_port()
     component = components.serving(replace(settings, serve_port=port), env)
     command = [*component.command, "--catalogue", str(catalogue), "--poll-seconds", "1"]
-    entry = _start(replace(component, name="rerank-bench", command=command))
-    url = f"http://{settings.host}:{port}"
-    figures = {"rerank_start_to_ready_seconds": round(_seconds_to_answer(f"{url}/health", entry, "rerank-bench"), 1)}
-    ids, rng = _catalogue_ids(catalogue), np.random.default_rng(3)
+    started, url = time.monotonic(), f"http://{settings.host}:{port}"
+    entry = processes.start("rerank-bench", command, component.env)
+    wait_for_answer(f"{url}/health", "rerank-bench", entry, timeout=300)
+    figures = {"rerank_start_to_ready_seconds": round(time.monotonic() - started, 1)}
+    ids = np.asarray(pq.read_table(catalogue, columns=["product_id"]).column(0).to_pylist())
+    rng = np.random.default_rng(3)
     query = request_rows(1, seed=4)[0, 0].tolist()
     bodies = [
         json.dumps({"query_embedding": query, "product_ids": rng.choice(ids, 100, replace=False).tolist()})
@@ -264,10 +255,6 @@ def _bench_catalogue(root: Path, env: dict) -> Path:
     sizes = ["--queries", str(round(181_701 / PAIRS_PER_QUERY)), "--products", str(round(181_701 * PRODUCTS_PER_PAIR))]
     _mmsearch(env, "sample-data", "--out", str(out), *sizes, "--mean-judgements", str(round(PAIRS_PER_QUERY, 2)))
     return out / C.PRODUCT_FEATURES_FILE
-
-
-def _start(component: components.Component) -> dict:
-    return processes.start(component.name, component.command, component.env)
 
 
 def _serving_figures(root: Path, repeat: int) -> dict:

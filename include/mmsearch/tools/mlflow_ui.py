@@ -73,13 +73,9 @@ def stop(server: subprocess.Popen) -> None:
         server.wait()
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(port: int | None = None) -> str:
     server, runs_url = start(port)
-    signal.signal(signal.SIGTERM, _interrupt)  # stopped by PID as by Ctrl-C: the server goes too
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped by PID as by Ctrl-C: the server goes too
     print(
         f"MLflow UI    {runs_url}\n"
         "             each DAG run is a parent run (its test metrics, and a note linking the chosen\n"

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from mmsearch import config as C
 from mmsearch.io import read_json
 from mmsearch.run_context import failures_file
+from mmsearch.stack.components import airflow_cli
 
 DAG_ID = "mmsearch_training"
 LOG_NAME = "airflow-dags-test.log"
@@ -27,12 +27,8 @@ class RunFailed(RuntimeError):
     """The DAG run did not succeed: the message names the failing task and why."""
 
 
-def _airflow() -> str:
-    return str(Path(sys.executable).parent / "airflow")
-
-
 def _airflow_json(args: list[str], env: dict | None = None) -> list:
-    listed = subprocess.run([_airflow(), *args, "-o", "json"], capture_output=True, text=True, check=True, env=env)
+    listed = subprocess.run([airflow_cli(), *args, "-o", "json"], capture_output=True, text=True, check=True, env=env)
     # Airflow may print warnings on stdout before the JSON: take the JSON line.
     lines = [line for line in listed.stdout.splitlines() if line.startswith("[")]
     return json.loads(lines[-1]) if lines else []
@@ -83,7 +79,7 @@ def follow(output, log_file, progress) -> None:
 
 
 def _dags_test(conf: str, log_path: Path, logical_date: str | None) -> int:
-    command = [_airflow(), "dags", "test", DAG_ID, *([logical_date] if logical_date else []), "--conf", conf]
+    command = [airflow_cli(), "dags", "test", DAG_ID, *([logical_date] if logical_date else []), "--conf", conf]
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         follow(process.stdout, log_file, lambda line: print(line, flush=True))

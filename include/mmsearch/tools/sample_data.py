@@ -282,12 +282,8 @@ def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> tuple[pa.Tab
         "split": np.concatenate([np.full(n_in, "test"), np.array(["test", "train", "test"])[kind]])[order],
     }
     working = np.flatnonzero(order < n_in)  # example_id e is original row order[e]
-    truth_table = pa.table(
-        {
-            "example_id": pa.array(working, pa.int64()),
-            **{f"p_{name}": pa.array(truth[order[working], i]) for i, name in enumerate(LABEL_FREQUENCIES)},
-        }
-    )
+    probabilities = {f"p_{name}": pa.array(truth[order[working], i]) for i, name in enumerate(LABEL_FREQUENCIES)}
+    truth_table = pa.table({"example_id": pa.array(working, pa.int64()), **probabilities})
     return pa.table({name: pa.array(values) for name, values in columns.items()}), truth_table
 
 
@@ -299,22 +295,12 @@ def _write_products(path: Path, spec, space: _Space, catalogue: _Catalogue) -> N
         for chunk, start in enumerate(range(0, spec.products, PRODUCT_CHUNK)):
             rows = np.arange(start, min(start + PRODUCT_CHUNK, spec.products))
             rng = np.random.default_rng([spec.seed, chunk])
-            parts = {
-                "type": catalogue.topic[rows],
-                "attribute": catalogue.intent[rows],
-                "brand": catalogue.brand[rows],
-            }
+            parts = {"type": catalogue.topic[rows], "attribute": catalogue.intent[rows], "brand": catalogue.brand[rows]}
             text = {**parts, "type": title_type[rows], "word": title_type[rows], "extra_word": title_word[rows]}
-            writer.write_table(
-                pa.table(
-                    {
-                        "product_id": pa.array(product_id(rows)),
-                        "clip_text_features": embedding_array(space.embed(text, rng, noise=0.55)),
-                        "clip_image_features": embedding_array(space.embed(parts, rng, noise=0.8, image=True)),
-                    },
-                    schema=schema,
-                )
-            )
+            columns = {"product_id": pa.array(product_id(rows))}
+            columns["clip_text_features"] = embedding_array(space.embed(text, rng, noise=0.55))
+            columns["clip_image_features"] = embedding_array(space.embed(parts, rng, noise=0.8, image=True))
+            writer.write_table(pa.table(columns, schema=schema))
 
 
 def write_legacy_query_csv(path: Path, query_ids, vectors: np.ndarray, seed: int) -> None:
@@ -355,14 +341,9 @@ def generate(out_dir: Path, spec: SampleSpec = SampleSpec(), legacy_csv: bool = 
         if legacy_csv:
             write_legacy_query_csv(tmp / C.LEGACY_QUERY_CSV, q_ids, q_vectors, spec.seed)
     working_labels, counts = np.unique(judgements[2], return_counts=True)
-    return {
-        "out_dir": str(out_dir),
-        "judgements": esci.num_rows,
-        "working_set_judgements": len(judgements[0]),
-        "queries": spec.queries,
-        "products": spec.products,
-        "working_set_label_counts": dict(zip(working_labels.tolist(), counts.tolist())),
-    }
+    written = {"out_dir": str(out_dir), "judgements": esci.num_rows, "working_set_judgements": len(judgements[0])}
+    written |= {"queries": spec.queries, "products": spec.products}
+    return written | {"working_set_label_counts": dict(zip(working_labels.tolist(), counts.tolist()))}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
