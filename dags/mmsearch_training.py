@@ -36,14 +36,8 @@ DOC_MD = """
 Retrains the product-search relevance model (ESCI labels E/S/C/I) from CLIP embeddings of
 the query, the product's text and its image.
 
-`configure` → `pull_data` (DVC pull, or `dvc update` of imported files) → `check_changes`
-(the data, code and settings' fingerprint against the registered versions': nothing new skips
-the rest) → `validate` → `merge` → `drift` (against the champion's data; a report in MLflow)
-beside `transform` (TensorFlow Transform on Beam) → `train` (one mapped task per candidate,
-nested MLflow runs) and `baselines`, once drift is within `drift_threshold` → `select`
-(validation macro-F1) → `evaluate` (test split, beside the baselines and the champion) →
-`register` (MLflow registry; the gate moves `champion`) → `announce` (the champion asset, when it
-moved) → `clean_old_runs`.
+The Graph view shows its tasks and each task's docs say what it does; the README's diagram
+and docs/design.md say why.
 
 Runs nightly at 02:00 UTC, or when the raw-data asset is updated.
 

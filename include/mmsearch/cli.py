@@ -25,10 +25,7 @@ EXIT_UNAVAILABLE = 3  # a remote (DVC, MLflow) did not answer or lacks data: may
 
 
 def _config(args: argparse.Namespace) -> C.RunConfig:
-    values: dict = {}
-    if args.config:
-        text = args.config if args.config.lstrip().startswith("{") else Path(args.config).read_text()
-        values.update(json.loads(text))
+    values = _json(args.config)
     for item in args.set or []:
         key, _, raw = item.partition("=")
         try:

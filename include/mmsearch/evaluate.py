@@ -90,13 +90,6 @@ def score_test_split(merged_dir: Path, scorers: dict, batch_rows: int = 2048) ->
     return scored
 
 
-def _majority(label: str, rows: int) -> np.ndarray:
-    """Always the train split's majority label (a constant score: every ranking is a tie)."""
-    probabilities = np.zeros((rows, F.NUM_CLASSES))
-    probabilities[:, F.LABEL_IDS[label]] = 1.0
-    return probabilities
-
-
 def _mlflow_metrics(results: dict) -> dict:
     """Metric names that mean one thing each: `test/<metric>` for the model (its headline, first
     in MLflow's charts), `test_<baseline>/<metric>` beside it, per-class under `test_per_class/`."""
@@ -159,7 +152,9 @@ def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.Ru
     scored = score_test_split(merged_dir, scorers)
     labels, query_ids = scored["labels"], scored["query_ids"]
     results, served_and_ranked = {}, {}
-    scored["baseline_majority"] = (_majority(baselines["majority_label"], len(labels)),)
+    # always the train split's majority label: a constant score, every ranking a tie
+    majority = np.full(len(labels), F.LABEL_IDS[baselines["majority_label"]])
+    scored["baseline_majority"] = (np.eye(F.NUM_CLASSES)[majority],)
     for name in [*scorers, "baseline_majority"]:
         probabilities, *rest = scored[name]
         served = rest[0] if rest else probabilities.argmax(axis=1)

@@ -43,11 +43,8 @@ COSINES = {  # name: (left embedding, right embedding)
 }
 # The raw cosines (not z-scored): what the training-free CLIP baseline ranks by.
 RAW_COSINE_SUFFIX = "_raw"
-# Whitening: one PCA over the three embeddings together (CLIP puts query text, product text and
-# image in one space), fitted on the train split, its components scaled to unit variance. The
-# few directions that vary most carry what the items are; the rest of the 768 is mostly noise a
-# 768-wide projection would fit to a few hundred training queries. The pair model's towers read
-# these; the original design's query model keeps the 768-wide z-scores.
+# Whitening: one PCA over the three embeddings together (one CLIP space), fitted on the train
+# split, scaled to unit variance: what the pair model's towers read (docs/design.md, The model).
 WHITENED_DIM = 32
 WHITENED = {name: f"{name}_whitened" for name in EMBEDDING_COLUMNS["query_product"]}
 # Cosines of the whitened vectors: the common direction and the low-variance noise gone, they say
@@ -86,10 +83,8 @@ def raw_feature_spec(embedding_columns, dim: int) -> dict:
 
 def preprocessing_fn(inputs: dict) -> dict:
     """The query embedding's elementwise z-scores (the original design's model reads them); the
-    pair cosines raw and z-scored; the whitened embeddings and their cosines; the label.
-
-    The products' 768-wide z-scores are not written: no model reads them, and they were two
-    thirds of every transformed record (6 of 9 KB), parsed again by every reader of the records."""
+    pair cosines raw and z-scored; the whitened embeddings and their cosines; the label. (No
+    product z-scores: no model reads them, and every reader of the records would parse them.)"""
     import tensorflow as tf
     import tensorflow_transform as tft
 

@@ -13,6 +13,7 @@ one-way relations), a hidden layer whose logits add to the wide ones from zero.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import asdict, dataclass, fields, replace
 
 from mmsearch import features as F
@@ -175,25 +176,15 @@ def build_pair_model(dim: int, hp: Hyperparameters, decay_steps: int = 10_000, w
     wide = k.layers.Dense(F.NUM_CLASSES, name="wide_logits")
     logits = [wide(cosines)]
     if hp.hidden_units:
-        regulariser = k.regularizers.l2(hp.l2) if hp.l2 else None
-        towers = {
-            name: k.layers.Dense(hp.projection_dim, kernel_regularizer=regulariser, name=f"{name}_tower")(
-                inputs[F.WHITENED[name]]
-            )
-            for name in F.EMBEDDING_COLUMNS["query_product"]
-        }
+        dense = functools.partial(k.layers.Dense, kernel_regularizer=k.regularizers.l2(hp.l2) if hp.l2 else None)
+        columns = F.EMBEDDING_COLUMNS["query_product"]
+        towers = {name: dense(hp.projection_dim, name=f"{name}_tower")(inputs[F.WHITENED[name]]) for name in columns}
         query = towers[F.QUERY_EMBEDDING]
-        interactions = [
-            k.layers.Multiply(name=f"query_x_{name}")([query, towers[name]]) for name in F.PRODUCT_EMBEDDINGS
-        ]
+        interactions = [k.layers.Multiply(name=f"query_x_{p}")([query, towers[p]]) for p in F.PRODUCT_EMBEDDINGS]
         x = k.layers.Concatenate(name="pair_features")([*towers.values(), *interactions, cosines])
-        x = k.layers.Dense(hp.hidden_units, activation="relu", kernel_regularizer=regulariser, name="hidden")(x)
+        x = dense(hp.hidden_units, activation="relu", name="hidden")(x)
         x = k.layers.Dropout(hp.dropout, name="dropout")(x)
-        logits.append(
-            k.layers.Dense(
-                F.NUM_CLASSES, kernel_initializer="zeros", kernel_regularizer=regulariser, name="deep_logits"
-            )(x)
-        )
+        logits.append(dense(F.NUM_CLASSES, kernel_initializer="zeros", name="deep_logits")(x))
     x = k.layers.Add(name="logits")(logits) if len(logits) > 1 else logits[0]
     # compiled with a `crossentropy` metric: the loss without the L2 penalty, what early
     # stopping and the starting-point check compare (the penalty of a fresh projection is large)

@@ -110,22 +110,23 @@ def iter_batches(parquet: pq.ParquetFile, columns: list[str], path: Path) -> Ite
         raise DataError(path, f"cannot be read to the end (truncated or corrupt): {exc}") from None
 
 
-def embedding_matrix(column: pa.Array, dim: int, path: Path, name: str, row_ids: list) -> np.ndarray:
+def embedding_matrix(column: pa.Array, dim: int, path: Path, name: str, row_name: Callable) -> np.ndarray:
     """Check one batch of an embedding column (length, finiteness) and return it as float32 [n, dim]."""
     if column.null_count:
         nulls = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
-        raise DataError(path, "has null embeddings", column=name, rows=[row_ids[i] for i in nulls])
+        raise DataError(path, "has null embeddings", column=name, rows=map(row_name, nulls))
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     wrong = np.flatnonzero(lengths != dim)
     if wrong.size:
         found = sorted(set(lengths[wrong].tolist()))
-        rows = [row_ids[i] for i in wrong]
-        raise DataError(path, f"embeddings must have {dim} values, found {found}", column=name, rows=rows)
+        raise DataError(
+            path, f"embeddings must have {dim} values, found {found}", column=name, rows=map(row_name, wrong)
+        )
     values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     matrix = values.reshape(len(column), dim)
     bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
     if bad.size:
-        raise DataError(path, "has NaN or infinite values", column=name, rows=[row_ids[i] for i in bad])
+        raise DataError(path, "has NaN or infinite values", column=name, rows=map(row_name, bad))
     return matrix
 
 
@@ -213,16 +214,6 @@ def check_coverage(esci_path: Path, esci, mask, query_keys, product_keys, cfg: C
     return coverage
 
 
-class _RowNames:
-    """Names rows lazily as "<key> '<id>' (row N)" for error messages."""
-
-    def __init__(self, key: str, ids: pa.Array, offset: int):
-        self.key, self.ids, self.offset = key, ids, offset
-
-    def __getitem__(self, i: int) -> str:
-        return f"{self.key} '{self.ids[int(i)]}' (row {self.offset + int(i)})"
-
-
 @dataclass
 class Features:
     """Keys and (when kept) embeddings of one feature table, duplicates collapsed.
@@ -297,12 +288,12 @@ def embedding_batches(ft: FeatureTable, dim: int, source: str = "sqid") -> Itera
         if ids.null_count:
             rows = np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False)) + offset
             raise DataError(path, "has null keys", column=ft.key, rows=[f"row {r}" for r in rows])
-        names = _RowNames(ft.key, ids, offset)
-        yield (
-            offset,
-            ids,
-            {name: embedding_matrix(batch.column(name), dim, path, name, names) for name in ft.embeddings},
-        )
+
+        def row_name(i: int, ids=ids, offset=offset) -> str:  # named only when an error needs it
+            return f"{ft.key} '{ids[int(i)]}' (row {offset + int(i)})"
+
+        matrices = {name: embedding_matrix(batch.column(name), dim, path, name, row_name) for name in ft.embeddings}
+        yield offset, ids, matrices
         offset += batch.num_rows
 
 

@@ -102,11 +102,8 @@ def import_all(repo_dir: Path, raw_rel: str = "data/raw", manifest: Path = MANIF
         _discard(repo_dir, staging)
         raise
     _switch(repo_dir, raw_rel, staging, wanted)
-    return {
-        "raw_dir": str(raw_dir),
-        "imported": {s.path: s.url for s in wanted},
-        "unchanged": sorted(s.path for s in files if s not in wanted),
-    }
+    unchanged = sorted(s.path for s in files if s not in wanted)
+    return {"raw_dir": str(raw_dir), "imported": {s.path: s.url for s in wanted}, "unchanged": unchanged}
 
 
 def _discard(repo_dir: Path, staging: Path) -> None:

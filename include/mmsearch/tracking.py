@@ -69,13 +69,6 @@ def end_abandoned_runs(mlflow, cfg: C.RunConfig, airflow_run_id: str, run_name: 
         mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
 
 
-def input_columns(model_uri: str) -> list[str]:
-    """The raw columns a logged pyfunc's signature asks for."""
-    import mlflow
-
-    return [spec.name for spec in mlflow.models.get_model_info(model_uri).signature.inputs.inputs]
-
-
 class PyfuncScorer:
     """A logged pyfunc, scoring Arrow tables of raw merged rows: probabilities [n, 4] in label-id
     order, and the labels it serves (its decision rule applied). The rows go to the pyfunc's own
@@ -86,7 +79,8 @@ class PyfuncScorer:
         import mlflow
 
         self.model_uri = model_uri
-        self.columns = input_columns(model_uri)
+        signature = mlflow.models.get_model_info(model_uri).signature
+        self.columns = [spec.name for spec in signature.inputs.inputs]  # the raw columns it reads
         self.served = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
 
     def probabilities(self, table) -> np.ndarray:

@@ -133,8 +133,7 @@ def transform(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     merged = read_json(Path(merged_dir) / "manifest.json")
     embedding_columns, dim = merged["embedding_columns"], merged["embedding_dim"]
     with atomic_dir(out_dir) as out:
-        options = PipelineOptions(list(cfg.beam_pipeline_args))
-        pipeline = beam.Pipeline(options=options)
+        pipeline = beam.Pipeline(options=PipelineOptions(list(cfg.beam_pipeline_args)))
         with tft_beam.Context(temp_dir=str(out / "tmp"), force_tf_compat_v1=False):
             _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg)
             started = time.monotonic()
@@ -175,9 +174,8 @@ def check_counts(manifest: dict) -> None:
         expected = manifest["rows_expected"][split]
         got_in, got_out = manifest["rows_in"][split], manifest["rows_out"][split]
         if got_in != expected or got_out != expected:
-            raise RuntimeError(
-                f"transform lost rows in split {split}: merged {expected}, read {got_in}, wrote {got_out}"
-            )
+            lost = f"merged {expected}, read {got_in}, wrote {got_out}"
+            raise RuntimeError(f"transform lost rows in split {split}: {lost}")
 
 
 def complete_outputs(out_dir: Path) -> dict | None:

@@ -141,7 +141,7 @@ def restart(name: str) -> dict:
 
 
 def status(settings: S.StackSettings | None = None) -> dict:
-    """The running stack's URLs, ports, health, PIDs and memory; S.StackError if nothing runs."""
+    """The running stack's URLs, ports, health, PIDs and memory; StackError if nothing runs."""
     settings = settings or S.running_settings()
     running = processes.running()
     if not running:

@@ -74,9 +74,8 @@ class Catalogue:
     def rows_of(self, product_ids: list) -> np.ndarray:
         unknown = [p for p in product_ids if p not in self.index]
         if unknown:
-            raise RequestError(
-                422, f"{len(unknown)} product ids are not in the catalogue ({self.md5[:12]}): {unknown[:10]}"
-            )
+            missing = f"{len(unknown)} product ids are not in the catalogue ({self.md5[:12]})"
+            raise RequestError(422, f"{missing}: {unknown[:10]}")
         return np.fromiter((self.index[p] for p in product_ids), np.int64, len(product_ids))
 
 
@@ -170,10 +169,9 @@ def query_vector(value) -> np.ndarray:
         raise RequestError(
             422, f"query_embedding must hold {F.EMBEDDING_DIM} numbers, found shape {list(vector.shape)}"
         )
-    if not np.isfinite(vector).all():
-        raise RequestError(
-            422, f"query_embedding holds NaN or infinity at {np.flatnonzero(~np.isfinite(vector))[:10].tolist()}"
-        )
+    bad = np.flatnonzero(~np.isfinite(vector))
+    if bad.size:
+        raise RequestError(422, f"query_embedding holds NaN or infinity at {bad[:10].tolist()}")
     return vector[None, :]
 
 
@@ -229,9 +227,8 @@ def score_vectors(champion: Champion, body: bytes) -> dict:
     except ValueError as error:
         raise RequestError(400, f"the body is not an .npy array: {error}") from None
     if array.ndim != 3 or array.shape[1:] != (len(MODEL_INPUTS), F.EMBEDDING_DIM) or not len(array):
-        raise RequestError(
-            422, f"the array must be [n, 3, {F.EMBEDDING_DIM}] (query, text, image), not {list(array.shape)}"
-        )
+        shape = f"[n, 3, {F.EMBEDDING_DIM}] (query, text, image), not {list(array.shape)}"
+        raise RequestError(422, f"the array must be {shape}")
     array = _finite(array.reshape(len(array), -1), "the array")
     query, text, image = (np.ascontiguousarray(part) for part in np.split(array, len(MODEL_INPUTS), axis=1))
     answer = champion.answer(champion.probabilities(query, text, image))

@@ -71,10 +71,8 @@ class Service:
     def load(self, current: Served | None) -> Served:
         """The champion and its catalogue; the catalogue read while the model downloads and converts."""
         version = rerank.champion_model_version(self.options.model)
-        if self.options.catalogue:
-            path, md5 = self.options.catalogue, ""
-        else:
-            path, md5 = rerank.catalogue_path(version.tags, self.options.dvc_repo)
+        given = self.options.catalogue
+        path, md5 = (given, "") if given else rerank.catalogue_path(version.tags, self.options.dvc_repo)
         same = current and current.catalogue.path == Path(path)
         with ThreadPoolExecutor(1) as pool:
             reading = None if same else pool.submit(rerank.Catalogue.load, path, md5)
@@ -215,18 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mmsearch.stack.rerank_app", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5002)
-    parser.add_argument(
-        "--model", default=rerank.REGISTERED_MODEL, help="the registered model to serve the champion of"
-    )
+    parser.add_argument("--model", default=rerank.REGISTERED_MODEL, help="the registered model to serve")
     parser.add_argument("--catalogue", type=Path, help="a product file to serve (default: the champion's, by lineage)")
     parser.add_argument("--dvc-repo", type=Path, default=C.REPO_ROOT, help="the DVC repository whose cache holds it")
     parser.add_argument("--poll-seconds", type=float, default=30.0, help="how often the registry is asked")
     args = parser.parse_args(argv)
     token = os.environ.get(RERANK_TOKEN_VARIABLE)
     if not token:
-        sys.exit(
-            f"{RERANK_TOKEN_VARIABLE} is not set: the service wants a bearer token (make serve takes it from the stack)"
-        )
+        sys.exit(f"{RERANK_TOKEN_VARIABLE} is not set: the service wants a bearer token (make serve gives the stack's)")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     import uvicorn
