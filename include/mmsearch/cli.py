@@ -63,12 +63,10 @@ def _transform(args: argparse.Namespace, cfg: C.RunConfig) -> dict:
 
 
 def _drift(args: argparse.Namespace, cfg: C.RunConfig) -> dict:
+    drift, tags, against = _stage("drift"), _json(args.tags), f"the data in {args.reference_dir}"
     if args.reference_dir:
-        against = f"the data in {args.reference_dir}"
-        return _stage("drift").report_drift(
-            args.merged_dir, args.reference_dir, against, args.out, cfg, _json(args.tags)
-        )
-    return _stage("drift").run(args.merged_dir, args.out, cfg, _json(args.tags))
+        return drift.report_drift(args.merged_dir, args.reference_dir, against, args.out, cfg, tags)
+    return drift.run(args.merged_dir, args.out, cfg, tags)
 
 
 def _stack(args: argparse.Namespace):

@@ -167,17 +167,10 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
                 _write_rows(writers, part, judgements, split, {F.QUERY_EMBEDDING: query_matrix[q_row[part]]})
         counts = {name: writer.close() for name, writer in writers.items()}
         _check_splits(counts, esci_path)
-        manifest = {
-            "merged_dir": str(out_dir),
-            "feature_set": cfg.feature_set,
-            "embedding_dim": cfg.embedding_dim,
-            "embedding_columns": list(columns),
-            "working_set_judgements": int(mask.sum()),
-            "dropped_without_features": int((~joined).sum()),
-            "rows": sum(c["rows"] for c in counts.values()),
-            "splits": counts,
-            "seed": cfg.seed,
-        }
+        manifest = {"merged_dir": str(out_dir), "feature_set": cfg.feature_set, "seed": cfg.seed}
+        manifest |= {"embedding_dim": cfg.embedding_dim, "embedding_columns": list(columns)}
+        manifest |= {"working_set_judgements": int(mask.sum()), "dropped_without_features": int((~joined).sum())}
+        manifest |= {"rows": sum(c["rows"] for c in counts.values()), "splits": counts}
         write_json(tmp / "manifest.json", manifest)
     log.info("merged %d judgements into %s: %s", manifest["rows"], out_dir, {k: v["rows"] for k, v in counts.items()})
     return manifest

@@ -154,13 +154,13 @@ def build_query_model(dim: int, dropout: float = 0.3, learning_rate: float = 0.0
     x = k.layers.Dropout(dropout, name="dropout")(x)
     x = k.layers.Dense(128, activation="relu", name="dense_128")(x)
     outputs = k.layers.Dense(F.NUM_CLASSES, activation="softmax", name="esci_probabilities")(x)
-    model = k.Model(inputs=inputs, outputs=outputs, name="esci_query")
-    model.compile(
-        optimizer=k.optimizers.Adam(learning_rate=learning_rate),
-        loss="sparse_categorical_crossentropy",
-        steps_per_execution=STEPS_PER_EXECUTION,
-        metrics=["accuracy"],
-    )
+    return _compiled(k.Model(inputs=inputs, outputs=outputs, name="esci_query"), learning_rate)
+
+
+def _compiled(model, learning_rate, *metrics):
+    """Adam on sparse categorical cross-entropy, STEPS_PER_EXECUTION steps a call, accuracy and `metrics`."""
+    optimizer, loss = keras().optimizers.Adam(learning_rate=learning_rate), "sparse_categorical_crossentropy"
+    model.compile(optimizer, loss, steps_per_execution=STEPS_PER_EXECUTION, metrics=["accuracy", *metrics])
     return model
 
 
@@ -195,10 +195,4 @@ def build_pair_model(dim: int, hp: Hyperparameters, decay_steps: int = 10_000, w
 
         wide.set_weights([np.asarray(w, dtype=np.float32) for w in wide_init])
     schedule = k.optimizers.schedules.CosineDecay(hp.learning_rate, decay_steps=max(decay_steps, 1), alpha=0.1)
-    model.compile(
-        optimizer=k.optimizers.Adam(learning_rate=schedule),
-        loss="sparse_categorical_crossentropy",
-        steps_per_execution=STEPS_PER_EXECUTION,
-        metrics=["accuracy", k.metrics.SparseCategoricalCrossentropy(name="crossentropy")],
-    )
-    return model
+    return _compiled(model, schedule, k.metrics.SparseCategoricalCrossentropy(name="crossentropy"))

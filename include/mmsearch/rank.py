@@ -33,11 +33,9 @@ def score(merged_dir: Path, scorer, batch_rows: int = BATCH_ROWS) -> dict[str, n
     parts: dict[str, list] = {"query_id": [], "product_id": [], "label": [], "probabilities": []}
     for path in sorted(Path(merged_dir).glob("*/*.parquet")):
         for batch in parquet_file(path).iter_batches(batch_size=batch_rows, columns=columns):
-            probabilities = scorer.probabilities(batch)
-            parts["query_id"].append(batch.column("query_id").to_numpy(zero_copy_only=False))
-            parts["product_id"].append(batch.column("product_id").to_numpy(zero_copy_only=False))
-            parts["label"].append(batch.column(F.LABEL).to_numpy())
-            parts["probabilities"].append(probabilities.astype(np.float32))
+            for name, column in (("query_id", "query_id"), ("product_id", "product_id"), ("label", F.LABEL)):
+                parts[name].append(batch.column(column).to_numpy(zero_copy_only=False))
+            parts["probabilities"].append(scorer.probabilities(batch).astype(np.float32))
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
@@ -92,14 +90,8 @@ def run(
     table = ranked_table(scored)
     true_gain = np.array([F.ESCI_GAINS[label] for label in table.column("label").to_pylist()])
     ndcg, queries = mean_ndcg(table.column("query_id").to_numpy(), true_gain, table.column("expected_gain").to_numpy())
-    result = {
-        "champion_version": champion.version,
-        "merged_dir": str(merged_dir),
-        "rows": table.num_rows,
-        "queries": int(len(np.unique(scored["query_id"]))),
-        "ndcg": ndcg,
-        "ndcg_queries": queries,
-    }
+    result = {"champion_version": champion.version, "merged_dir": str(merged_dir), "rows": table.num_rows}
+    result |= {"queries": int(len(np.unique(scored["query_id"]))), "ndcg": ndcg, "ndcg_queries": queries}
     with atomic_dir(out_dir) as tmp:
         pq.write_table(table, tmp / RANKED)
         write_json(tmp / "rank.json", result)

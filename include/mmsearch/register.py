@@ -85,17 +85,11 @@ def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.R
     """What the version came from: data (md5 and source URL of each file), code, settings, run."""
     from mmsearch import check_changes as changes
 
-    found = {
-        "git_commit": changes.git_commit(),
-        RUN_DIR_TAG: str(run_dir),
-        "airflow_dag_id": tags.get("dag_id", ""),
-        RUN_TAG: tags.get("run_id", ""),
-        LOGICAL_DATE_TAG: tags.get("logical_date") or "",
-        "feature_set": model["feature_set"],
-        "candidate": str(model.get("candidate", "")),
-        "weights_sha256": model.get("weights_sha256", ""),
-        "dvc_md5.raw": lineage.get("dvc_md5", ""),
-    }
+    found = {"git_commit": changes.git_commit(), RUN_DIR_TAG: str(run_dir), "dvc_md5.raw": lineage.get("dvc_md5", "")}
+    found |= {"airflow_dag_id": tags.get("dag_id", ""), RUN_TAG: tags.get("run_id", "")}
+    found[LOGICAL_DATE_TAG] = tags.get("logical_date") or ""
+    found |= {"feature_set": model["feature_set"], "candidate": str(model.get("candidate", ""))}
+    found["weights_sha256"] = model.get("weights_sha256", "")
     if lineage.get("file_md5"):  # without the data's lineage (a CLI call without --lineage) no fingerprint
         found[changes.TAG] = changes.fingerprint(lineage, cfg)["fingerprint"]
     for path, md5 in lineage.get("file_md5", {}).items():
@@ -120,12 +114,11 @@ def model_card(
 ) -> str:
     """The registered version's description: what it is, its data, its scores beside the baselines."""
     intervals = intervals or {}
-    rows = "\n".join(
-        f"| {name} | "
-        + " | ".join(with_interval(m[key], intervals.get(name, {}).get(key)) for key in CARD_METRICS)
-        + " |"
+    cells = {
+        name: [with_interval(m[key], intervals.get(name, {}).get(key)) for key in CARD_METRICS]
         for name, m in scores.items()
-    )
+    }
+    rows = "\n".join(f"| {name} | {' | '.join(found)} |" for name, found in cells.items())
     data = "\n".join(f"- `{path}`: md5 `{md5}`" for path, md5 in sorted(lineage.get("file_md5", {}).items()))
     overrides = model.get("overrides") or {}
     return (
@@ -294,18 +287,10 @@ def summary_text(summary: dict) -> str:
         metrics, bounds = summary["metrics"][name], intervals.get(name, {})
         cells = " ".join(f"{with_interval(metrics[key], bounds.get(key)):<20}" for key in CARD_METRICS)
         lines.append(f"{name:<18} {cells}".rstrip())
-    epochs = (
-        f"best epoch {model['best_epoch']} of {model['epochs_run']}"
-        if model["best_epoch"]
-        else f"no epoch of {model['epochs_run']} beat its starting regression"
-    )
-    lines.append(
-        f"model: candidate {model['candidate']} {model['overrides'] or '{}'} of {len(summary['candidates'])}, "
-        f"{epochs}, validation macro_f1 {model['validation']['macro_f1']:.4f}"
-    )
-    lines.append(
-        f"registered {registry['registered_model']} v{registry['version']}, "
-        f"aliases {', '.join(registry['aliases'])}: {registry['decision']['reason']}"
-    )
-    lines.append(f"outputs: {summary['run_dir']}")
+    best = f"best epoch {model['best_epoch']}" if model["best_epoch"] else "no epoch"
+    epochs = f"{best} of {model['epochs_run']}" + ("" if model["best_epoch"] else " beat its starting regression")
+    candidate = f"candidate {model['candidate']} {model['overrides'] or '{}'} of {len(summary['candidates'])}"
+    lines.append(f"model: {candidate}, {epochs}, validation macro_f1 {model['validation']['macro_f1']:.4f}")
+    version = f"{registry['registered_model']} v{registry['version']}, aliases {', '.join(registry['aliases'])}"
+    lines += [f"registered {version}: {registry['decision']['reason']}", f"outputs: {summary['run_dir']}"]
     return "\n".join(lines)

@@ -124,9 +124,8 @@ def _switch(repo_dir: Path, raw_rel: str, staging: Path, wanted: list[SourceFile
             dvc_repo.check(repo_dir, "remove", str(target.relative_to(repo_dir)) + ".dvc")
             target.unlink(missing_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        dvc_repo.check(
-            repo_dir, "move", str((staging / source.path).relative_to(repo_dir)), str(target.relative_to(repo_dir))
-        )
+        staged = str((staging / source.path).relative_to(repo_dir))
+        dvc_repo.check(repo_dir, "move", staged, str(target.relative_to(repo_dir)))
     shutil.rmtree(staging, ignore_errors=True)
 
 

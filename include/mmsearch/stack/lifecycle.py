@@ -145,9 +145,7 @@ def status(settings: S.StackSettings | None = None) -> dict:
     settings = settings or S.running_settings()
     running = processes.running()
     if not running:
-        raise S.StackError(
-            f"the stack is not running (no live process in {processes.pids_file()}); `make up` starts it"
-        )
+        raise S.StackError(f"the stack is not running (nothing alive in {processes.pids_file()}); `make up` starts it")
     memory = processes.memory_mb(running)
     return {
         "airflow_url": settings.airflow_url,

@@ -106,9 +106,8 @@ class Champion:
         self.class_weights = json.loads(rule.read_text())["class_weights"] if rule.exists() else None
 
     def probabilities(self, query: np.ndarray, text: np.ndarray, image: np.ndarray) -> np.ndarray:
-        return self._runner(query_embedding=query, product_text_embedding=text, product_image_embedding=image)[
-            "probabilities"
-        ]
+        found = self._runner(query_embedding=query, product_text_embedding=text, product_image_embedding=image)
+        return found["probabilities"]
 
     def answer(self, probabilities: np.ndarray) -> dict[str, np.ndarray]:
         """Expected gain, served label (the decision rule applied) and p_* of each row."""

@@ -140,10 +140,8 @@ def stack_env(settings: StackSettings) -> dict:
         {
             "MMSEARCH_HOME": str(C.mmsearch_home()),
             "AIRFLOW_HOME": str(airflow_home()),
-            "AIRFLOW__CORE__DAGS_FOLDER": os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", str(C.REPO_ROOT / "dags")),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": os.environ.get(
-                "AIRFLOW__CORE__PLUGINS_FOLDER", str(C.REPO_ROOT / "plugins")
-            ),
+            "AIRFLOW__CORE__DAGS_FOLDER": env.get("AIRFLOW__CORE__DAGS_FOLDER", str(C.REPO_ROOT / "dags")),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": env.get("AIRFLOW__CORE__PLUGINS_FOLDER", str(C.REPO_ROOT / "plugins")),
             "AIRFLOW__CORE__EXECUTOR": EXECUTORS[settings.executor],
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
             # LocalExecutor: two task slots (two cores); Celery: two per worker. The ML tasks spend

@@ -155,10 +155,8 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
         """`mmsearch <args>` in that environment, as the DAG's task runs it; its result JSON."""
         result = run_measured([str(_venv_bin(environment) / "mmsearch"), *args], env)
         record(name, result["seconds"], rows_in, result["peak_rss_mb"], _size_mb(out) if out else 0.0)
-        rate = rows_in / result["seconds"]
-        print(
-            f"  {name:<12} {result['seconds']:8.1f} s  {rate:10.0f} rows/s  {result['peak_rss_mb']:8.0f} MB", flush=True
-        )
+        seconds, rate, peak = result["seconds"], rows_in / result["seconds"], result["peak_rss_mb"]
+        print(f"  {name:<12} {seconds:8.1f} s  {rate:10.0f} rows/s  {peak:8.0f} MB", flush=True)
         return json.loads(result["stdout"]) if result["stdout"].strip() else {}
 
     print(f"pairs={pairs}: queries={queries} products={products}", flush=True)
@@ -175,9 +173,8 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
         raw_in, merged_in = {"raw_dir": raw}, {"merged_dir": run / "merged"}
         validate = _command("validate", **raw_in, out=run / "validate") + settings
         stage("validate", "airflow", validate, n, run / "validate")
-        merged = stage(
-            "merge", "airflow", _command("merge", **raw_in, out=run / "merged") + settings, n, run / "merged"
-        )
+        merge = _command("merge", **raw_in, out=run / "merged") + settings
+        merged = stage("merge", "airflow", merge, n, run / "merged")
         split_rows = merged["split_rows"]
         transform = _command("transform", **merged_in, out=run / "transform") + settings
         transformed = stage("transform", "ml", transform, merged["rows"], run / "transform")
@@ -197,12 +194,11 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
         stage("baselines", "ml", baselines, split_rows["train"], run / "baselines")
         trained = [str(run / "train" / f"candidate-{c['index']}" / "train.json") for c in planned]
         stage("select", "airflow", ["select", "--trained", *trained, "--out", str(run / "select"), *settings], 0)
-        model = {"model": run / "select" / "selection.json"}
-        evaluate = _command(
-            "evaluate", **model, baselines=run / "baselines" / "baselines.json", **merged_in, out=run / "evaluate"
-        )
+        model = {"model": run / "select" / "selection.json", "baselines": run / "baselines" / "baselines.json"}
+        evaluate = _command("evaluate", **model, **merged_in, out=run / "evaluate")
         scores = stage("evaluate", "ml", evaluate + settings, split_rows["test"], run / "evaluate")
-        register = _command("register", **model, scores=run / "evaluate" / "scores.json", out=run) + settings + tags
+        selection = {"model": model["model"], "scores": run / "evaluate" / "scores.json"}
+        register = _command("register", **selection, out=run) + settings + tags
         registered = stage("register", "ml", register, split_rows["test"])
         # the nightly extras: drift against a reference (here the same data: the work is the same)
         # and the rank DAG's stage, with the version just registered
@@ -213,12 +209,9 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
         ceiling = _command("ceiling", **raw_in, **merged_in)
         best = run_measured([str(_venv_bin("ml") / "mmsearch"), *ceiling], env)
         quality[:] = _quality(pairs, scores, json.loads(best["stdout"]))
-        if not (
-            n == merged["rows"] and split_rows == transformed["rows_out"] and split_rows["test"] == scores["test_rows"]
-        ):
-            raise RuntimeError(
-                f"row counts differ between stages: {n}, {split_rows}, {transformed['rows_out']}, {scores['test_rows']}"
-            )
+        counts = (n, split_rows, transformed["rows_out"], scores["test_rows"])
+        if not (n == merged["rows"] and split_rows == counts[2] and split_rows["test"] == counts[3]):
+            raise RuntimeError(f"row counts differ between stages: {counts}")
 
     def dag_pass(i: int) -> None:
         from mmsearch.tools.run_dag import latest_run, task_seconds

@@ -91,14 +91,9 @@ def _bench_env(root: Path) -> dict:
     root.chmod(0o711)  # as root, PostgreSQL runs as `postgres` and must enter the home
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
     home = root / "home"
+    homes = {"MMSEARCH_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow")}
     # no nightly run and no asset-triggered rerun: only the run the bench triggers
-    return {
-        **env,
-        **free_port_env(),
-        "MMSEARCH_HOME": str(home),
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-    }
+    return {**env, **free_port_env(), **homes, "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
 
 
 def trigger_to_registered(api, run_id: str) -> float:
@@ -116,10 +111,8 @@ def _run_to_registered(status: dict) -> float:
         api.patch("/dags/mmsearch_training", json={"is_paused": False}).raise_for_status()
         run = api.post("/dags/mmsearch_training/dagRuns", json={"logical_date": None, "conf": FAST}).raise_for_status()
         run_id = run.json()["dag_run_id"]
-        while (state := api.get(f"/dags/mmsearch_training/dagRuns/{run_id}").json()["state"]) not in (
-            "success",
-            "failed",
-        ):
+        url = f"/dags/mmsearch_training/dagRuns/{run_id}"
+        while (state := api.get(url).json()["state"]) not in ("success", "failed"):
             time.sleep(1)
         if state != "success":
             raise RuntimeError(f"the benchmark's run {run_id} failed")
@@ -228,12 +221,9 @@ def _swap_under_load(env: dict, url: str, by_id) -> dict:
     stop.set()
     for thread in threads:
         thread.join()
-    return {
-        "swap_failed_requests": len(failures),
-        "swap_requests_during": len(versions),
-        "swap_seconds_to_new_version": round(swapped, 1),
-        "swap_answers_name_new_version": versions[-1] == new_version,
-    }
+    found = {"swap_failed_requests": len(failures), "swap_requests_during": len(versions)}
+    found["swap_seconds_to_new_version"] = round(swapped, 1)
+    return found | {"swap_answers_name_new_version": versions[-1] == new_version}
 
 
 def _in_process(env: dict, repeat: int) -> dict:

@@ -85,8 +85,10 @@ def main(raw_dir: Path = Path("data/raw"), pairs: int = 8) -> str:
         ) from None
     if not response.is_success:
         raise StackError(f"{url} answered HTTP {response.status_code}: {response.text[:500]}")
-    answer = response.json()
-    lines = [f"  {'product_id':<12} judged  predicted  gain  {'  '.join(f'p_{label}' for label in LABEL_ORDER)}"]
+    answer, query = response.json(), f"{judged['query'].iloc[0]!r} ({judged.query_id.iloc[0]})"
+    lines = [f"request: the query {query} and {len(judged)} products judged for it, from {raw_dir}, in {request}"]
+    lines.append(f"ranked by champion v{answer['model_version']} at {url}:")
+    lines.append(f"  {'product_id':<12} judged  predicted  gain  {'  '.join(f'p_{label}' for label in LABEL_ORDER)}")
     for product in answer["products"]:
         probabilities = "  ".join(f"{product[f'p_{label}']:.2f}" for label in LABEL_ORDER)
         judged_label = judged.loc[product["product_id"], "esci_label"]
@@ -94,11 +96,4 @@ def main(raw_dir: Path = Path("data/raw"), pairs: int = 8) -> str:
             f"  {product['product_id']:<12} {judged_label:<7} {product['esci_label']:<10} "
             f"{product['expected_gain']:.2f}  {probabilities}"
         )
-    return "\n".join(
-        [
-            f"request: the query {judged['query'].iloc[0]!r} ({judged.query_id.iloc[0]}) and {len(judged)} products"
-            f" judged for it, from {raw_dir}, in {request}",
-            f"ranked by champion v{answer['model_version']} at {url}:",
-            *lines,
-        ]
-    )
+    return "\n".join(lines)
