@@ -58,15 +58,11 @@ def raw_cosine(name: str) -> str:
     return name + RAW_COSINE_SUFFIX
 
 
-def pair_features(feature_set: str) -> tuple[str, ...]:
-    return PAIR_FEATURES if feature_set == "query_product" else ()
-
-
 def model_features(feature_set: str) -> tuple[str, ...]:
     """The transformed features a model of this feature set reads."""
     if feature_set == "query":
         return EMBEDDING_COLUMNS["query"]
-    return tuple(WHITENED.values()) + pair_features(feature_set)
+    return (*WHITENED.values(), *PAIR_FEATURES)
 
 
 def whitened_dim(dim: int) -> int:
