@@ -287,8 +287,8 @@ def summary_text(summary: dict) -> str:
         metrics, bounds = summary["metrics"][name], intervals.get(name, {})
         cells = " ".join(f"{with_interval(metrics[key], bounds.get(key)):<20}" for key in CARD_METRICS)
         lines.append(f"{name:<18} {cells}".rstrip())
-    best = f"best epoch {model['best_epoch']}" if model["best_epoch"] else "no epoch"
-    epochs = f"{best} of {model['epochs_run']}" + ("" if model["best_epoch"] else " beat its starting regression")
+    runs, best = model["epochs_run"], model["best_epoch"]
+    epochs = f"best epoch {best} of {runs}" if best else f"no epoch of {runs} beat its starting regression"
     candidate = f"candidate {model['candidate']} {model['overrides'] or '{}'} of {len(summary['candidates'])}"
     lines.append(f"model: {candidate}, {epochs}, validation macro_f1 {model['validation']['macro_f1']:.4f}")
     version = f"{registry['registered_model']} v{registry['version']}, aliases {', '.join(registry['aliases'])}"

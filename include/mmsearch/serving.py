@@ -122,7 +122,7 @@ class EsciRelevanceModel(_PythonModel):
         missing = [name for name in self._inputs if name not in model_input.columns]
         if missing:
             raise MlflowException.invalid_parameter_value(
-                f"model input lacks {missing}; it needs {sorted(self._inputs)}"
+                f"model input lacks columns {missing}; it needs {sorted(self._inputs)}"
             )
         for name, spec in self._inputs.items():  # a 4xx naming the column and rows, not a 500
             widths = model_input[name].map(lambda value: len(value) if hasattr(value, "__len__") else 0).to_numpy()

@@ -32,8 +32,8 @@ def setup(cfg: C.RunConfig):
         mlflow.create_experiment(cfg.experiment_name, artifact_location=artifacts)
     experiment = mlflow.set_experiment(cfg.experiment_name)
     # MLflow's UI opens an experiment of this kind on its training runs (not the GenAI traces view)
-    kind = ("mlflow.experimentKind", "custom_model_development")
-    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *kind)
+    client = mlflow.MlflowClient()
+    client.set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind", "custom_model_development")
     return mlflow
 
 

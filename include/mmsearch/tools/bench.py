@@ -194,11 +194,11 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
         stage("baselines", "ml", baselines, split_rows["train"], run / "baselines")
         trained = [str(run / "train" / f"candidate-{c['index']}" / "train.json") for c in planned]
         stage("select", "airflow", ["select", "--trained", *trained, "--out", str(run / "select"), *settings], 0)
-        model = {"model": run / "select" / "selection.json", "baselines": run / "baselines" / "baselines.json"}
-        evaluate = _command("evaluate", **model, **merged_in, out=run / "evaluate")
+        selection, fitted = run / "select" / "selection.json", run / "baselines" / "baselines.json"
+        evaluate = _command("evaluate", model=selection, baselines=fitted, **merged_in, out=run / "evaluate")
         scores = stage("evaluate", "ml", evaluate + settings, split_rows["test"], run / "evaluate")
-        selection = {"model": model["model"], "scores": run / "evaluate" / "scores.json"}
-        register = _command("register", **selection, out=run) + settings + tags
+        register = _command("register", model=selection, scores=run / "evaluate" / "scores.json", out=run)
+        register += settings + tags
         registered = stage("register", "ml", register, split_rows["test"])
         # the nightly extras: drift against a reference (here the same data: the work is the same)
         # and the rank DAG's stage, with the version just registered
@@ -209,9 +209,9 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
         ceiling = _command("ceiling", **raw_in, **merged_in)
         best = run_measured([str(_venv_bin("ml") / "mmsearch"), *ceiling], env)
         quality[:] = _quality(pairs, scores, json.loads(best["stdout"]))
-        counts = (n, split_rows, transformed["rows_out"], scores["test_rows"])
-        if not (n == merged["rows"] and split_rows == counts[2] and split_rows["test"] == counts[3]):
-            raise RuntimeError(f"row counts differ between stages: {counts}")
+        rows_out, test_rows = transformed["rows_out"], scores["test_rows"]
+        if not (n == merged["rows"] and split_rows == rows_out and split_rows["test"] == test_rows):
+            raise RuntimeError(f"row counts differ between stages: {n}, {split_rows}, {rows_out}, {test_rows}")
 
     def dag_pass(i: int) -> None:
         from mmsearch.tools.run_dag import latest_run, task_seconds

@@ -85,7 +85,8 @@ def main(raw_dir: Path = Path("data/raw"), pairs: int = 8) -> str:
         ) from None
     if not response.is_success:
         raise StackError(f"{url} answered HTTP {response.status_code}: {response.text[:500]}")
-    answer, query = response.json(), f"{judged['query'].iloc[0]!r} ({judged.query_id.iloc[0]})"
+    answer = response.json()
+    query = f"{judged['query'].iloc[0]!r} ({judged.query_id.iloc[0]})"
     lines = [f"request: the query {query} and {len(judged)} products judged for it, from {raw_dir}, in {request}"]
     lines.append(f"ranked by champion v{answer['model_version']} at {url}:")
     lines.append(f"  {'product_id':<12} judged  predicted  gain  {'  '.join(f'p_{label}' for label in LABEL_ORDER)}")
