@@ -265,6 +265,7 @@ def _serving_figures(root: Path, repeat: int) -> dict:
 
 def main(repeat: int = 3) -> dict:
     figures: dict = {}
+    out = C.mmsearch_home() / "bench" / "stack.json"  # before the bench's own home replaces MMSEARCH_HOME
     with tempfile.TemporaryDirectory(prefix="mmsearch-bench-stack-") as tmp:
         env = _bench_env(Path(tmp))
         os.environ.update(env)  # this process reads the stack's home and ports as its commands do
@@ -288,7 +289,6 @@ def main(repeat: int = 3) -> dict:
             figures.update(_serving_figures(Path(tmp), repeat))
         finally:
             _mmsearch(env, "stack", "down")
-    out = C.mmsearch_home() / "bench" / "stack.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
     for name, value in figures.items():
