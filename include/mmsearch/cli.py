@@ -267,8 +267,8 @@ def _run(argv: list[str] | None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    from mmsearch.dvc_repo import PullError
     from mmsearch.io import DataError, RegistryError
-    from mmsearch.pull import PullError
     from mmsearch.stack.services import ServiceError
     from mmsearch.stack.settings import StackError
     from mmsearch.tools.run_dag import RunFailed

@@ -20,9 +20,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TARGET = "data/raw.dvc"
 
 
-__all__ = ["PullError", "describe_untracked", "pull", "remember", "run"]
-
-
 def _listing(repo_dir: Path, md5: str, remote: str) -> list[dict] | None:
     """The directory listing (.dir object): from the local cache, else from the remote."""
     from dvc.repo import Repo

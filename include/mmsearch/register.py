@@ -85,11 +85,17 @@ def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.R
     """What the version came from: data (md5 and source URL of each file), code, settings, run."""
     from mmsearch import check_changes as changes
 
-    found = {"git_commit": changes.git_commit(), RUN_DIR_TAG: str(run_dir), "dvc_md5.raw": lineage.get("dvc_md5", "")}
-    found |= {"airflow_dag_id": tags.get("dag_id", ""), RUN_TAG: tags.get("run_id", "")}
-    found[LOGICAL_DATE_TAG] = tags.get("logical_date") or ""
-    found |= {"feature_set": model["feature_set"], "candidate": str(model.get("candidate", ""))}
-    found["weights_sha256"] = model.get("weights_sha256", "")
+    found = {
+        "git_commit": changes.git_commit(),
+        RUN_DIR_TAG: str(run_dir),
+        "airflow_dag_id": tags.get("dag_id", ""),
+        RUN_TAG: tags.get("run_id", ""),
+        LOGICAL_DATE_TAG: tags.get("logical_date") or "",
+        "feature_set": model["feature_set"],
+        "candidate": str(model.get("candidate", "")),
+        "weights_sha256": model.get("weights_sha256", ""),
+        "dvc_md5.raw": lineage.get("dvc_md5", ""),
+    }
     if lineage.get("file_md5"):  # without the data's lineage (a CLI call without --lineage) no fingerprint
         found[changes.TAG] = changes.fingerprint(lineage, cfg)["fingerprint"]
     for path, md5 in lineage.get("file_md5", {}).items():

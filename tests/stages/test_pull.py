@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from mmsearch import config as C
-from mmsearch.pull import PullError, describe_untracked, pull
+from mmsearch.dvc_repo import PullError
+from mmsearch.pull import describe_untracked, pull
 from mmsearch.tools.sample_data import TRUTH_FILE, SampleSpec
 from tests import readme
 from tests.helpers import REPO_ROOT, dvc, generate, make_dvc_repo

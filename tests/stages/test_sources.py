@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mmsearch import config as C
-from mmsearch import pull, sources
+from mmsearch import dvc_repo, pull, sources
 from mmsearch.io import DataError
 from mmsearch.tools.sample_data import SampleSpec, generate
 from tests.helpers import PINNED, MirrorServer, dvc, publish, small_config
@@ -112,7 +112,7 @@ def test_an_unreachable_source_fails_naming_the_url(repo, upstream, tmp_path):
     publish(mirror, upstream, manifest)
     before = snapshot(repo / "data")
     dead = "http://127.0.0.1:9/mirror"
-    with pytest.raises(pull.PullError) as error:
+    with pytest.raises(dvc_repo.PullError) as error:
         sources.import_all(repo, "data/raw", manifest, dead)
     line = str(error.value)
     assert line.startswith(f"{dead}/amazon-science/esci-data/r1/") and "unreachable" in line and "\n" not in line

@@ -109,7 +109,7 @@ def serve(settings: S.StackSettings | None = None, timeout: float = 180.0) -> di
 
 
 def wait_for_answer(url: str, name: str, entry: dict, timeout: float) -> dict:
-    """What `url` answers once the process started as `name` serves it; S.StackError with its log's
+    """What `url` answers once the process started as `name` serves it; StackError with its log's
     end if the process exits first, or (the process stopped) if nothing answers in `timeout`."""
     deadline = time.monotonic() + timeout
     while not (found := get_json(url)):

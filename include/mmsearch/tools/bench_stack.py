@@ -221,9 +221,12 @@ def _swap_under_load(env: dict, url: str, by_id) -> dict:
     stop.set()
     for thread in threads:
         thread.join()
-    found = {"swap_failed_requests": len(failures), "swap_requests_during": len(versions)}
-    found["swap_seconds_to_new_version"] = round(swapped, 1)
-    return found | {"swap_answers_name_new_version": versions[-1] == new_version}
+    return {
+        "swap_failed_requests": len(failures),
+        "swap_requests_during": len(versions),
+        "swap_seconds_to_new_version": round(swapped, 1),
+        "swap_answers_name_new_version": versions[-1] == new_version,
+    }
 
 
 def _in_process(env: dict, repeat: int) -> dict:
