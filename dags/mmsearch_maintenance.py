@@ -16,6 +16,9 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import dag, task
 
+from mmsearch import alerts
+from mmsearch.dag_support import default_args
+
 KEEP_DAYS = int(os.environ.get("MMSEARCH_KEEP_DAYS", "30"))
 AIRFLOW = Path(sys.executable).parent / "airflow"  # the environment's own CLI: PATH may not have it
 
@@ -44,7 +47,8 @@ def clean_task_logs() -> str:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["mmsearch", "maintenance"],
-    default_args={"owner": "mmsearch", "retries": 1, "retry_delay": timedelta(minutes=5)},
+    default_args=default_args(retries=1),
+    on_failure_callback=alerts.run_failed,
 )
 def mmsearch_maintenance():
     clean_metadata() >> clean_task_logs()

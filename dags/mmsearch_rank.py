@@ -11,6 +11,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, get_current_context, task
 
+from mmsearch import alerts
 from mmsearch import config as C
 from mmsearch.assets import CHAMPION_MODEL
 from mmsearch.dag_support import default_args
@@ -45,6 +46,7 @@ def rank(settings: dict) -> dict:
     doc_md=__doc__,
     tags=["mmsearch", "ranking"],
     default_args=default_args(retries=1),
+    on_failure_callback=alerts.run_failed,
 )
 def mmsearch_rank():
     rank(configure())

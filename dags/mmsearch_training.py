@@ -23,7 +23,9 @@ from airflow.sdk import (
     task,
 )
 
+from mmsearch import alerts
 from mmsearch import config as C
+from mmsearch.approval import PromotionApproval
 from mmsearch.assets import CHAMPION_MODEL, RAW_DATA
 from mmsearch.dag_support import default_args
 
@@ -88,6 +90,17 @@ def pull_data(settings: dict) -> dict:
     return lineage
 
 
+@task(execution_timeout=timedelta(minutes=30))
+def publish_catalogue(lineage: dict, settings: dict) -> dict:
+    """The pulled product file, checked against the contract, published as the catalogue the
+    re-ranking service serves, whether or not this run trains; a bad file fails here, unserved."""
+    from mmsearch import publish as stage
+    from mmsearch.run_context import stage_task
+
+    with stage_task(settings, ml_env=False) as run:
+        return stage.run(lineage, run.out("publish"), run.cfg, run.tags)
+
+
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=10))
 def check_changes(lineage: dict, settings: dict) -> dict:
     """This run's fingerprint (data md5s, git commit, model settings) against the registered versions'."""
@@ -101,7 +114,7 @@ def check_changes(lineage: dict, settings: dict) -> dict:
 @task.short_circuit(retries=0, execution_timeout=timedelta(minutes=5))
 def anything_new(changes: dict, settings: dict) -> bool:
     """Go on only if no registered version was trained on the same inputs (or force_retrain)."""
-    from mmsearch.register import write_skipped
+    from mmsearch.summary import write_skipped
 
     print(changes["reason"])
     if not changes["retrain"]:
@@ -206,20 +219,35 @@ def register(model: dict, scores: dict, lineage: dict, settings: dict) -> dict:
     """Register in MLflow as challenger; champion only if it beats every baseline and the champion."""
     from mmsearch import register as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.summary import summary_text
 
     with stage_task(settings) as run:
         summary = stage.run(model, scores, lineage, str(run.run_dir), run.cfg, run.tags)
-    print(stage.summary_text(summary))  # relayed to this task's log
+    print(summary_text(summary))  # relayed to this task's log
     return summary["registry"]
+
+
+@task.external_python(**ML_ENV, trigger_rule="none_failed", execution_timeout=timedelta(minutes=10))
+def promote(registry: dict, answer: dict | None, settings: dict) -> dict:
+    """With `promotion: approve`, the person's answer: Approve moves the champion alias; Reject or
+    no answer leaves the version challenger; who, when and why go on the version. Else nothing."""
+    from mmsearch import promote as stage
+    from mmsearch.run_context import stage_task
+
+    with stage_task(settings) as run:
+        return stage.run(registry, answer, run.run_dir, run.cfg, run.tags)
 
 
 @task(outlets=[CHAMPION_EVENTS], execution_timeout=timedelta(minutes=5))
 def announce(registry: dict) -> bool:
-    """A champion-model asset event when this run's version became champion (the rank DAG runs on it)."""
-    promoted = registry["decision"]["promote"]
+    """When this run's version became champion: a champion-model asset event (the rank DAG runs on
+    it) and a message to the team (the `mmsearch_alerts` connection, when there is one)."""
+    promoted = registry["promoted"]
     if promoted:
+        context = get_current_context()
         extra = {"registered_model": registry["registered_model"], "version": registry["version"]}
-        get_current_context()["outlet_events"][CHAMPION_EVENTS].add(CHAMPION_MODEL, extra=extra)
+        context["outlet_events"][CHAMPION_EVENTS].add(CHAMPION_MODEL, extra=extra)
+        alerts.champion_changed(context, registry)
     print(f"champion {'is now' if promoted else 'stays'} {registry['champion_version'] or 'none'}")
     return promoted
 
@@ -246,17 +274,23 @@ def clean_old_runs(registry: dict, settings: dict) -> dict:
     params=PARAMS,
     tags=["mmsearch", "training"],
     default_args=default_args(retries=2),
+    on_failure_callback=alerts.run_failed,
 )
 def mmsearch_training():
     settings = configure()
-    with TaskGroup("data", tooltip="DVC pull, anything new?, contract checks, join and group split, drift"):
+    with TaskGroup(
+        "data", tooltip="DVC pull, the catalogue published, anything new?, contract checks, join and split, drift"
+    ):
         lineage = pull_data(settings)
+        publish_catalogue(lineage, settings)  # beside the nothing-new check: skipped nights publish too
         proceed = anything_new(check_changes(lineage, settings), settings)
         report = validate(lineage, settings)
         merged = merge(lineage, settings)
         proceed >> report >> merged
         drifted = drift(merged, settings)
-    with TaskGroup("model", tooltip="TensorFlow Transform, candidates, baselines, evaluation, MLflow registry"):
+    with TaskGroup(
+        "model", tooltip="TensorFlow Transform, candidates, baselines, evaluation, MLflow registry, approval"
+    ):
         transformed = transform(merged, settings)  # beside drift: neither waits for the other
         planned = candidates(settings)
         report >> planned  # no MLflow run for data that failed validation
@@ -270,7 +304,15 @@ def mmsearch_training():
         drifted >> [trained, fitted]  # too much drift fails the run before any training
         model = select(trained, settings)
         scores = evaluate(model, fitted, merged, settings)
-        registry = register(model, scores, lineage, settings)
+        registered = register(model, scores, lineage, settings)
+        approval = PromotionApproval(
+            task_id="approve_promotion",
+            registry=registered,
+            settings=settings,
+            notifiers=[alerts.PromotionAwaited()],
+            doc_md=PromotionApproval.__doc__,
+        )
+        registry = promote(registered, approval.output, settings)
     announce(registry)
     clean_old_runs(registry, settings)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -83,6 +85,29 @@ def _stack(args: argparse.Namespace):
     return {"down": stack.down, "serve": stack.serve}[args.action]()
 
 
+def _champion(args: argparse.Namespace):
+    """`mmsearch champion history|rollback` on the running stack's registry, else make run's."""
+    import mlflow
+
+    from mmsearch import champion as champions
+    from mmsearch.stack.clients import registry_env
+
+    os.environ.update(registry_env())
+    uri = C.mlflow_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    if args.action == "history":
+        moves = champions.history(client, args.model)
+        return [vars(move) for move in moves] if args.json else champions.history_table(moves)
+    if not args.reason.strip():
+        raise champions.ChampionError("say why: --reason TEXT (make rollback REASON='...'); it is recorded")
+    moved = champions.rollback(client, args.model, args.by, args.reason, args.to)
+    return (
+        f"champion of {args.model} in {C.redact_uri(uri)}: v{moved.previous} -> v{moved.version} "
+        f"(rollback by {moved.by} at {moved.at}: {moved.reason}); the re-ranking service follows within its poll"
+    )
+
+
 def _bench(args: argparse.Namespace) -> dict:
     bench = _tool("bench")
     sizes = [int(s) for s in args.sizes.split(",") if s] + ([1_100_000] if args.full else [])
@@ -107,6 +132,11 @@ STAGES = {
         "check the raw files against the data contract",
         [RAW_DIR],
         lambda a, cfg: _stage("validate").run(a.raw_dir, a.out, cfg),
+    ),
+    "publish": (
+        "check the raw product file and publish it as the re-ranking service's catalogue",
+        [RAW_DIR, TAGS],
+        lambda a, cfg: _stage("publish").run({"raw_dir": str(a.raw_dir)}, a.out, cfg, _json(a.tags)),
     ),
     "merge": (
         "join judgements with embeddings, split by query group",
@@ -231,6 +261,16 @@ def _add_tools(sub) -> None:
     p.add_argument("--pairs", type=int, default=8, help="judged products of the query to rank (default: 8)")
     p.set_defaults(func=lambda a: _tool("serve_example").main(a.raw_dir, a.pairs))
 
+    p = sub.add_parser("champion", help="the champion alias: its history, or a rollback (ML environment)")
+    p.add_argument("action", choices=["history", "rollback"])
+    model = C.RunConfig().registered_model_name
+    p.add_argument("--model", default=model, help=f"the registered model (default: {model})")
+    p.add_argument("--to", help="rollback: the version to restore (default: the champion before this one)")
+    p.add_argument("--reason", default="", help="rollback: why (required; recorded with the move)")
+    p.add_argument("--by", default=os.environ.get("USER") or getpass.getuser(), help="rollback: who (default: you)")
+    p.add_argument("--json", action="store_true", help="history: JSON, not the table")
+    p.set_defaults(func=_champion)
+
     p = sub.add_parser("stack", help="the local server stack: PostgreSQL, Airflow 3, MLflow (make up / down / serve)")
     p.add_argument("action", choices=["up", "down", "status", "serve", "restart"])
     p.add_argument("component", nargs="?", help="restart: the component to restart (postgres, redis, worker-1, ...)")
@@ -267,6 +307,7 @@ def _run(argv: list[str] | None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    from mmsearch.champion import ChampionError
     from mmsearch.dvc_repo import PullError
     from mmsearch.io import DataError, RegistryError
     from mmsearch.stack.services import ServiceError
@@ -277,7 +318,7 @@ def _run(argv: list[str] | None) -> int:
         # stdout carries only the result; libraries' chatter (Keras, MLflow) goes to stderr
         with contextlib.redirect_stdout(sys.stderr):
             result = args.func(args)
-    except (DataError, C.ConfigError) as error:
+    except (DataError, C.ConfigError, ChampionError) as error:
         print(f"mmsearch {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunFailed as error:

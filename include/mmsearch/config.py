@@ -254,6 +254,21 @@ class RunConfig:
         minimum=0,
         maximum=1,
     )
+    promotion: str = _registry(
+        "auto",
+        "auto: the gate moves the champion alias itself. approve: a promotion the gate grants waits for a "
+        "person to approve it in the Airflow UI (the model.approve_promotion task's Required Actions).",
+        choices=("auto", "approve"),
+        fingerprint=False,
+    )
+    approval_timeout_hours: float = _registry(
+        24.0,
+        "With promotion approve: hours to wait for a person; no answer by then rejects the promotion "
+        "(the version stays challenger).",
+        fingerprint=False,
+        exclusiveMinimum=0,
+        maximum=720,
+    )
     bootstrap_resamples: int = _registry(
         1000,
         "Resamples of the test split's query groups behind every interval and the gate.",

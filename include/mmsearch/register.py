@@ -12,17 +12,18 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mmsearch import champion as champions
 from mmsearch import config as C
 from mmsearch import tracking
+from mmsearch.champion import CHALLENGER, CHAMPION
 from mmsearch.io import CredentialsError, RegistryError, with_backoff, write_json
-from mmsearch.tracking import CHALLENGER, CHAMPION
+from mmsearch.summary import CARD_METRICS, SUMMARY, with_interval
 
 log = logging.getLogger(__name__)
 
 RUN_TAG = "airflow_run_id"
 LOGICAL_DATE_TAG = "airflow_logical_date"
 RUN_DIR_TAG = "run_dir"  # the run's outputs: retention keeps them, drift reads its merged data
-SUMMARY = "summary.json"
 MODEL_SUMMARY = ("candidate", "overrides", "epochs_run", "best_epoch", "validation", "weights_sha256")
 
 
@@ -107,16 +108,14 @@ def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: C.R
     return found
 
 
-CARD_METRICS = ("accuracy", "macro_f1", "ndcg")
-
-
-def with_interval(value: float, bounds: list | None) -> str:
-    """`0.4988 [0.452, 0.541]`: a metric and its 95 % interval, when it has one."""
-    return f"{value:.4f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
-
-
 def model_card(
-    model: dict, scores: dict, lineage: dict, decision: Decision, metric: str, intervals: dict | None = None
+    model: dict,
+    scores: dict,
+    lineage: dict,
+    decision: Decision,
+    metric: str,
+    intervals: dict | None = None,
+    awaiting_approval: bool = False,
 ) -> str:
     """The registered version's description: what it is, its data, its scores beside the baselines."""
     intervals = intervals or {}
@@ -127,6 +126,9 @@ def model_card(
     rows = "\n".join(f"| {name} | {' | '.join(found)} |" for name, found in cells.items())
     data = "\n".join(f"- `{path}`: md5 `{md5}`" for path, md5 in sorted(lineage.get("file_md5", {}).items()))
     overrides = model.get("overrides") or {}
+    verdict = "promoted to champion" if decision.promote else "stays challenger"
+    if awaiting_approval:
+        verdict = "granted; the promotion awaits a person's approval (Airflow: model.approve_promotion)"
     return (
         f"**ESCI relevance model** ({model['feature_set']}), candidate {model.get('candidate', 0)} "
         f"`{overrides}`, chosen by validation macro-F1 {model['validation']['macro_f1']:.4f}; "
@@ -134,8 +136,8 @@ def model_card(
         f"**Test split** (query groups never seen in training or selection; [95 % interval], a "
         f"bootstrap over its queries):\n\n"
         f"| scorer | accuracy | macro-F1 | nDCG |\n| --- | --- | --- | --- |\n{rows}\n\n"
-        f"**Gate** ({metric}): {'promoted to champion' if decision.promote else 'stays challenger'}: "
-        f"{decision.reason}.\n\n**Data**: DVC `{lineage.get('dvc_md5', '')}`\n{data}\n"
+        f"**Gate** ({metric}): {verdict}: {decision.reason}.\n\n"
+        f"**Data**: DVC `{lineage.get('dvc_md5', '')}`\n{data}\n"
     )
 
 
@@ -234,69 +236,35 @@ def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, t
     else:
         champion_scored = (scores["champion"]["version"], scores["champion"]["error"], cfg.min_improvement)
         decision = decide(metric, metrics, scores["uncertainty"]["differences"], *champion_scored)
-        if decision.promote:
-            client.set_registered_model_alias(name, CHAMPION, version.version)
+    awaiting = decision.promote and cfg.promotion == "approve"
+    if decision.promote and not awaiting:
+        gate = f"the gate of {tags.get('dag_id') or 'mmsearch register'}"
+        champions.move(client, name, version.version, "gate", gate, decision.reason, tags.get("run_id", ""))
     client.set_model_version_tag(name, version.version, "promotion_decision", decision.reason)
-    card = model_card(model, metrics, lineage, decision, metric, scores["uncertainty"]["intervals"])
+    if awaiting:
+        client.set_model_version_tag(name, version.version, "approval.status", "awaiting")
+    card = model_card(model, metrics, lineage, decision, metric, scores["uncertainty"]["intervals"], awaiting)
     client.update_model_version(name, version.version, card)
     registered = {"registered_model": name, "registered_version": version.version}
     with mlflow.start_run(run_id=model["mlflow_run_id"]):
         mlflow.set_tags(registered | {"promotion_decision": decision.reason})
     aliases = sorted(client.get_model_version(name, version.version).aliases)
     log.info("registered %s v%s, aliases %s: %s", name, version.version, aliases, decision.reason)
-    holders = [_alias_holder(client, name, alias) for alias in (CHAMPION, CHALLENGER)]
+    holders = [champions.holder(client, name, alias) for alias in (CHAMPION, CHALLENGER)]
     return {
         "registered_model": name,
         "version": version.version,
         "aliases": aliases,
         "promotion_metric": metric,
         "decision": asdict(decision),
-        "champion_version": holders[0].version if holders[0] else None,
+        "promoted": decision.promote and not awaiting,
+        "approval": {"status": "awaiting", "timeout_hours": cfg.approval_timeout_hours} if awaiting else None,
+        "champion_version": str(holders[0].version) if holders[0] else None,
         # the runs whose outputs retention keeps (drift and ranking read the champion's data)
-        "lineage_run_dirs": sorted({v.tags[RUN_DIR_TAG] for v in holders if v and v.tags.get(RUN_DIR_TAG)}),
+        "lineage_run_dirs": lineage_run_dirs(holders),
     }
 
 
-def _alias_holder(client, name: str, alias: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def write_skipped(run_dir: Path, tags: dict, changes: dict) -> dict:
-    """The summary of a run that found nothing new: why, and which version it matched."""
-    summary = {"run_id": tags.get("run_id", ""), "run_dir": str(run_dir), "skipped": changes}
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(run_dir) / SUMMARY, summary)
-    return summary
-
-
-def summary_text(summary: dict) -> str:
-    """The run in a few lines, as a person reads it: test metrics beside the baselines, epochs,
-    the version, the gate's decision, where the outputs are."""
-    if "skipped" in summary:
-        return (
-            f"mmsearch run {summary['run_id']}: skipped training, nothing registered: "
-            f"{summary['skipped']['reason']}\noutputs: {summary['run_dir']}"
-        )
-    registry, model = summary["registry"], summary["model"]
-    intervals = summary.get("intervals", {})
-    lines = [
-        f"mmsearch run {summary['run_id']}: {summary['test_rows']:,} test judgements [95 % intervals]",
-        f"{'test split':<18} " + " ".join(f"{key:<20}" for key in CARD_METRICS).rstrip(),
-    ]
-    scorers = ["model", *sorted(name for name in summary["metrics"] if name != "model")]
-    for name in scorers:
-        metrics, bounds = summary["metrics"][name], intervals.get(name, {})
-        cells = " ".join(f"{with_interval(metrics[key], bounds.get(key)):<20}" for key in CARD_METRICS)
-        lines.append(f"{name:<18} {cells}".rstrip())
-    runs, best = model["epochs_run"], model["best_epoch"]
-    epochs = f"best epoch {best} of {runs}" if best else f"no epoch of {runs} beat its starting regression"
-    candidate = f"candidate {model['candidate']} {model['overrides'] or '{}'} of {len(summary['candidates'])}"
-    lines.append(f"model: {candidate}, {epochs}, validation macro_f1 {model['validation']['macro_f1']:.4f}")
-    version = f"{registry['registered_model']} v{registry['version']}, aliases {', '.join(registry['aliases'])}"
-    lines += [f"registered {version}: {registry['decision']['reason']}", f"outputs: {summary['run_dir']}"]
-    return "\n".join(lines)
+def lineage_run_dirs(versions: list) -> list[str]:
+    """The run directories the versions came from (their `run_dir` tags)."""
+    return sorted({v.tags[RUN_DIR_TAG] for v in versions if v and v.tags.get(RUN_DIR_TAG)})

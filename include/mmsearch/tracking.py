@@ -9,10 +9,9 @@ import os
 import numpy as np
 
 from mmsearch import config as C
+from mmsearch.champion import CHAMPION, holder
 
 log = logging.getLogger(__name__)
-
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def setup(cfg: C.RunConfig):
@@ -96,12 +95,5 @@ class PyfuncScorer:
 def champion(cfg: C.RunConfig):
     """The registered model's version under the `champion` alias, or None."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    try:
-        return mlflow.MlflowClient().get_model_version_by_alias(cfg.registered_model_name, CHAMPION)
-    except MlflowException as error:
-        # no such model, or no such alias; an unreachable server is not "no champion": it raises
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
+    return holder(mlflow.MlflowClient(), cfg.registered_model_name, CHAMPION)

@@ -45,6 +45,7 @@ def test_parsing_loads_no_heavy_library_and_is_fast(dag_file):
 WIRING = {
     "configure": set(),
     "data.pull_data": {"configure"},
+    "data.publish_catalogue": {"configure", "data.pull_data"},
     "data.check_changes": {"configure", "data.pull_data"},
     "data.anything_new": {"configure", "data.check_changes"},
     "data.validate": {"configure", "data.pull_data", "data.anything_new"},
@@ -57,8 +58,10 @@ WIRING = {
     "model.select": {"configure", "model.train"},
     "model.evaluate": {"configure", "model.select", "model.baselines", "data.merge"},
     "model.register": {"configure", "model.select", "model.evaluate", "data.pull_data"},
-    "announce": {"model.register"},
-    "clean_old_runs": {"configure", "model.register"},
+    "model.approve_promotion": {"configure", "model.register"},
+    "model.promote": {"configure", "model.register", "model.approve_promotion"},
+    "announce": {"model.promote"},
+    "clean_old_runs": {"configure", "model.promote"},
 }
 
 
@@ -108,12 +111,15 @@ def test_run_policy(dag):
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.doc_md
     for task in dag.tasks:
+        assert task.doc_md, task.task_id
         if task.task_id in NO_RETRY:
             assert task.retries == 0, task.task_id
             continue
         assert task.retries >= 1 and task.retry_exponential_backoff, task.task_id
-        assert task.execution_timeout is not None
-        assert task.doc_md, task.task_id
+        if task.task_id == "model.approve_promotion":  # waits for a person: approval_timeout_hours bounds it
+            assert task.defaults == ["Reject"]  # no answer in time rejects
+            continue
+        assert task.execution_timeout is not None, task.task_id
 
 
 def test_ml_tasks_run_in_the_ml_environment(dag):
@@ -128,6 +134,7 @@ def test_ml_tasks_run_in_the_ml_environment(dag):
         "model.baselines",
         "model.evaluate",
         "model.register",
+        "model.promote",
     }
     assert dag.get_task("model.train").partial_kwargs["python"] == ML_PYTHON
     assert {dag.get_task(t).python for t in ml_tasks} == {ML_PYTHON}

@@ -4,9 +4,11 @@ MLflow's registry asked for the champion."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from mmsearch.stack.settings import StackError, StackSettings
+from mmsearch.stack import processes
+from mmsearch.stack.settings import StackError, StackSettings, running_settings, stack_secrets
 
 REGISTERED_MODEL = "mmsearch-esci"
 
@@ -50,3 +52,15 @@ def champion_version(settings: StackSettings, env: dict) -> str:
         f"challenger: {reason}. Next: a run whose model no baseline "
         "beats significantly becomes the champion: more data or other candidates (docs/design.md, The model)"
     )
+
+
+def registry_env() -> dict[str, str]:
+    """MLFLOW_TRACKING_* for the running stack's MLflow server (what `mmsearch champion` acts on);
+    empty when MLFLOW_TRACKING_URI is set already or no stack runs (then: make run's store)."""
+    if os.environ.get("MLFLOW_TRACKING_URI") or "mlflow" not in processes.running():
+        return {}
+    return {
+        "MLFLOW_TRACKING_URI": running_settings().mlflow_url,
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": stack_secrets()["mlflow_admin_password"],
+    }

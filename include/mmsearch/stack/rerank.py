@@ -1,12 +1,15 @@
 """The champion as a re-ranker: a query embedding and its candidates' product ids in, the products
 ordered by expected ESCI gain out.
 
-The product side is the service's own data: the catalogue the champion was trained with (its
-version's `dvc_md5.sqid/product_features.parquet` tag, found in the DVC cache), or a file given by
-path, held as two contiguous float32 matrices and an id index. The model is the registered
-version's serving SavedModel (the transform graph and the Keras model) converted once to a LiteRT
-flatbuffer and run by LiteRT's interpreter: the same graph without importing TensorFlow, whose
-runtime alone is 770 MB of the service's memory (docs/serving.md has the measurements).
+The product side is the service's own data: the published catalogue (the newest product file the
+training DAG's `publish_catalogue` checked, whatever version the model was trained on), or, where
+nothing was published yet, the catalogue the champion was trained with (its version's
+`dvc_md5.sqid/product_features.parquet` tag, found in the DVC cache), or a file given by path; held
+as two contiguous float32 matrices and an id index. Candidates the catalogue does not know are
+named in the answer and left out of the ranking (or refused, with `strict`). The model is the
+registered version's serving SavedModel (the transform graph and the Keras model) converted once
+to a LiteRT flatbuffer and run by LiteRT's interpreter: the same graph without importing
+TensorFlow, whose runtime alone is 770 MB of the service's memory (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from mmsearch import config as C
 from mmsearch import dvc_repo, raw
 from mmsearch import features as F
+from mmsearch.catalogue import published as published_catalogue
 from mmsearch.io import DataError
 from mmsearch.metrics import GAIN_BY_ID
 from mmsearch.serving import DECISION_RULE, PROBABILITY_COLUMNS, served_label_ids
@@ -46,18 +50,28 @@ class RequestError(ValueError):
 
 
 @dataclass(frozen=True)
+class CatalogueSource:
+    """Where a catalogue comes from: its file, its md5 (when known before reading it), how it was chosen."""
+
+    path: Path
+    md5: str = ""
+    origin: str = "given"  # published | champion's lineage | given
+    published_at: str = ""
+
+
+@dataclass(frozen=True)
 class Catalogue:
     ids: np.ndarray
     index: dict[str, int]
     text: np.ndarray
     image: np.ndarray
-    path: Path
+    source: CatalogueSource
     md5: str
 
     @classmethod
-    def load(cls, path: Path, md5: str = "") -> Catalogue:
+    def load(cls, source: CatalogueSource) -> Catalogue:
         """The product file's embeddings, checked batch by batch into preallocated matrices (one copy)."""
-        path = Path(path)
+        path = Path(source.path)
         table = raw.FeatureTable(path, "product_id", raw.PRODUCT_EMBEDDINGS, raw.PRODUCT_FEATURE_COLUMNS)
         rows = raw.open_parquet(path).metadata.num_rows
         text, image = (np.empty((rows, F.EMBEDDING_DIM), np.float32) for _ in range(2))
@@ -69,25 +83,38 @@ class Catalogue:
         index: dict[str, int] = {}
         for row, key in enumerate(ids):
             index.setdefault(key, row)  # validate refuses conflicting duplicates; the first is kept
-        return cls(np.array(ids, dtype=object), index, text, image, path, md5 or dvc_repo.file_digest(path))
+        md5 = source.md5 or dvc_repo.file_digest(path)
+        return cls(np.array(ids, dtype=object), index, text, image, source, md5)
 
-    def rows_of(self, product_ids: list) -> np.ndarray:
-        unknown = [p for p in product_ids if p not in self.index]
-        if unknown:
-            missing = f"{len(unknown)} product ids are not in the catalogue ({self.md5[:12]})"
-            raise RequestError(422, f"{missing}: {unknown[:10]}")
-        return np.fromiter((self.index[p] for p in product_ids), np.int64, len(product_ids))
+    def rows_of(self, product_ids: list, strict: bool = False) -> tuple[list[str], np.ndarray, list[str]]:
+        """The known ids, their rows, and the unknown ids; RequestError when none is known, or any
+        is unknown and the request is `strict`."""
+        rows = np.fromiter((self.index.get(p, -1) for p in product_ids), np.int64, len(product_ids))
+        known = rows >= 0
+        if known.all():
+            return product_ids, rows, []
+        unknown = [p for p, found in zip(product_ids, known) if not found]
+        missing = f"{len(unknown)} of {len(product_ids)} product ids are not in the catalogue ({self.md5[:12]})"
+        if strict or not known.any():
+            raise RequestError(422, f"{missing}{' (strict)' if strict else ''}: {unknown[:10]}")
+        return [p for p, found in zip(product_ids, known) if found], rows[known], unknown
 
 
-def catalogue_path(version_tags: dict, dvc_repo_dir: Path) -> tuple[Path, str]:
-    """The champion's product file in the DVC cache, by the md5 its version's lineage records."""
+def catalogue_source(version_tags: dict, dvc_repo_dir: Path, given: Path | None = None) -> CatalogueSource:
+    """The catalogue to serve: the file given, else the published one, else the champion's own
+    (the product file its version's lineage names by md5, in the DVC cache)."""
+    if given:
+        return CatalogueSource(Path(given))
+    published = published_catalogue()
+    if published:
+        return CatalogueSource(Path(published["path"]), published["md5"], "published", published["published_at"])
     md5 = version_tags.get(CATALOGUE_TAG)
     if not md5:
         raise DataError(C.PRODUCT_FEATURES_FILE, f"the champion's lineage has no {CATALOGUE_TAG} tag: {GIVE_CATALOGUE}")
     path = dvc_repo.cached_file(dvc_repo_dir, md5)
     if not path.exists():
         raise DataError(path, f"the champion's catalogue (md5 {md5}) is not in the DVC cache: {GIVE_CATALOGUE}")
-    return path, md5
+    return CatalogueSource(path, md5, "champion's lineage")
 
 
 class Champion:
@@ -174,28 +201,44 @@ def query_vector(value) -> np.ndarray:
     return vector[None, :]
 
 
-def rerank(champion: Champion, catalogue: Catalogue, queries: list[dict]) -> list[list[dict]]:
-    """Each query's candidates ordered by expected gain (ties keep the request's order), scored in one call."""
-    parsed = []
-    for number, query in enumerate(queries):
-        if not isinstance(query, dict):
-            raise RequestError(422, f"query {number} must be an object with query_embedding and product_ids")
-        ids = query.get("product_ids")
-        if not isinstance(ids, list) or not ids or not all(isinstance(p, str) for p in ids):
-            raise RequestError(422, "product_ids must be a non-empty list of product id strings")
-        top_k = query.get("top_k", len(ids))
-        if not isinstance(top_k, int) or top_k < 1:
-            raise RequestError(422, f"top_k must be a positive integer, not {top_k!r}")
-        parsed.append((query_vector(query.get("query_embedding")), ids, catalogue.rows_of(ids), top_k))
-    rows = np.concatenate([found[2] for found in parsed])
-    tiled = np.concatenate([np.repeat(vector, len(ids), axis=0) for vector, ids, _, _ in parsed])
+@dataclass(frozen=True)
+class Query:
+    vector: np.ndarray
+    ids: list[str]  # the known candidates, in the request's order
+    rows: np.ndarray
+    unknown: list[str]
+    top_k: int
+
+
+def parse_query(number: int, query, catalogue: Catalogue) -> Query:
+    if not isinstance(query, dict):
+        raise RequestError(422, f"query {number} must be an object with query_embedding and product_ids")
+    ids = query.get("product_ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(p, str) for p in ids):
+        raise RequestError(422, "product_ids must be a non-empty list of product id strings")
+    top_k, strict = query.get("top_k", len(ids)), query.get("strict", False)
+    if not isinstance(top_k, int) or top_k < 1:
+        raise RequestError(422, f"top_k must be a positive integer, not {top_k!r}")
+    if not isinstance(strict, bool):
+        raise RequestError(422, f"strict must be true or false, not {strict!r}")
+    vector = query_vector(query.get("query_embedding"))
+    return Query(vector, *catalogue.rows_of(ids, strict), top_k)
+
+
+def rerank(champion: Champion, catalogue: Catalogue, queries: list[dict]) -> list[dict]:
+    """Each query's known candidates ordered by expected gain (ties keep the request's order),
+    every query scored in one call; its unknown candidates named apart."""
+    parsed = [parse_query(number, query, catalogue) for number, query in enumerate(queries)]
+    rows = np.concatenate([query.rows for query in parsed])
+    tiled = np.concatenate([np.repeat(query.vector, len(query.ids), axis=0) for query in parsed])
     answer = champion.answer(champion.probabilities(tiled, catalogue.text[rows], catalogue.image[rows]))
     ranked, start = [], 0
-    for _, ids, _, top_k in parsed:
-        span = slice(start, start + len(ids))
-        order = np.argsort(-answer["expected_gain"][span], kind="stable")[:top_k] + start
-        ranked.append([_row(answer, int(i), catalogue.ids[rows[i]]) for i in order])
-        start += len(ids)
+    for query in parsed:
+        span = slice(start, start + len(query.ids))
+        order = np.argsort(-answer["expected_gain"][span], kind="stable")[: query.top_k] + start
+        products = [_row(answer, int(i), catalogue.ids[rows[i]]) for i in order]
+        ranked.append({"products": products, "unknown_product_ids": query.unknown})
+        start += len(query.ids)
     return ranked
 
 

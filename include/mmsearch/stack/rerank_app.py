@@ -1,15 +1,17 @@
 """The re-ranking service: FastAPI on uvicorn, in the ML environment, started by `make serve`.
 
-POST /rerank   {"query_embedding": [768 floats], "product_ids": [...], "top_k": n}, or
-               {"queries": [such objects]}: each query's products by expected ESCI gain
+POST /rerank   {"query_embedding": [768 floats], "product_ids": [...], "top_k": n, "strict": false},
+               or {"queries": [such objects]}: each query's known products by expected ESCI gain,
+               the ids the catalogue does not know listed apart (`unknown_product_ids`)
 POST /score    a `.npy` [n, 3, 768] float32 body (query, text, image): labels and p_*
-GET  /health   the model version, the catalogue's rows and md5
-GET  /metrics  Prometheus: latency and count by path and status, the model version
+GET  /health   the model version; the catalogue's md5, rows, origin and when it was published
+GET  /metrics  Prometheus: latency and count by path and status, unknown ids, the model version
 
 /rerank and /score want `Authorization: Bearer <token>` (MMSEARCH_RERANK_TOKEN). A thread polls
-the registry every --poll-seconds; when the champion alias moves it loads the new version (and
-its catalogue) beside the old one and swaps them in one assignment: a request holds the pair it
-started with, so requests in flight finish on the old version.
+every --poll-seconds: the registry's champion alias (the model follows the champion) and the
+published catalogue (the catalogue follows the data). When either moved it loads the new one
+beside the old and swaps the (model, catalogue) pair in one assignment: a request holds the pair
+it started with, so requests in flight finish on what they started with.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from mmsearch import config as C
+from mmsearch.catalogue import published as published_catalogue
 from mmsearch.stack import rerank
 from mmsearch.stack.settings import RERANK_TOKEN_VARIABLE
 
@@ -59,46 +62,74 @@ class Options:
 
 
 class Service:
-    """What the app serves, and the registry poll that swaps it."""
+    """What the app serves, and the poll that swaps it."""
 
     def __init__(self, options: Options):
         self.options = options
         self.cache = C.mmsearch_home() / "serving"
         self.cache.mkdir(parents=True, exist_ok=True)
-        self.served = self.load(None)
+        self.served = self.load()
         self._stop = threading.Event()
 
-    def load(self, current: Served | None) -> Served:
+    def load(self) -> Served:
         """The champion and its catalogue; the catalogue read while the model downloads and converts."""
         version = rerank.champion_model_version(self.options.model)
-        given = self.options.catalogue
-        path, md5 = (given, "") if given else rerank.catalogue_path(version.tags, self.options.dvc_repo)
-        same = current and current.catalogue.path == Path(path)
+        source = rerank.catalogue_source(version.tags, self.options.dvc_repo, self.options.catalogue)
         with ThreadPoolExecutor(1) as pool:
-            reading = None if same else pool.submit(rerank.Catalogue.load, path, md5)
+            reading = pool.submit(rerank.Catalogue.load, source)
             champion = rerank.load_champion(self.cache, version, self.options.model)
-            catalogue = current.catalogue if same else reading.result()
-        log.info("champion v%s with %d products from %s", champion.version, len(catalogue.ids), path)
+            catalogue = reading.result()
+        log.info(
+            "champion v%s with %d products (%s, %s)", champion.version, len(catalogue.ids), source.origin, source.path
+        )
         return Served(champion, catalogue)
 
-    def poll_once(self) -> bool:
-        named = rerank.champion_model_version(self.options.model).version
-        if str(named) == self.served.champion.version:
+    def follow_champion(self) -> bool:
+        """A new champion version: loaded beside the served one, then swapped in."""
+        version = rerank.champion_model_version(self.options.model)
+        served = self.served
+        if str(version.version) == served.champion.version:
             return False
-        before = self.served.champion.version
-        self.served = self.load(self.served)
-        log.info("swapped champion v%s -> v%s", before, self.served.champion.version)
+        champion = rerank.load_champion(self.cache, version, self.options.model)
+        source = rerank.catalogue_source(version.tags, self.options.dvc_repo, self.options.catalogue)
+        same = source.path == served.catalogue.source.path
+        catalogue = served.catalogue if same else rerank.Catalogue.load(source)
+        self.served = Served(champion, catalogue)
+        log.info("swapped champion v%s -> v%s", served.champion.version, champion.version)
+        return True
+
+    def follow_catalogue(self) -> bool:
+        """A newly published catalogue: loaded beside the served one, then swapped in with the same model."""
+        if self.options.catalogue:  # a file given by hand stays
+            return False
+        published = published_catalogue()
+        served = self.served
+        if not published or published["md5"] == served.catalogue.md5:
+            return False
+        source = rerank.CatalogueSource(
+            Path(published["path"]), published["md5"], "published", published["published_at"]
+        )
+        self.served = Served(served.champion, rerank.Catalogue.load(source))
+        before, now = served.catalogue, self.served.catalogue
+        log.info("swapped catalogue %s (%d products) -> %s (%d)", before.md5, len(before.ids), now.md5, len(now.ids))
         return True
 
     def poll(self) -> None:
         while not self._stop.wait(self.options.poll_seconds):
-            try:
-                self.poll_once()
-            except Exception:  # the registry away or a bad version: keep serving the loaded one
-                log.exception("registry poll failed; still serving v%s", self.served.champion.version)
+            for step in (self.follow_champion, self.follow_catalogue):
+                try:
+                    step()
+                except Exception:  # the registry away, a bad version or file: keep serving what is loaded
+                    served = self.served
+                    log.exception(
+                        "%s failed; still serving v%s with catalogue %s",
+                        step.__name__,
+                        served.champion.version,
+                        served.catalogue.md5,
+                    )
 
     def start_polling(self) -> None:
-        threading.Thread(target=self.poll, name="registry-poll", daemon=True).start()
+        threading.Thread(target=self.poll, name="poll", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -135,6 +166,12 @@ def create_app(options: Options) -> FastAPI:
         "rerank_request_seconds", "Request latency by path", ["path"], buckets=buckets, registry=registry
     )
     version_gauge = Gauge("rerank_model_version", "The registered version answering", registry=registry)
+    catalogue_gauge = Gauge("rerank_catalogue_products", "Products in the catalogue served", registry=registry)
+    unknown_ids = Counter(
+        "rerank_unknown_product_ids",
+        "Candidate ids the catalogue did not know (left out of rankings)",
+        registry=registry,
+    )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -187,8 +224,16 @@ def create_app(options: Options) -> FastAPI:
         if not isinstance(queries, list) or not queries:
             raise rerank.RequestError(422, "queries must be a non-empty list")
         ranked = rerank.rerank(served.champion, served.catalogue, queries)
-        found = {"model_version": served.champion.version}
-        return reply(found | ({"results": ranked} if "queries" in body else {"products": ranked[0]}))
+        unknown_ids.inc(sum(len(query["unknown_product_ids"]) for query in ranked))
+        if "queries" not in body:
+            return reply({"model_version": served.champion.version, **ranked[0]})
+        return reply(
+            {
+                "model_version": served.champion.version,
+                "results": [query["products"] for query in ranked],
+                "unknown_product_ids": [query["unknown_product_ids"] for query in ranked],
+            }
+        )
 
     @app.post("/score", dependencies=[Depends(guard)])
     async def score_endpoint(request: Request):
@@ -199,11 +244,19 @@ def create_app(options: Options) -> FastAPI:
     async def health():
         served = app.state.service.served  # one read: a swap cannot split the pair
         champion, catalogue = served.champion, served.catalogue
-        return {"model_version": champion.version, "catalogue_rows": len(catalogue.ids), "catalogue_md5": catalogue.md5}
+        return {
+            "model_version": champion.version,
+            "catalogue_rows": len(catalogue.ids),
+            "catalogue_md5": catalogue.md5,
+            "catalogue_origin": catalogue.source.origin,
+            "catalogue_published_at": catalogue.source.published_at or None,
+        }
 
     @app.get("/metrics")
     async def metrics():
-        version_gauge.set(float(app.state.service.served.champion.version))
+        served = app.state.service.served
+        version_gauge.set(float(served.champion.version))
+        catalogue_gauge.set(len(served.catalogue.index))
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
     return app
@@ -214,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5002)
     parser.add_argument("--model", default=rerank.REGISTERED_MODEL, help="the registered model to serve")
-    parser.add_argument("--catalogue", type=Path, help="a product file to serve (default: the champion's, by lineage)")
+    parser.add_argument(
+        "--catalogue", type=Path, help="a product file to serve, fixed (default: the published catalogue, followed)"
+    )
     parser.add_argument("--dvc-repo", type=Path, default=C.REPO_ROOT, help="the DVC repository whose cache holds it")
     parser.add_argument("--poll-seconds", type=float, default=30.0, help="how often the registry is asked")
     args = parser.parse_args(argv)

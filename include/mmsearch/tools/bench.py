@@ -285,7 +285,7 @@ def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
 
 
 def write_report(rows: list[dict], quality: list[dict], out_dir: Path) -> Path:
-    from mmsearch.register import with_interval
+    from mmsearch.summary import with_interval
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(key for row in rows for key in row))  # overhead, floors: some rows only

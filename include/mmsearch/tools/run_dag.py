@@ -101,7 +101,7 @@ def next_step(summary: dict) -> str:
         return f"next: `make mlflow-ui` shows the registered runs; `{force}` trains anyway"
     registry = summary["registry"]
     version, decision = registry["version"], registry["decision"]
-    if decision["promote"]:
+    if registry["promoted"]:
         return (
             f"next: `make mlflow-ui` shows this run (training curves, evaluation figures); v{version} is the "
             "champion: load models:/mmsearch-esci@champion (README, After make run), or serve it with the stack"
@@ -117,13 +117,17 @@ def next_step(summary: dict) -> str:
 
 def run_dag(conf: str = "{}", as_json: bool = False, logical_date: str | None = None) -> dict | str:
     """Check the conf (one line if it is wrong, before any work), run the DAG, summarise it."""
-    from mmsearch.register import summary_text
+    from mmsearch.summary import summary_text
 
     try:
         values = json.loads(conf)
     except json.JSONDecodeError as error:
         raise C.ConfigError(f"the conf is not JSON: {error}") from None
-    C.RunConfig.from_mapping(values)
+    if C.RunConfig.from_mapping(values).promotion == "approve":
+        raise C.ConfigError(
+            "promotion 'approve' waits for a person to answer in the Airflow UI, which `make run` "
+            "(airflow dags test) has not: use it on the server stack (make up), or leave promotion 'auto'"
+        )
     log_path = C.mmsearch_home() / "logs" / f"dags-test-{time.strftime('%Y%m%dT%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"{DAG_ID}: airflow dags test, a line per task", flush=True)

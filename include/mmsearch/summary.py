@@ -1,0 +1,74 @@
+"""A training run's summary: `summary.json` in the run's directory (written by register, completed
+by promote, or written alone by a run that skipped), and the few lines a person reads of it (the
+register and promote task logs, `make run`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmsearch.io import read_json, write_json
+
+SUMMARY = "summary.json"
+CARD_METRICS = ("accuracy", "macro_f1", "ndcg")
+
+
+def with_interval(value: float, bounds: list | None) -> str:
+    """`0.4988 [0.452, 0.541]`: a metric and its 95 % interval, when it has one."""
+    return f"{value:.4f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+
+
+def write_skipped(run_dir: Path, tags: dict, changes: dict) -> dict:
+    """The summary of a run that found nothing new: why, and which version it matched."""
+    summary = {"run_id": tags.get("run_id", ""), "run_dir": str(run_dir), "skipped": changes}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(run_dir) / SUMMARY, summary)
+    return summary
+
+
+def update_registry(run_dir: Path, registry: dict) -> dict:
+    """The run's summary with its registry part replaced (after a person's answer to a promotion)."""
+    summary = {**read_json(Path(run_dir) / SUMMARY), "registry": registry}
+    write_json(Path(run_dir) / SUMMARY, summary)
+    return summary
+
+
+def approval_line(approval: dict | None) -> str | None:
+    """What became of a promotion the gate granted with `promotion: approve`; None without one."""
+    if not approval:
+        return None
+    if approval["status"] == "awaiting":
+        hours = approval["timeout_hours"]
+        return f"approval: awaiting a person (model.approve_promotion in the Airflow UI, {hours:g} h at most)"
+    comment = f": {approval['comment']}" if approval.get("comment") else ""
+    return f"approval: {approval['status']} by {approval['by']} at {approval['at']}{comment}"
+
+
+def summary_text(summary: dict) -> str:
+    """The run in a few lines, as a person reads it: test metrics beside the baselines, epochs,
+    the version, the gate's decision (and a person's), where the outputs are."""
+    if "skipped" in summary:
+        return (
+            f"mmsearch run {summary['run_id']}: skipped training, nothing registered: "
+            f"{summary['skipped']['reason']}\noutputs: {summary['run_dir']}"
+        )
+    registry, model = summary["registry"], summary["model"]
+    intervals = summary.get("intervals", {})
+    lines = [
+        f"mmsearch run {summary['run_id']}: {summary['test_rows']:,} test judgements [95 % intervals]",
+        f"{'test split':<18} " + " ".join(f"{key:<20}" for key in CARD_METRICS).rstrip(),
+    ]
+    scorers = ["model", *sorted(name for name in summary["metrics"] if name != "model")]
+    for name in scorers:
+        metrics, bounds = summary["metrics"][name], intervals.get(name, {})
+        cells = " ".join(f"{with_interval(metrics[key], bounds.get(key)):<20}" for key in CARD_METRICS)
+        lines.append(f"{name:<18} {cells}".rstrip())
+    runs, best = model["epochs_run"], model["best_epoch"]
+    epochs = f"best epoch {best} of {runs}" if best else f"no epoch of {runs} beat its starting regression"
+    candidate = f"candidate {model['candidate']} {model['overrides'] or '{}'} of {len(summary['candidates'])}"
+    lines.append(f"model: {candidate}, {epochs}, validation macro_f1 {model['validation']['macro_f1']:.4f}")
+    version = f"{registry['registered_model']} v{registry['version']}, aliases {', '.join(registry['aliases'])}"
+    lines.append(f"registered {version}: {registry['decision']['reason']}")
+    approval = approval_line(registry.get("approval"))
+    lines += [approval] if approval else []
+    lines.append(f"outputs: {summary['run_dir']}")
+    return "\n".join(lines)
