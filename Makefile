@@ -23,7 +23,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PATH := $(AIRFLOW_BIN):$(PATH)
 
-.PHONY: help envs system-deps run mlflow-ui up serve serve-example down status lint test bench bench-stack lock clean distclean sample-data real-data
+.PHONY: help envs system-deps run mlflow-ui up serve serve-example down rollback champion-history status lint test bench bench-stack lock clean distclean sample-data real-data
 
 help:
 	@echo "make run         set up, pull the sample through DVC, run the DAG once (airflow dags test)"
@@ -33,6 +33,8 @@ help:
 	@echo "make serve       the champion as a re-ranking service on :5001 (POST /rerank)"
 	@echo "make serve-example  re-rank one query's judged products of data/raw with the service"
 	@echo "make down        stop them all (by PID)"
+	@echo "make rollback REASON=... [TO=N]  move the champion alias back, recorded (who, when, why)"
+	@echo "make champion-history  every move of the champion alias: gate, approvals, rollbacks"
 	@echo "make status      health, PIDs and memory of the running stack"
 	@echo "make test        set up and run the linter and the test suite"
 	@echo "make lint        ruff check, ruff format --check, lint-imports (layers, no cycles)"
@@ -101,6 +103,17 @@ serve-example:
 
 down:
 	$(AIRFLOW_BIN)/mmsearch stack down
+
+# The champion alias moved back (TO=VERSION, default: the champion before), with who and why recorded;
+# on the running stack's registry, else make run's. The re-ranking service follows within its poll.
+REASON ?=
+TO     ?=
+rollback: envs
+	$(ML_VENV)/bin/mmsearch champion rollback --reason '$(REASON)' $(if $(TO),--to $(TO))
+
+# Every move of the champion alias: the gate's, approvals, rollbacks.
+champion-history: envs
+	$(ML_VENV)/bin/mmsearch champion history
 
 status:
 	$(AIRFLOW_BIN)/mmsearch stack status

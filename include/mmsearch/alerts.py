@@ -49,7 +49,7 @@ def send(subject: str, lines: list[str], context) -> bool:
     recipients = [address.strip() for address in str(extra.get("to", "")).split(",") if address.strip()]
     if not recipients:
         raise ValueError(f"the Airflow connection {CONNECTION!r} names no recipients: set `to` in its extra")
-    body = "".join(f"<p>{html.escape(line)}</p>\n" for line in lines)
+    body = "<pre>\n" + html.escape("\n".join(lines)) + "\n</pre>\n"  # the lines as written: tables stay aligned
     notifier = SmtpNotifier(
         to=recipients, from_email=extra.get("from_email"), subject=subject, html_content=body, smtp_conn_id=CONNECTION
     )

@@ -20,7 +20,7 @@ from airflow.sdk.definitions.param import ParamsDict
 
 from mmsearch import config as C
 from mmsearch.io import read_json
-from mmsearch.summary import SUMMARY, summary_text
+from mmsearch.summary import SUMMARY, metrics_table
 
 WHY = "Why you approve or reject it: recorded on the model version and in the run's summary."
 
@@ -61,11 +61,13 @@ class PromotionApproval(ApprovalOperator):
         if approval.get("status") != "awaiting":
             raise AirflowSkipException(f"no approval needed: {self.registry['decision']['reason']}")
         name, version = self.registry["registered_model"], self.registry["version"]
-        summary = summary_text(read_json(Path(self.settings["run_dir"]) / SUMMARY))
+        summary = read_json(Path(self.settings["run_dir"]) / SUMMARY)
         self.subject = f"Promote {name} v{version} to champion?"
         self.body = (
             f"The gate granted it: {self.registry['decision']['reason']}.\n\n"
-            f"Model card: {model_card_link(name, version)}\n\n```\n{summary}\n```\n\n"
+            f"{metrics_table(summary)}\n\n"
+            f"Model card: {model_card_link(name, version)}\n\n"
+            f"Run {summary['run_id']}, outputs in {summary['run_dir']}\n\n"
             f"Approve moves the `champion` alias (the re-ranking service follows it); Reject, or no answer "
             f"within {approval['timeout_hours']:g} h, leaves v{version} challenger."
         )

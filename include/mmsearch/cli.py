@@ -87,7 +87,10 @@ def _stack(args: argparse.Namespace):
 
 def _champion(args: argparse.Namespace):
     """`mmsearch champion history|rollback` on the running stack's registry, else make run's."""
-    import mlflow
+    try:
+        import mlflow
+    except ImportError:  # the Airflow environment's `mmsearch`: the same command in the ML environment
+        os.execv(C.ml_python(), [C.ml_python(), "-m", "mmsearch.cli", *sys.argv[1:]])
 
     from mmsearch import champion as champions
     from mmsearch.stack.clients import registry_env

@@ -5,7 +5,8 @@ published one in a single rename.
 The training DAG runs it right after `pull_data`, beside the nothing-new check, so a new product
 file reaches the service on the night it arrives, whether or not that night trains, and whether
 or not its model becomes champion. A file that fails the checks is never published: the task
-fails in one line and the service keeps the catalogue it has.
+fails in one line and the service keeps the catalogue it has. Only the data path publishes: a run
+given `raw_data_dir` (files used as they are, an experiment) publishes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def _prune(root: Path, keep: int, published: str) -> list[str]:
 
 def publish(lineage: dict, cfg: C.RunConfig, run_id: str = "", root: Path | None = None) -> dict:
     """Check the product file of `lineage` and publish it, unless it is published already."""
+    if cfg.raw_data_dir:
+        reason = "nothing published: raw_data_dir is a directory used as it is, not the data path (DVC)"
+        return {"published": False, "reason": reason}
     root = Path(root or catalogue.catalogue_root())
     source = Path(lineage["raw_dir"]) / C.PRODUCT_FEATURES_FILE
     md5 = lineage.get("file_md5", {}).get(C.PRODUCT_FEATURES_FILE) or dvc_repo.file_digest(source)

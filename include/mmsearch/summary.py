@@ -17,6 +17,16 @@ def with_interval(value: float, bounds: list | None) -> str:
     return f"{value:.4f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
 
 
+def metrics_table(summary: dict) -> str:
+    """The test metrics of the model and each baseline with their intervals, as a Markdown table."""
+    heading = "| test split | " + " | ".join(CARD_METRICS) + " |\n|" + " --- |" * (len(CARD_METRICS) + 1)
+    rows = []
+    for name in ["model", *sorted(name for name in summary["metrics"] if name != "model")]:
+        metrics, bounds = summary["metrics"][name], summary.get("intervals", {}).get(name, {})
+        rows.append(f"| {name} | " + " | ".join(with_interval(metrics[k], bounds.get(k)) for k in CARD_METRICS) + " |")
+    return "\n".join([heading, *rows])
+
+
 def write_skipped(run_dir: Path, tags: dict, changes: dict) -> dict:
     """The summary of a run that found nothing new: why, and which version it matched."""
     summary = {"run_id": tags.get("run_id", ""), "run_dir": str(run_dir), "skipped": changes}

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -59,7 +60,9 @@ def test_make_run_prints_a_line_per_task_the_summary_and_what_to_do_next(first_r
     progress = [line.split() for line in lines if line.startswith("  ")]
     assert progress[0][:2] == ["configure", "success"] and progress[0][-1] == "s"
     assert {"model.train[0]", "model.train[1]", "model.register"} <= {fields[0] for fields in progress}
-    assert all(fields[1] == "success" for fields in progress), progress
+    states = {fields[0]: fields[1] for fields in progress}
+    assert states.pop("model.approve_promotion") == "skipped"  # promotion: auto, no person asked
+    assert set(states.values()) == {"success"}, progress
     assert lines[-1].startswith("next: `make mlflow-ui` shows this run") and "v1 is the champion" in lines[-1]
     log = Path(re.search(r"Airflow's log: (\S+)", first_run["printed"]).group(1))
     assert log.parent == Path(first_run["run_dir"]) and "[DAG TEST] end task" in log.read_text()
@@ -564,14 +567,19 @@ def _query(width: int = 768, value: float = 0.01) -> list:
         ),
         ({"query_embedding": _query(), "product_ids": []}, 422, "product_ids must be a non-empty list"),
         (
-            {"query_embedding": _query(), "product_ids": ["nope", "B000000001", "gone"]},
+            {"query_embedding": _query(), "product_ids": ["nope", "gone"]},
             422,
-            r"2 product ids are not in the catalogue \(\w+\): \['nope', 'gone'\]",
+            r"2 of 2 product ids are not in the catalogue \(\w+\): \['nope', 'gone'\]",
+        ),
+        (
+            {"query_embedding": _query(), "product_ids": ["nope", "B000000001"], "strict": True},
+            422,
+            r"1 of 2 product ids are not in the catalogue \(\w+\) \(strict\): \['nope'\]",
         ),
         ("{not json", 400, "the body is not JSON"),
         ('{"query_embedding": [' + "0.1, " * 1_000_000 + "0.1]}", 413, "the body is over 4194304 bytes"),
     ],
-    ids=["wrong-width", "nan", "empty", "unknown-ids", "not-json", "too-large"],
+    ids=["wrong-width", "nan", "empty", "no-known-id", "strict-unknown-id", "not-json", "too-large"],
 )
 def test_a_bad_request_gets_a_4xx_naming_the_problem_and_changes_nothing(reranker, body, status, message):
     before = reranker["client"].get("/health").json()
@@ -580,6 +588,20 @@ def test_a_bad_request_gets_a_4xx_naming_the_problem_and_changes_nothing(reranke
     assert response.status_code == status, response.text[:500]
     assert re.search(message, response.json()["error"]), response.json()["error"]
     assert reranker["client"].get("/health").json() == before
+
+
+def test_unknown_ids_are_named_and_the_known_ones_ranked(stack, reranker):
+    _, embedding, product_ids = judged_query(stack)
+    client = reranker["client"]
+    known = client.post("/rerank", json={"query_embedding": embedding, "product_ids": product_ids}).json()
+    mixed = ["NEW-1", *product_ids[:2], "NEW-2", *product_ids[2:]]
+    found = client.post("/rerank", json={"query_embedding": embedding, "product_ids": mixed})
+    assert found.status_code == 200, found.text
+    assert found.json()["unknown_product_ids"] == ["NEW-1", "NEW-2"]
+    assert found.json()["products"] == known["products"] and known["unknown_product_ids"] == []
+    batch = {"queries": [{"query_embedding": embedding, "product_ids": mixed, "top_k": 1}] * 2}
+    answer = client.post("/rerank", json=batch).json()
+    assert answer["unknown_product_ids"] == [["NEW-1", "NEW-2"]] * 2 and len(answer["results"][1]) == 1
 
 
 def test_without_the_token_the_answer_is_401(reranker):
@@ -600,6 +622,8 @@ def test_metrics_parse_as_prometheus_text_with_counts_latency_and_version(stack,
         if s.name.endswith("_total")
     }
     assert counts[("/rerank", "200")] >= 1 and counts[("/rerank", "401")] >= 1 and counts[("/rerank", "422")] >= 1
+    assert families["rerank_unknown_product_ids"].samples[0].value >= 6  # the test above: 2 + 2 x 2
+    assert families["rerank_catalogue_products"].samples[0].value == SAMPLE.products
     assert any(s.name == "rerank_request_seconds_count" for s in families["rerank_request_seconds"].samples)
     assert families["rerank_model_version"].samples[0].value == float(registry_state(stack)["champion"])
     access = [
@@ -657,3 +681,98 @@ def test_a_champion_swap_under_load_fails_no_request_and_later_answers_name_the_
         print("{{}}")
     """
     in_ml_env(stack, restore)
+
+
+# The catalogue follows the data: a product file pushed through DVC, the data path a team uses, is
+# published by the next run's publish_catalogue and served within the service's poll, whatever
+# that run's model becomes; a bad one never reaches the service. Last in the module: they change
+# the DVC repository's data.
+
+NEW_PRODUCT = "B0NEWPRODUCT"
+
+
+def push_product_file(stack, change) -> str:
+    """The DVC repository's product file changed by `change`, tracked and pushed; its md5."""
+    from tests.helpers import dvc
+
+    path = stack["repo"] / "data" / "raw" / C.PRODUCT_FEATURES_FILE
+    table = change(pq.read_table(path))
+    path.unlink()  # DVC may link its cache into the workspace: write a new file, never into the cached one
+    pq.write_table(table, path)
+    for args in (("add", "data/raw", "-q"), ("push", "-q")):
+        result = dvc(stack["repo"], *args)
+        assert result.returncode == 0, result.stderr
+    from mmsearch.dvc_repo import file_digest
+
+    return file_digest(path)
+
+
+def test_a_product_added_to_the_data_is_ranked_once_published_with_the_same_champion(stack, reranker):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    _, embedding, product_ids = judged_query(stack)
+    champion = registry_state(stack)["champion"]
+    body = {"query_embedding": embedding, "product_ids": [NEW_PRODUCT, *product_ids]}
+    assert reranker["client"].post("/rerank", json=body).json()["unknown_product_ids"] == [NEW_PRODUCT]
+
+    def with_new_product(table):  # a copy of the query's first judged product under a new id
+        first = table.filter(pc.equal(table.column("product_id"), product_ids[0]))
+        return pa.concat_tables([table, first.set_column(0, "product_id", pa.array([NEW_PRODUCT]))])
+
+    md5 = push_product_file(stack, with_new_product)
+    ranked_at, stop = [], threading.Event()
+
+    def watch() -> None:  # what a search engine sees meanwhile: the first answer that ranks the new product
+        with httpx.Client(base_url=reranker["url"], headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            while not stop.is_set() and not ranked_at:
+                answer = http.post("/rerank", json=body).json()
+                if any(p["product_id"] == NEW_PRODUCT for p in answer.get("products", [])):
+                    ranked_at.append((time.time(), answer))
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        weak = dags_test(stack, WEAK, "2026-01-09T02:00:00+00:00")  # new data: it trains, and stays challenger
+    finally:
+        stop.set()
+        watcher.join()
+    assert weak["registry"]["aliases"] == ["challenger"] and registry_state(stack)["champion"] == champion
+    published = json.loads((Path(weak["run_dir"]) / "publish" / "publish.json").read_text())
+    assert published["published"] and published["md5"] == md5 and published["products"] == SAMPLE.products + 1
+    assert ranked_at, "the new product was never ranked"
+    seconds, answer = ranked_at[0][0] - datetime.fromisoformat(published["published_at"]).timestamp(), ranked_at[0][1]
+    assert seconds <= 2 * 1.0, seconds  # within two polls (the fixture polls every second)
+    assert answer["model_version"] == champion and answer["unknown_product_ids"] == []
+    health = reranker["client"].get("/health").json()
+    assert health["catalogue_md5"] == md5 and health["catalogue_origin"] == "published"
+    assert health["catalogue_published_at"] == published["published_at"] and health["model_version"] == champion
+    print(f"a new product ranked {seconds:.2f} s after it was published (poll 1 s)")
+
+
+def test_a_bad_product_file_through_the_data_path_is_never_served(stack, reranker):
+    import numpy as np
+    import pyarrow as pa
+
+    before = reranker["client"].get("/health").json()
+
+    def with_nan(table):
+        column = table.column("clip_text_features").combine_chunks()
+        values = column.values.to_numpy().copy()
+        values[5 * 768 + 1] = np.nan
+        return table.set_column(1, "clip_text_features", pa.ListArray.from_arrays(column.offsets, pa.array(values)))
+
+    push_product_file(stack, with_nan)
+    result, log = run_dag(stack, FAST, "2026-01-10T02:00:00+00:00")
+    assert "state=failed" in log
+    failed = {f["task_id"]: f["reason"] for f in failures(stack, log)}
+    assert failed["data.publish_catalogue"].endswith(
+        "product_features.parquet: column 'clip_text_features': has NaN or infinite values "
+        "(e.g. product_id 'B000000005' (row 5))"
+    )
+    time.sleep(2.5)  # two polls and more
+    assert reranker["client"].get("/health").json() == before  # the last good catalogue, still served
+    _, embedding, _ = judged_query(stack)
+    answer = reranker["client"].post("/rerank", json={"query_embedding": embedding, "product_ids": [NEW_PRODUCT]})
+    assert answer.status_code == 200 and answer.json()["products"][0]["product_id"] == NEW_PRODUCT

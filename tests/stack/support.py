@@ -55,15 +55,19 @@ def make(env: dict, starting: str) -> dict:
 
 
 @contextlib.contextmanager
-def running_stack(env: dict, up: str = "make up  "):
+def running_stack(env: dict, up: str = "make up  ", request=None):
     """The README's `make up` (timed), and at the end its `make down`: every process the stack
-    started, and every child they had, must be gone."""
+    started, and every child they had, must be gone. When a test of the module failed (`request`:
+    the module fixture's), the stack's logs and its task logs are kept under test-artifacts/."""
+    failed_before = request.session.testsfailed if request else 0
     started = time.monotonic()
     status = make(env, up)
     status["startup_seconds"] = round(time.monotonic() - started, 1)
     try:
         yield {"env": env, "status": status}
     finally:
+        if request is not None and request.session.testsfailed > failed_before:
+            keep_logs(Path(env["MMSEARCH_HOME"]), request.module.__name__.rsplit(".", 1)[-1])
         started_pids = set()
         for pid in mmsearch(env, "stack", "status", "--json")["pids"].values():
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -73,6 +77,34 @@ def running_stack(env: dict, up: str = "make up  "):
         leftovers = [pid for pid in started_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
         assert not leftovers, f"processes still running after stack down: {leftovers}"
         shutil.rmtree(Path(env["MMSEARCH_HOME"]).parent, ignore_errors=True)
+
+
+def keep_logs(home: Path, name: str) -> Path:
+    """The stack's process logs and Airflow's task logs, copied to test-artifacts/logs-<name>/."""
+    kept = ARTIFACTS / f"logs-{name}"
+    shutil.rmtree(kept, ignore_errors=True)
+    for source, target in ((home / "stack" / "logs", "stack"), (home / "airflow" / "logs", "airflow")):
+        if source.is_dir():
+            shutil.copytree(source, kept / target)
+    print(f"the stack's logs are kept in {kept}")
+    return kept
+
+
+def failure_report(api: httpx.Client, run_id: str, dag_id: str = DAG_ID, lines: int = 40) -> str:
+    """The run's task states and the end of every failed try's log: what a failed stack test prints."""
+    listed = api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").raise_for_status().json()["task_instances"]
+    report = [f"run {run_id}: " + ", ".join(f"{ti['task_id']}[{ti['map_index']}] {ti['state']}" for ti in listed)]
+    for ti in listed:
+        if ti["state"] not in ("failed", "up_for_retry"):
+            continue
+        for attempt in range(1, ti["try_number"] + 1):
+            url = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{attempt}"
+            found = api.get(url, params={"map_index": ti["map_index"]}, headers={"Accept": "application/json"})
+            content = found.json().get("content", []) if found.is_success else [found.text]
+            text = [str(line.get("event", line)) if isinstance(line, dict) else str(line) for line in content]
+            report.append(f"--- {ti['task_id']}[{ti['map_index']}] try {attempt}, the log's last {lines} lines:")
+            report += text[-lines:]
+    return "\n".join(report)
 
 
 def mlflow_credentials(status: dict) -> tuple[str, str]:
@@ -135,6 +167,8 @@ def trigger_from_the_form(page, url: str, api: httpx.Client, edits: dict, screen
     for name, text in edits.items():
         field = dialog.get_by_label(re.compile(rf"^{name}\b"))  # the label: the param's name (and a * if required)
         field.fill(text)
+        if field.get_attribute("role") == "combobox":  # a setting with choices: the typed one, picked
+            field.press("Enter")
         field.blur()
     submit = dialog.get_by_role("button", name="Trigger", exact=True)
     expect(submit).to_be_enabled()  # nothing required is missing, nothing is out of range
@@ -151,4 +185,4 @@ def trigger_from_the_form(page, url: str, api: httpx.Client, edits: dict, screen
     raise AssertionError("the Trigger form started no run")
 
 
-SECTION_OF = {"epochs": "Training", "steps_per_epoch": "Training"}
+SECTION_OF = {"epochs": "Training", "steps_per_epoch": "Training", "promotion": "Registry"}

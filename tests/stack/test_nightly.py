@@ -40,9 +40,9 @@ FAST = {"epochs": 4, "steps_per_epoch": 40}
 
 
 @pytest.fixture(scope="module")
-def stack():
+def stack(request):
     env = stack_env("nightly")
-    with running_stack(env) as running:
+    with running_stack(env, request=request) as running:
         yield {**running, "root": Path(env["MMSEARCH_HOME"]).parent}
 
 

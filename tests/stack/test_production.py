@@ -26,6 +26,7 @@ from tests.stack.support import (
     ARTIFACTS,
     DAG_ID,
     MODEL,
+    failure_report,
     mlflow_client,
     mlflow_credentials,
     mmsearch,
@@ -43,10 +44,10 @@ FIGURES: dict = {}
 
 
 @pytest.fixture(scope="module")
-def stack():
+def stack(request):
     # only the runs this test starts: no nightly run, no asset-triggered rerun
     env = stack_env("production", AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False")
-    with running_stack(env, "make up EXECUTOR=celery WORKERS=2") as running:
+    with running_stack(env, "make up EXECUTOR=celery WORKERS=2", request=request) as running:
         FIGURES["startup_seconds"] = running["status"]["startup_seconds"]
         FIGURES["memory_mb_idle"] = running["status"]["memory_mb"]
         yield running
@@ -99,7 +100,7 @@ def form_run(stack, airflow_api, page):
     url = stack["status"]["airflow_url"]
     run = trigger_from_the_form(page, url, airflow_api, {k: str(v) for k, v in FAST.items()}, "celery-trigger.png")
     finished = wait_for_run(airflow_api, run["dag_run_id"])
-    assert finished["state"] == "success", task_states(airflow_api, run["dag_run_id"])
+    assert finished["state"] == "success", failure_report(airflow_api, run["dag_run_id"])
     FIGURES["trigger_to_registered_seconds"] = round(trigger_to_registered(airflow_api, run["dag_run_id"]), 1)
     return finished
 
@@ -203,7 +204,7 @@ def test_a_worker_killed_in_train_is_replaced_by_the_other(stack, airflow_api, f
         with contextlib.suppress(ProcessLookupError):  # a child that ended on its own since the listing
             os.kill(process.pid, signal.SIGKILL)
     finished = wait_for_run(airflow_api, run_id, timeout=900)
-    assert finished["state"] == "success", task_states(airflow_api, run_id)
+    assert finished["state"] == "success", failure_report(airflow_api, run_id)
     listed = airflow_api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").raise_for_status().json()
     retried = {(ti["task_id"], ti["map_index"]) for ti in listed["task_instances"] if ti["try_number"] > 1}
     assert retried == killed  # the killed tasks ran again, on the worker left, and nothing else did
@@ -225,7 +226,7 @@ def test_redis_restarted_between_two_tasks_and_postgres_during_one_lose_nothing(
     restarted = mmsearch(stack["env"], "stack", "restart", "postgres")
     assert restarted["pid"] != before
     finished = wait_for_run(airflow_api, run_id, timeout=900)
-    assert finished["state"] == "success", task_states(airflow_api, run_id)
+    assert finished["state"] == "success", failure_report(airflow_api, run_id)
     states = task_states(airflow_api, run_id)
     assert states["configure"] == "success" and states["model.register"] == "success"  # rows from before and after
     assert len(versions_of(stack["status"], run_id)) == 1

@@ -22,12 +22,12 @@ from tests.stack.support import (
     ARTIFACTS,
     DAG_ID,
     MODEL,
+    failure_report,
     mlflow_client,
     mmsearch,
     run_mmsearch,
     running_stack,
     task_log,
-    task_states,
     trigger_from_the_form,
     wait_for_run,
 )
@@ -36,10 +36,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def stack():
+def stack(request):
     # only the run this test triggers: unpausing would otherwise also start the latest nightly run
     env = stack_env("stack", AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False")
-    with running_stack(env) as running:
+    with running_stack(env, request=request) as running:
         yield running
 
 
@@ -50,7 +50,7 @@ def default_run(stack, airflow_api, page):
     url = stack["status"]["airflow_url"]
     run = trigger_from_the_form(page, url, airflow_api, {}, "airflow-ui-trigger-form-defaults.png")
     finished = wait_for_run(airflow_api, run["dag_run_id"])
-    assert finished["state"] == "success", task_states(airflow_api, run["dag_run_id"])
+    assert finished["state"] == "success", failure_report(airflow_api, run["dag_run_id"])
     return {**finished, "trigger_to_registered_seconds": round(time.monotonic() - started, 1)}
 
 

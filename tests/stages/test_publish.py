@@ -131,3 +131,10 @@ def test_the_publish_command_publishes_and_reports(raw_copy, tmp_path):
     printed = json.loads(result.stdout)
     assert printed["published"] and printed == json.loads((tmp_path / "o" / "publish.json").read_text())
     assert catalogue.published(env_home / "catalogue")["md5"] == printed["md5"]
+
+
+def test_a_raw_data_dir_run_publishes_nothing(raw_copy, tmp_path):
+    lineage = pull.describe_untracked(raw_copy)
+    found = publish.publish(lineage, small_config(raw_data_dir=str(raw_copy)), "run-x", tmp_path / "catalogue")
+    assert not found["published"] and "raw_data_dir" in found["reason"]
+    assert not (tmp_path / "catalogue").exists()

@@ -94,4 +94,5 @@ def serving(settings: StackSettings, env: dict) -> Component:
     not kept: started on demand."""
     command = [C.ml_python(), "-m", "mmsearch.stack.rerank_app"]
     command += ["--host", settings.host, "--port", str(settings.serve_port)]
+    command += ["--poll-seconds", str(settings.serve_poll_seconds)]
     return Component("serve", command, {**env, RERANK_TOKEN_VARIABLE: stack_secrets()["rerank_token"]}, kept=False)

@@ -39,6 +39,8 @@ class StackSettings:
     redis_port: int = 6379
     log_server_port: int = 8793
     serve_port: int = 5001
+    # how often the re-ranking service asks for the champion alias and the published catalogue
+    serve_poll_seconds: float = 30.0
     executor: str = "local"
     workers: int = 2
     admin_user: str = "admin"
@@ -57,6 +59,7 @@ class StackSettings:
         values["executor"] = env.get("MMSEARCH_EXECUTOR", cls.executor)
         values["workers"] = int(env.get("MMSEARCH_WORKERS", cls.workers))
         values["admin_password"] = env.get("MMSEARCH_ADMIN_PASSWORD", "")
+        values["serve_poll_seconds"] = float(env.get("MMSEARCH_SERVE_POLL_SECONDS", cls.serve_poll_seconds))
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["executor"] not in EXECUTORS:
             raise StackError(f"EXECUTOR={values['executor']}: choose one of {', '.join(EXECUTORS)}")
