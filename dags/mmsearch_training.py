@@ -55,7 +55,7 @@ CHAMPION_EVENTS = AssetAlias("mmsearch_champion_events")
 PARAMS = {field.name: Param(C.param_default(field), **C.param_schema(field)) for field in C.params_by_section()}
 
 
-@task(retries=0, execution_timeout=timedelta(minutes=2))
+@task(execution_timeout=timedelta(minutes=2))
 def configure() -> dict:
     """The run configuration, resolved once: every setting checked (type, range, known name);
     a bad one fails here, before any work. Returns it with the run's directory and MLflow tags."""
@@ -111,7 +111,7 @@ def check_changes(lineage: dict, settings: dict) -> dict:
         return stage.run(lineage, run.out("changes"), run.cfg)
 
 
-@task.short_circuit(retries=0, execution_timeout=timedelta(minutes=5))
+@task.short_circuit(execution_timeout=timedelta(minutes=5))
 def anything_new(changes: dict, settings: dict) -> bool:
     """Go on only if no registered version was trained on the same inputs (or force_retrain)."""
     from mmsearch.summary import write_skipped
@@ -142,7 +142,7 @@ def merge(lineage: dict, settings: dict) -> dict:
         return stage.run(lineage["raw_dir"], run.out("merged"), run.cfg)
 
 
-@task.external_python(**ML_ENV, retries=0, execution_timeout=timedelta(minutes=30))
+@task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=30))
 def drift(merged: dict, settings: dict) -> dict:
     """This run's data against the champion's training data: label shares and each modality's
     embeddings. The report goes to MLflow; above `drift_threshold`, the run fails here, before training."""

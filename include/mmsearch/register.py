@@ -261,10 +261,5 @@ def _register_once(model: dict, scores: dict, lineage: dict, cfg: C.RunConfig, t
         "approval": {"status": "awaiting", "timeout_hours": cfg.approval_timeout_hours} if awaiting else None,
         "champion_version": str(holders[0].version) if holders[0] else None,
         # the runs whose outputs retention keeps (drift and ranking read the champion's data)
-        "lineage_run_dirs": lineage_run_dirs(holders),
+        "lineage_run_dirs": sorted({v.tags[RUN_DIR_TAG] for v in holders if v and v.tags.get(RUN_DIR_TAG)}),
     }
-
-
-def lineage_run_dirs(versions: list) -> list[str]:
-    """The run directories the versions came from (their `run_dir` tags)."""
-    return sorted({v.tags[RUN_DIR_TAG] for v in versions if v and v.tags.get(RUN_DIR_TAG)})

@@ -104,18 +104,17 @@ def test_the_rank_dag_runs_on_the_champion_asset():
     assert bag.dags["mmsearch_maintenance"].task_ids == ["clean_metadata", "clean_task_logs"]
 
 
-NO_RETRY = {"configure", "data.anything_new", "data.drift"}  # a verdict on the inputs does not heal on retry
-
-
 def test_run_policy(dag):
+    """Every task retries what can heal (a broker restarting while the scheduler hands a task over
+    fails it before it runs); the retry policy fails bad input, settings and credentials at once."""
+    from mmsearch.dag_support import FailOnceWhenRetryCannotHeal
+
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.doc_md
     for task in dag.tasks:
         assert task.doc_md, task.task_id
-        if task.task_id in NO_RETRY:
-            assert task.retries == 0, task.task_id
-            continue
         assert task.retries >= 1 and task.retry_exponential_backoff, task.task_id
+        assert isinstance(task.retry_policy, FailOnceWhenRetryCannotHeal), task.task_id
         if task.task_id == "model.approve_promotion":  # waits for a person: approval_timeout_hours bounds it
             assert task.defaults == ["Reject"]  # no answer in time rejects
             continue

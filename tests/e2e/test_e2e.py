@@ -405,8 +405,11 @@ def test_bad_input_fails_validate_and_loses_nothing(stack, first_run, tmp_path):
         "product_features.parquet: column 'clip_image_features': has NaN or infinite values "
         "(e.g. product_id 'B000000007' (row 7))"
     ) in log
-    # validate failed before writing anything: only the fingerprint check's record is there
-    assert [p.name for p in run_dir_of(stack, log).iterdir()] == ["changes"]
+    # validate failed before writing anything: only the fingerprint check's record is there, and
+    # publish's report that a raw_data_dir run publishes nothing
+    run_dir = run_dir_of(stack, log)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["changes", "publish"]
+    assert not json.loads((run_dir / "publish" / "publish.json").read_text())["published"]
     failed = failures(stack, log)
     assert [f["task_id"] for f in failed] == ["data.validate"]  # what `make run` ends with
     assert failed[0]["reason"].endswith("has NaN or infinite values (e.g. product_id 'B000000007' (row 7))")

@@ -6,7 +6,9 @@ idle memory (proportional set size, so shared pages count once); a run of the bu
 triggered through the REST API to its registered model; then the re-ranking service with the
 182k-pair bench's catalogue (164,900 products) loaded: start to ready, 100 candidates by id,
 1,000 full vectors as .npy, memory, a champion swap under load; against the same pyfunc
-in-process, on the same rows. Prints a table and writes `$MMSEARCH_HOME/bench/stack.json`.
+in-process, on the same rows; one unknown candidate among 100 against none; a newer product file
+published under load (failed requests, seconds to serve it, peak memory). Prints a table and writes
+`$MMSEARCH_HOME/bench/stack.json`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ TARGETS = {
     "rerank_memory_mb": "< 1,500 MB (aim < 1,000 MB)",
     "rerank_start_to_ready_seconds": "< 30 s (aim < 10 s)",
     "swap_failed_requests": "0",
+    "rerank_one_unknown_over_all_known": "<= 1.1",
+    "catalogue_swap_failed_requests": "0",
+    "catalogue_swap_seconds_published_to_served": "<= 2 polls (aim 1): 2 s here",
+    "catalogue_swap_peak_over_one_catalogue": "<= 2.2",
 }
 
 
@@ -136,15 +142,54 @@ def _two_clients(call, count: int) -> float:
         return time.perf_counter() - started
 
 
-def _reranking(settings, env: dict, catalogue: Path, repeat: int) -> dict:
-    """The re-ranker with `catalogue` loaded: start to ready, 100 candidates by id (one client's
-    latency, two clients' rows/s), 1,000 full vectors as .npy, memory, and a champion swap under load."""
+def _publish(raw_dir: Path, run_id: str) -> dict:
+    """The product file of `raw_dir` published as the training DAG's publish_catalogue does."""
+    from mmsearch import publish
+
+    return publish.publish({"raw_dir": str(raw_dir)}, C.RunConfig(), run_id)
+
+
+def _with_new_product(raw_dir: Path, out: Path, product_id: str) -> Path:
+    """A copy of `raw_dir`'s product file with one product more (the first one's vectors), streamed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(raw_dir / C.PRODUCT_FEATURES_FILE)
+    target = out / C.PRODUCT_FEATURES_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    batches = source.iter_batches(batch_size=8192)
+    first = next(batches)
+    with pq.ParquetWriter(target, source.schema_arrow) as writer:
+        for batch in itertools.chain([first], batches):
+            writer.write_batch(batch)
+        key = first.schema.get_field_index("product_id")
+        writer.write_batch(first.slice(0, 1).set_column(key, "product_id", pa.array([product_id])))
+    return out
+
+
+def _rss_peak(pid: int, stop: threading.Event, found: list) -> None:
+    """The largest resident set of `pid` and its children, sampled every 20 ms until `stop`."""
+    import psutil
+
+    process = psutil.Process(pid)
+    while not stop.is_set():
+        tree = [process, *process.children(recursive=True)]
+        found.append(sum(p.memory_info().rss for p in tree))
+        time.sleep(0.02)
+
+
+def _reranking(settings, env: dict, raw_dir: Path, repeat: int) -> dict:
+    """The re-ranker with `raw_dir`'s products published and loaded: start to ready, 100 candidates by
+    id (one client's latency, two clients' rows/s, one unknown among 100), 1,000 full vectors as
+    .npy, memory, a champion swap and a catalogue swap under load."""
     import httpx
     import pyarrow.parquet as pq
 
+    catalogue = raw_dir / C.PRODUCT_FEATURES_FILE
+    _publish(raw_dir, "bench-stack")
     port = free_port()
     component = components.serving(replace(settings, serve_port=port), env)
-    command = [*component.command, "--catalogue", str(catalogue), "--poll-seconds", "1"]
+    command = [*component.command, "--poll-seconds", "1"]
     started, url = time.monotonic(), f"http://{settings.host}:{port}"
     entry = processes.start("rerank-bench", command, component.env)
     wait_for_answer(f"{url}/health", "rerank-bench", entry, timeout=300)
@@ -152,9 +197,12 @@ def _reranking(settings, env: dict, catalogue: Path, repeat: int) -> dict:
     ids = np.asarray(pq.read_table(catalogue, columns=["product_id"]).column(0).to_pylist())
     rng = np.random.default_rng(3)
     query = request_rows(1, seed=4)[0, 0].tolist()
-    bodies = [
-        json.dumps({"query_embedding": query, "product_ids": rng.choice(ids, 100, replace=False).tolist()})
-        for _ in range(64)
+    candidates = [rng.choice(ids, 100, replace=False).tolist() for _ in range(64)]
+    bodies = [json.dumps({"query_embedding": query, "product_ids": some}) for some in candidates]
+    # the same requests with their last candidate replaced by an id the catalogue does not know
+    mixed = [
+        json.dumps({"query_embedding": query, "product_ids": [*some[:99], f"NEW{i}"]})
+        for i, some in enumerate(candidates)
     ]
     npy = io.BytesIO()
     np.save(npy, request_rows(1000, seed=2))
@@ -175,15 +223,81 @@ def _reranking(settings, env: dict, catalogue: Path, repeat: int) -> dict:
             latencies = _timed(lambda: by_id(one), 300)
             figures["rerank_median_100_ids_ms"] = round(statistics.median(latencies) * 1000, 2)
             figures["rerank_p99_100_ids_ms"] = round(float(np.percentile(latencies, 99)) * 1000, 2)
+            figures.update(_one_unknown(one, bodies, mixed))
             figures["rerank_rows_per_second_two_clients"] = round(2 * 200 * 100 / _two_clients(by_id, 200))
             score = lambda: one.post("/score", content=npy.getvalue()).raise_for_status()  # noqa: E731
             score()
             figures["score_npy_rows_per_second_1000_rows"] = round(1000 / statistics.median(_timed(score, 5 * repeat)))
             figures["rerank_memory_mb"] = processes.memory_mb({"rerank": entry})["rerank"]
             figures.update(_swap_under_load(env, url, by_id))
+            figures.update(_catalogue_swap_under_load(url, by_id, entry, raw_dir, len(ids)))
     finally:
         processes.stop("rerank-bench")
     return figures
+
+
+def _one_unknown(client, bodies: list[str], mixed: list[str]) -> dict:
+    """100 known candidates against 99 known and one unknown, the two requests alternating (300 each)."""
+    import httpx
+
+    timings: dict[str, list[float]] = {"known": [], "mixed": []}
+    for number in range(300):
+        for kind, body in (("known", bodies[number % len(bodies)]), ("mixed", mixed[number % len(mixed)])):
+            started = time.perf_counter()
+            answer = client.post("/rerank", content=body)
+            timings[kind].append(time.perf_counter() - started)
+            if answer.status_code != 200 or (kind == "mixed" and len(answer.json()["products"]) != 99):
+                raise httpx.HTTPError(f"a request with one unknown id got {answer.status_code}: {answer.text[:300]}")
+    known, with_unknown = (statistics.median(timings[k]) * 1000 for k in ("known", "mixed"))
+    return {
+        "rerank_median_100_known_ms": round(known, 2),
+        "rerank_median_99_known_1_unknown_ms": round(with_unknown, 2),
+        "rerank_one_unknown_over_all_known": round(with_unknown / known, 2),
+    }
+
+
+def _catalogue_swap_under_load(url: str, by_id, entry: dict, raw_dir: Path, products: int) -> dict:
+    """A product file with one product more published while two clients send requests: failed
+    requests, seconds from its publishing to the service serving it, and the service's peak memory
+    during the swap against one catalogue's matrices."""
+    import httpx
+
+    newer = _with_new_product(raw_dir, raw_dir.parent / "raw-newer", "B0BENCHNEW0")
+    failures, answered, stop, sampling, rss = [], [], threading.Event(), threading.Event(), []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                by_id()
+                answered.append(time.monotonic())
+            except httpx.HTTPError as error:
+                failures.append(str(error))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    threads.append(threading.Thread(target=_rss_peak, args=(entry["pid"], sampling, rss)))
+    for thread in threads:
+        thread.start()
+    before = httpx.get(f"{url}/health").json()["catalogue_md5"]
+    published = _publish(newer, "bench-stack-newer")
+    done = time.monotonic()
+    while httpx.get(f"{url}/health").json()["catalogue_md5"] != published["md5"] and time.monotonic() - done < 120:
+        time.sleep(0.05)
+    served = time.monotonic() - done
+    time.sleep(2)  # the old catalogue released once its last requests end
+    stop.set()
+    sampling.set()
+    for thread in threads:
+        thread.join()
+    one_catalogue_mb = products * 2 * 768 * 4 / 1e6
+    return {
+        "catalogue_swap_failed_requests": len(failures),
+        "catalogue_swap_requests_during": len(answered),
+        "catalogue_swap_seconds_published_to_served": round(served, 2),
+        "catalogue_swap_changed": before != published["md5"],
+        "catalogue_mb": round(one_catalogue_mb),
+        "catalogue_swap_peak_rss_mb": round(max(rss) / 1e6),
+        "catalogue_swap_peak_over_one_catalogue": round(max(rss) / 1e6 / one_catalogue_mb, 2),
+    }
 
 
 def _swap_under_load(env: dict, url: str, by_id) -> dict:
@@ -240,22 +354,21 @@ def _in_process(env: dict, repeat: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _bench_catalogue(root: Path, env: dict) -> Path:
+def _bench_raw(root: Path, env: dict) -> Path:
     """The 182k-pair bench's raw data (164,900 products), generated as `make bench` does."""
     from mmsearch.tools.bench import PAIRS_PER_QUERY, PRODUCTS_PER_PAIR
 
     out = root / "raw-182k"
     sizes = ["--queries", str(round(181_701 / PAIRS_PER_QUERY)), "--products", str(round(181_701 * PRODUCTS_PER_PAIR))]
     _mmsearch(env, "sample-data", "--out", str(out), *sizes, "--mean-judgements", str(round(PAIRS_PER_QUERY, 2)))
-    return out / C.PRODUCT_FEATURES_FILE
+    return out
 
 
 def _serving_figures(root: Path, repeat: int) -> dict:
     """The re-ranker against the pyfunc in-process."""
     settings = running_settings()
     env = stack_env(settings)
-    catalogue = _bench_catalogue(root, env)
-    figures = _reranking(settings, env, catalogue, repeat)
+    figures = _reranking(settings, env, _bench_raw(root, env), repeat)
     rates = _in_process(env, repeat)
     figures.update({f"in_process_rows_per_second_{kind}": round(rate) for kind, rate in rates.items()})
     two = figures["rerank_rows_per_second_two_clients"]
