@@ -1,6 +1,6 @@
 """Publish the product catalogue the re-ranking service serves: the raw product file, checked
-against the data contract, copied (or linked from the DVC cache) under its md5, then named the
-published one in a single rename.
+against the data contract, written as the arrays the service maps (ids, text and image vectors)
+under the file's md5, then named the published one in a single rename.
 
 The training DAG runs it right after `pull_data`, beside the nothing-new check, so a new product
 file reaches the service on the night it arrives, whether or not that night trains, and whether
@@ -12,7 +12,6 @@ given `raw_data_dir` (files used as they are, an experiment) publishes nothing.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,19 +23,6 @@ from mmsearch.io import DataError, atomic_dir, read_json, write_json
 log = logging.getLogger(__name__)
 
 KEEP = 2  # catalogues kept on disk: the one published and the one before it (what a rollback of data needs)
-
-
-def _place(source: Path, md5: str, repo_dir: Path, target: Path) -> None:
-    """The product file at `target`: a hard link to DVC's cache copy when there is one (read-only
-    and content-addressed, so nothing can change it under the service), else a copy."""
-    cached = dvc_repo.cached_file(repo_dir, md5)
-    if cached.exists():
-        try:
-            os.link(cached, target)
-            return
-        except OSError:  # another file system
-            pass
-    shutil.copyfile(source, target)
 
 
 def _prune(root: Path, keep: int, published: str) -> list[str]:
@@ -70,11 +56,12 @@ def publish(lineage: dict, cfg: C.RunConfig, run_id: str = "", root: Path | None
     }
     if not (root / md5 / catalogue.MANIFEST).exists():
         with atomic_dir(root / md5) as tmp:
-            _place(source, md5, cfg.repo_dir, tmp / catalogue.PRODUCTS_FILE)
-            if dvc_repo.file_digest(tmp / catalogue.PRODUCTS_FILE) != md5:
+            manifest["rows"] = catalogue.write_arrays(source, tmp, cfg.embedding_dim)
+            if dvc_repo.file_digest(source) != md5:
                 raise DataError(source, f"changed after it was pulled (its md5 is no longer {md5}); run again")
             write_json(tmp / catalogue.MANIFEST, manifest)
     else:  # published before (the data went back to an earlier file): checked again above, named again
+        manifest["rows"] = read_json(root / md5 / catalogue.MANIFEST)["rows"]
         write_json(root / md5 / catalogue.MANIFEST, manifest)
     write_json(root / catalogue.POINTER, manifest)
     removed = _prune(root, KEEP, md5)

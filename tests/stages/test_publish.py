@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -38,8 +39,12 @@ def test_a_checked_product_file_is_published_under_its_md5_once(raw_copy, tmp_pa
     first = _published(raw_copy, root)
     md5 = pull.describe_untracked(raw_copy)["file_md5"][PRODUCTS]
     assert first["published"] and first["md5"] == md5 and first["products"] == SMALL.products
-    assert first["run_id"] == "run-1" and first["path"] == str(root / md5 / catalogue.PRODUCTS_FILE)
-    assert (root / md5 / catalogue.PRODUCTS_FILE).read_bytes() == (raw_copy / PRODUCTS).read_bytes()
+    assert first["run_id"] == "run-1" and first["path"] == str(root / md5) and first["rows"] == SMALL.products
+    ids, text, image = catalogue.open_arrays(root / md5)  # what the service maps: the file's ids and vectors
+    products = pq.read_table(raw_copy / PRODUCTS).to_pandas()
+    assert list(ids) == products.product_id.tolist()
+    np.testing.assert_array_equal(image, np.stack(products.clip_image_features.to_numpy()).astype(np.float32))
+    np.testing.assert_array_equal(text[:, :3], np.stack(products.clip_text_features.to_numpy())[:, :3])
     assert catalogue.published(root)["md5"] == md5
     again = _published(raw_copy, root, "run-2")
     assert not again["published"] and "is already the published one" in again["reason"]

@@ -2,10 +2,11 @@
 ordered by expected ESCI gain out.
 
 The product side is the service's own data: the published catalogue (the newest product file the
-training DAG's `publish_catalogue` checked, whatever version the model was trained on), or, where
-nothing was published yet, the catalogue the champion was trained with (its version's
-`dvc_md5.sqid/product_features.parquet` tag, found in the DVC cache), or a file given by path; held
-as two contiguous float32 matrices and an id index. Candidates the catalogue does not know are
+training DAG's `publish_catalogue` checked, whatever version the model was trained on; its vectors
+mapped read-only from the arrays it was published as), or, where nothing was published yet, the
+catalogue the champion was trained with (its version's `dvc_md5.sqid/product_features.parquet` tag,
+found in the DVC cache), or a file given by path, read into two float32 matrices; and an id index.
+Candidates the catalogue does not know are
 named in the answer and left out of the ranking (or refused, with `strict`). The model is the
 registered version's serving SavedModel (the transform graph and the Keras model) converted once
 to a LiteRT flatbuffer and run by LiteRT's interpreter: the same graph without importing
@@ -23,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
+from mmsearch import catalogue, dvc_repo, raw
 from mmsearch import config as C
-from mmsearch import dvc_repo, raw
 from mmsearch import features as F
-from mmsearch.catalogue import published as published_catalogue
 from mmsearch.io import DataError
 from mmsearch.metrics import GAIN_BY_ID
 from mmsearch.serving import DECISION_RULE, PROBABILITY_COLUMNS, served_label_ids
@@ -70,21 +71,20 @@ class Catalogue:
 
     @classmethod
     def load(cls, source: CatalogueSource) -> Catalogue:
-        """The product file's embeddings, checked batch by batch into preallocated matrices (one copy)."""
+        """A published catalogue's arrays, mapped; or a product file's vectors, checked batch by batch
+        into preallocated matrices (one copy)."""
         path = Path(source.path)
-        table = raw.FeatureTable(path, "product_id", raw.PRODUCT_EMBEDDINGS, raw.PRODUCT_FEATURE_COLUMNS)
-        rows = raw.open_parquet(path).metadata.num_rows
-        text, image = (np.empty((rows, F.EMBEDDING_DIM), np.float32) for _ in range(2))
-        ids = []
-        for offset, keys, matrices in raw.embedding_batches(table, F.EMBEDDING_DIM):
-            end = offset + len(keys)
-            text[offset:end], image[offset:end] = (matrices[name] for name in raw.PRODUCT_EMBEDDINGS)
-            ids.extend(keys.to_pylist())
+        if source.origin == "published":
+            ids, text, image = catalogue.open_arrays(path)
+        else:
+            rows = raw.open_parquet(path).metadata.num_rows
+            text, image = (np.empty((rows, F.EMBEDDING_DIM), np.float32) for _ in range(2))
+            ids = np.array(catalogue.fill(path, text, image), dtype=object)
+            pa.default_memory_pool().release_unused()  # the batches' buffers, not kept beside the matrices
         index: dict[str, int] = {}
         for row, key in enumerate(ids):
-            index.setdefault(key, row)  # validate refuses conflicting duplicates; the first is kept
-        md5 = source.md5 or dvc_repo.file_digest(path)
-        return cls(np.array(ids, dtype=object), index, text, image, source, md5)
+            index.setdefault(key, row)  # validation refuses conflicting duplicates; the first is kept
+        return cls(ids, index, text, image, source, source.md5 or dvc_repo.file_digest(path))
 
     def rows_of(self, product_ids: list, strict: bool = False) -> tuple[list[str], np.ndarray, list[str]]:
         """The known ids, their rows, and the unknown ids; RequestError when none is known, or any
@@ -100,14 +100,20 @@ class Catalogue:
         return [p for p, found in zip(product_ids, known) if found], rows[known], unknown
 
 
+def published_source() -> CatalogueSource | None:
+    """The catalogue the training DAG published last, or None before the first publish."""
+    found = catalogue.published()
+    return CatalogueSource(Path(found["path"]), found["md5"], "published", found["published_at"]) if found else None
+
+
 def catalogue_source(version_tags: dict, dvc_repo_dir: Path, given: Path | None = None) -> CatalogueSource:
     """The catalogue to serve: the file given, else the published one, else the champion's own
     (the product file its version's lineage names by md5, in the DVC cache)."""
     if given:
         return CatalogueSource(Path(given))
-    published = published_catalogue()
+    published = published_source()
     if published:
-        return CatalogueSource(Path(published["path"]), published["md5"], "published", published["published_at"])
+        return published
     md5 = version_tags.get(CATALOGUE_TAG)
     if not md5:
         raise DataError(C.PRODUCT_FEATURES_FILE, f"the champion's lineage has no {CATALOGUE_TAG} tag: {GIVE_CATALOGUE}")

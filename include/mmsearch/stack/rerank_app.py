@@ -35,7 +35,6 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from mmsearch import config as C
-from mmsearch.catalogue import published as published_catalogue
 from mmsearch.stack import rerank
 from mmsearch.stack.settings import RERANK_TOKEN_VARIABLE
 
@@ -102,13 +101,10 @@ class Service:
         """A newly published catalogue: loaded beside the served one, then swapped in with the same model."""
         if self.options.catalogue:  # a file given by hand stays
             return False
-        published = published_catalogue()
+        source = rerank.published_source()
         served = self.served
-        if not published or published["md5"] == served.catalogue.md5:
+        if not source or source.md5 == served.catalogue.md5:
             return False
-        source = rerank.CatalogueSource(
-            Path(published["path"]), published["md5"], "published", published["published_at"]
-        )
         self.served = Served(served.champion, rerank.Catalogue.load(source))
         before, now = served.catalogue, self.served.catalogue
         log.info("swapped catalogue %s (%d products) -> %s (%d)", before.md5, len(before.ids), now.md5, len(now.ids))
