@@ -1,4 +1,4 @@
-"""The README's command blocks run as pasted: every bash and python block is marked with a name
+"""The README's command blocks run as pasted: every bash, python and json block is marked with a name
 (`tests/readme.py`) and run by the test of the suite that has what it needs (a trained
 champion, a running stack); this checks that none is left out and none holds a placeholder."""
 
@@ -15,9 +15,9 @@ NOT_RUN_HERE = {
 }
 
 
-def test_every_bash_and_python_block_is_marked():
+def test_every_bash_python_and_json_block_is_marked():
     text = readme.README.read_text()
-    fences = re.findall(r"^(.*)\n```(bash|python)$", text, re.M)
+    fences = re.findall(r"^(.*)\n```(bash|python|json)$", text, re.M)
     unmarked = [previous for previous, _ in fences if not previous.startswith("<!-- readme-test:")]
     assert not unmarked, f"README blocks without a readme-test marker, after the lines: {unmarked}"
     assert len(readme.blocks()) == len(fences)

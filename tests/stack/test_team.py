@@ -2,12 +2,12 @@
 connection pointed at a real SMTP server the test starts (aiosmtpd):
 
 1. a failed run sends exactly one message: the task, its one-line reason, the log's link;
-2. a promotion the gate grants waits for a person: approved through the REST API with the
-   README's block (the first champion), left unanswered until its timeout (stays challenger),
+2. a promotion the gate grants waits for a person: left unanswered until its timeout (it stays
+   challenger), approved through the REST API with the README's block (the first champion),
    approved by clicking Approve in the Airflow UI (the champion moves; who and why on the version);
-3. the champion served (`make serve`), rolled back with the README's `make rollback` and with
-   `mmsearch champion rollback --to`, the service answering with the restored version within two
-   polls, and `make champion-history` listing every move.
+3. the champion served (`make serve`), rolled back with `mmsearch champion rollback --to` and with
+   the README's `make rollback`, the service answering with the restored version, and
+   `make champion-history` listing every move.
 
 Screenshots go to test-artifacts/ for a person to look at."""
 
@@ -40,12 +40,11 @@ from tests.stack.support import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(1500)]
 
-# one candidate, no query baseline: a run in about a minute. One step from the logistic regression
-# the wide part starts from is a model no baseline beats (the first champion); two short epochs
-# are significantly better than it (so the gate grants the next promotions too).
-ONE_CANDIDATE = {"train_query_baseline": False, "candidates": [DEFAULT_CANDIDATES[0]]}
-ONE_STEP = {**ONE_CANDIDATE, "epochs": 1, "steps_per_epoch": 1}
-SHORT = {**ONE_CANDIDATE, "epochs": 2, "steps_per_epoch": 20}
+# one candidate, no query baseline, one step from the logistic regression the wide part starts
+# from: a run in about a minute, a model no baseline beats (with no champion yet, the gate grants
+# it). Two short epochs of the default candidates are significantly better than it (the gate
+# grants them over such a champion).
+ONE_STEP = {"train_query_baseline": False, "candidates": [DEFAULT_CANDIDATES[0]], "epochs": 1, "steps_per_epoch": 1}
 POLL_SECONDS = 1.0
 
 
@@ -118,6 +117,10 @@ def wait_for_approval(api: httpx.Client, run_id: str, timeout: float = 600) -> d
         state = api.get(url).raise_for_status().json()["state"]
         if state == "awaiting_input":
             return api.get(f"{url}/-1/hitlDetails").raise_for_status().json()
+        if state == "skipped":  # the gate did not grant the promotion: its reason
+            registered = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/model.register/xcomEntries/return_value"
+            reason = api.get(registered).raise_for_status().json()["value"]["decision"]["reason"]
+            raise AssertionError(f"no approval asked, the gate refused: {reason}")
         assert state in (None, "scheduled", "queued", "running"), failure_report(api, run_id)
         time.sleep(2)
     raise AssertionError(f"no approval request in {timeout} s: {task_states(api, run_id)}")
@@ -162,48 +165,57 @@ def test_a_failed_run_sends_one_message_with_the_task_its_reason_and_the_log(sta
 
 
 @pytest.fixture(scope="module")
-def approved_by_rest(stack, airflow_api, mailbox):
-    """A run with `promotion: approve` and no champion yet: the gate grants, the task waits, the
-    README's REST block answers Approve."""
-    run_id = trigger(airflow_api, {**ONE_STEP, "promotion": "approve"})
+def timed_out(stack, airflow_api, mailbox):
+    """A run with `promotion: approve`, no champion yet and an 18-second approval timeout: the
+    gate grants, the task waits, nobody answers."""
+    conf = {**ONE_STEP, "promotion": "approve", "approval_timeout_hours": 0.005}
+    run_id = trigger(airflow_api, conf)
     request = wait_for_approval(airflow_api, run_id)
     asked = mailbox.wait_for("Promote mmsearch-esci v1 to champion?")
-    result = readme.run(readme.block("approve-rest"), stack["env"], timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    finished = wait_for_run(airflow_api, run_id)
+    finished = wait_for_run(airflow_api, run_id, timeout=300)
     assert finished["state"] == "success", failure_report(airflow_api, run_id)
-    return {"run_id": run_id, "request": request, "asked": asked, "printed": result.stdout}
+    return {"run_id": run_id, "request": request, "asked": asked}
 
 
-def test_a_promotion_waits_for_a_person_and_the_readme_rest_block_approves_it(stack, approved_by_rest, mailbox):
-    request, run_id = approved_by_rest["request"], approved_by_rest["run_id"]
+def test_a_promotion_nobody_answers_in_time_stays_challenger(stack, timed_out):
+    request = timed_out["request"]
     assert request["subject"] == "Promote mmsearch-esci v1 to champion?" and request["defaults"] == ["Reject"]
     assert "The gate granted it: no champion yet; macro_f1 " in request["body"]
     assert re.search(r"^\| model \| 0\.\d{4} \[0\.\d{3}, ", request["body"], re.M)  # the metrics with intervals
     assert f"{stack['status']['mlflow_url']}/#/models/mmsearch-esci/versions/1" in request["body"]  # the model card
-    assert f"{run_id} Promote mmsearch-esci v1 to champion?" in approved_by_rest["printed"]  # the listing
-    assert "/required_actions" in approved_by_rest["asked"]["body"]  # the message links to the answer
+    assert "/required_actions" in timed_out["asked"]["body"]  # the message links to the answer
+    version = version_of(stack["status"], timed_out["run_id"])
+    assert version["tags"]["approval.status"] == "no answer" and version["aliases"] == ["challenger"]
+    assert version["tags"]["approval.by"] == "nobody (the approval timed out)"
+    assert champion_of(stack["status"]) is None
+
+
+@pytest.fixture(scope="module")
+def approved_by_rest(stack, airflow_api, mailbox, timed_out):
+    """Another such run (with one epoch, another patience trains the same model under another
+    fingerprint): the README's REST block lists the waiting promotion and answers Approve."""
+    run_id = trigger(airflow_api, {**ONE_STEP, "patience": 4, "promotion": "approve"})  # the same model
+    wait_for_approval(airflow_api, run_id)
+    result = readme.run(readme.block("approve-rest"), stack["env"], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    finished = wait_for_run(airflow_api, run_id)
+    assert finished["state"] == "success", failure_report(airflow_api, run_id)
+    return {"run_id": run_id, "printed": result.stdout}
+
+
+def test_the_readme_rest_block_approves_a_waiting_promotion(stack, approved_by_rest, mailbox):
+    run_id = approved_by_rest["run_id"]
+    assert f"{run_id} Promote mmsearch-esci v2 to champion?" in approved_by_rest["printed"]  # the listing
     version = version_of(stack["status"], run_id)
-    assert champion_of(stack["status"]) == version["version"] == "1"
+    assert champion_of(stack["status"]) == version["version"] == "2"
     tags = version["tags"]
     assert (tags["approval.status"], tags["approval.by"]) == ("approved", "admin")
     assert tags["approval.comment"] == "metrics and card checked" and tags["champion.kind"] == "approval"
     assert "**Approval**: approval: approved by admin" in version["description"]
     registry = run_summary(stack, run_id)["registry"]
     assert registry["promoted"] and registry["approval"]["by"] == "admin"
-    changed = mailbox.wait_for("mmsearch-esci v1 is the champion")
+    changed = mailbox.wait_for("mmsearch-esci v2 is the champion")
     assert "approved by admin" in changed["body"] and "make rollback" in changed["body"]
-
-
-def test_a_promotion_nobody_answers_in_time_stays_challenger(stack, airflow_api, approved_by_rest):
-    run_id = trigger(airflow_api, {**SHORT, "promotion": "approve", "approval_timeout_hours": 0.005})  # 18 s
-    wait_for_approval(airflow_api, run_id)
-    finished = wait_for_run(airflow_api, run_id, timeout=300)
-    assert finished["state"] == "success", failure_report(airflow_api, run_id)
-    version = version_of(stack["status"], run_id)
-    assert version["tags"]["approval.status"] == "no answer" and version["aliases"] == ["challenger"]
-    assert version["tags"]["approval.by"] == "nobody (the approval timed out)"
-    assert champion_of(stack["status"]) == "1"
 
 
 @pytest.fixture(scope="module")
@@ -211,14 +223,14 @@ def approved_in_the_browser(stack, airflow_api, page, approved_by_rest):
     """Trigger pressed in the form with `promotion` set to approve; Approve clicked on the task's
     Required Actions page, with a reason."""
     url = stack["status"]["airflow_url"]
-    edits = {"epochs": "3", "steps_per_epoch": "40", "promotion": "approve"}  # the last one's section shows
+    edits = {"epochs": "2", "steps_per_epoch": "20", "promotion": "approve"}  # the last one's section shows
     run = trigger_from_the_form(page, url, airflow_api, edits, "airflow-ui-trigger-approve.png")
     request = wait_for_approval(airflow_api, run["dag_run_id"])
     page.goto(f"{url}/dags/{DAG_ID}/runs/{run['dag_run_id']}/tasks/model.approve_promotion/required_actions")
     from playwright.sync_api import expect
 
     expect(page.get_by_text(request["subject"])).to_be_visible(timeout=30_000)
-    page.locator("#element_comment").fill("better macro-F1 on every split; card read")
+    page.locator("#element_comment").fill("better macro-F1 than v2, card read")
     page.screenshot(path=str(ARTIFACTS / "airflow-ui-approval.png"), full_page=True)
     page.get_by_role("button", name="Approve", exact=True).click()
     expect(page.get_by_text(re.compile("Response received at"))).to_be_visible(timeout=30_000)
@@ -232,12 +244,12 @@ def test_approve_clicked_in_the_ui_moves_the_champion_and_says_who_and_why(stack
     run_id = approved_in_the_browser["dag_run_id"]
     assert approved_in_the_browser["conf"]["promotion"] == "approve"
     version = version_of(stack["status"], run_id)
-    assert champion_of(stack["status"]) == version["version"]
-    assert "over champion v1" in approved_in_the_browser["request"]["body"]  # the gate compared with v1
+    assert champion_of(stack["status"]) == version["version"] == "3"
+    assert "over champion v2 (95 % CI +" in approved_in_the_browser["request"]["body"]  # the gate compared with v2
     tags = version["tags"]
     assert (tags["approval.status"], tags["approval.by"]) == ("approved", "admin")
-    assert tags["approval.comment"] == "better macro-F1 on every split; card read"
-    mailbox.wait_for(f"mmsearch-esci v{version['version']} is the champion")
+    assert tags["approval.comment"] == "better macro-F1 than v2, card read"
+    mailbox.wait_for("mmsearch-esci v3 is the champion")
 
 
 @pytest.fixture(scope="module")
@@ -265,22 +277,22 @@ def test_the_champion_is_served_with_the_published_catalogue(served, approved_in
 
 def test_rollbacks_move_the_champion_back_the_service_follows_and_the_history_lists_every_move(stack, served):
     new = served["version"]
-    moved = run_mmsearch(stack["env"], "champion", "rollback", "--to", "2", "--reason", "try the timed-out one")
+    moved = run_mmsearch(stack["env"], "champion", "rollback", "--to", "1", "--reason", "try the timed-out one")
     assert moved.returncode == 0, moved.stderr[-3000:]
-    assert f"v{new} -> v2 (rollback by " in moved.stdout and champion_of(stack["status"]) == "2"
-    seconds_to_v2 = answering_version(served, "2", 60)  # never served: downloaded and converted first
+    assert f"v{new} -> v1 (rollback by " in moved.stdout and champion_of(stack["status"]) == "1"
+    seconds_to_v1 = answering_version(served, "1", 60)  # never served: downloaded and converted first
     rollback, history = (readme.command("team-rollback", start) for start in ("make rollback", "make champion-history"))
     result = readme.run(rollback, stack["env"], timeout=120)  # back to the champion before: the approved one
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"v2 -> v{new} (rollback by " in result.stdout and champion_of(stack["status"]) == new
+    assert f"v1 -> v{new} (rollback by " in result.stdout and champion_of(stack["status"]) == new
     seconds_back = answering_version(served, new, 2 * POLL_SECONDS + 1)  # served before: within two polls
     listed = readme.run(history, stack["env"], timeout=120)
     assert listed.returncode == 0, listed.stderr[-3000:]
     moves = [line.split() for line in listed.stdout.splitlines() if re.match(r"20\d\d-", line)]
     assert [(m[2], m[3], m[4]) for m in moves] == [
-        ("v1", "-", "approval"),
-        (f"v{new}", "v1", "approval"),
-        ("v2", f"v{new}", "rollback"),
-        (f"v{new}", "v2", "rollback"),
+        ("v2", "-", "approval"),
+        (f"v{new}", "v2", "approval"),
+        ("v1", f"v{new}", "rollback"),
+        (f"v{new}", "v1", "rollback"),
     ]
-    print(f"the service answered with the restored version {seconds_to_v2:.1f} s and {seconds_back:.1f} s later")
+    print(f"the service answered with the restored version {seconds_to_v1:.1f} s and {seconds_back:.1f} s later")
