@@ -143,9 +143,9 @@ lint: $(UV)
 
 # The Airflow suite's modules run side by side (pytest-xdist, a module per worker, so each keeps
 # its module fixtures: one stack, one DVC repository): they spend most of their time waiting on
-# servers and schedulers (a quarter of two cores when run one after another). TEST_WORKERS=1
+# servers and schedulers (a quarter of two cores one after another, a third three at a time). TEST_WORKERS=1
 # runs them in one process. --durations: the slowest tests in the log, where CI's time goes.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 test: envs system-deps lint
 	$(AIRFLOW_BIN)/python -m pytest -m "not ml" -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 	$(ML_VENV)/bin/python -m pytest -m "ml" --durations=10 tests

@@ -153,8 +153,8 @@ def task_log(api: httpx.Client, run_id: str, task_id: str, dag_id: str = DAG_ID)
 
 
 def trigger_from_the_form(page, url: str, api: httpx.Client, edits: dict, screenshot: str) -> dict:
-    """On the DAG's page, open its Trigger form, edit `edits` (param name: text) and press
-    Trigger; return the run it started, found through the REST API."""
+    """On the DAG's page, open its Trigger form, edit `edits` (param name: text, or true/false for
+    a switch) and press Trigger; return the run it started, found through the REST API."""
     from playwright.sync_api import expect
 
     page.goto(f"{url}/dags/{DAG_ID}")
@@ -166,6 +166,11 @@ def trigger_from_the_form(page, url: str, api: httpx.Client, edits: dict, screen
         field = dialog.get_by_label(re.compile(rf"^{name}\b"))  # the label: the param's name (and a * if required)
         if not field.is_visible():  # its section is closed (one opens at a time)
             dialog.get_by_role("button", name=SECTION_OF[name], exact=True).click()
+        if isinstance(text, bool):  # a switch: its input is hidden, a person clicks the switch around it
+            if field.is_checked() != text:
+                field.locator("xpath=..").click()
+            expect(field).to_be_checked(checked=text)
+            continue
         field.fill(text)
         if field.get_attribute("role") == "combobox":  # a setting with choices: the typed one, picked
             field.press("Enter")
@@ -185,4 +190,9 @@ def trigger_from_the_form(page, url: str, api: httpx.Client, edits: dict, screen
     raise AssertionError("the Trigger form started no run")
 
 
-SECTION_OF = {"epochs": "Training", "steps_per_epoch": "Training", "promotion": "Registry"}
+SECTION_OF = {
+    "epochs": "Training",
+    "steps_per_epoch": "Training",
+    "train_query_baseline": "Training",
+    "promotion": "Registry",
+}

@@ -223,7 +223,7 @@ def approved_in_the_browser(stack, airflow_api, page, approved_by_rest):
     """Trigger pressed in the form with `promotion` set to approve; Approve clicked on the task's
     Required Actions page, with a reason."""
     url = stack["status"]["airflow_url"]
-    edits = {"epochs": "2", "steps_per_epoch": "20", "promotion": "approve"}  # the last one's section shows
+    edits = {"epochs": "2", "steps_per_epoch": "20", "train_query_baseline": False, "promotion": "approve"}
     run = trigger_from_the_form(page, url, airflow_api, edits, "airflow-ui-trigger-approve.png")
     request = wait_for_approval(airflow_api, run["dag_run_id"])
     page.goto(f"{url}/dags/{DAG_ID}/runs/{run['dag_run_id']}/tasks/model.approve_promotion/required_actions")
@@ -242,7 +242,8 @@ def approved_in_the_browser(stack, airflow_api, page, approved_by_rest):
 
 def test_approve_clicked_in_the_ui_moves_the_champion_and_says_who_and_why(stack, approved_in_the_browser, mailbox):
     run_id = approved_in_the_browser["dag_run_id"]
-    assert approved_in_the_browser["conf"]["promotion"] == "approve"
+    conf = approved_in_the_browser["conf"]
+    assert conf["promotion"] == "approve" and conf["train_query_baseline"] is False  # the form's edits
     version = version_of(stack["status"], run_id)
     assert champion_of(stack["status"]) == version["version"] == "3"
     assert "over champion v2 (95 % CI +" in approved_in_the_browser["request"]["body"]  # the gate compared with v2
