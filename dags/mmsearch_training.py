@@ -23,14 +23,13 @@ from airflow.sdk import (
     task,
 )
 
-from mmsearch import alerts
-from mmsearch import config as C
+from mmsearch import alerts, config, config_schema, paths
 from mmsearch.approval import PromotionApproval
 from mmsearch.assets import CHAMPION_MODEL, RAW_DATA
 from mmsearch.dag_support import default_args
 
 # Tasks that run in the ML environment (TensorFlow, Beam, MLflow), not in Airflow's.
-ML_ENV = {"python": C.ml_python(), "expect_airflow": False}
+ML_ENV = {"python": paths.ml_python(), "expect_airflow": False}
 
 DOC_MD = """
 ### mmsearch_training
@@ -52,14 +51,18 @@ setting, and no retry.
 RAW_DATA_EVENTS = AssetAlias("mmsearch_raw_data_events")
 CHAMPION_EVENTS = AssetAlias("mmsearch_champion_events")
 
-PARAMS = {field.name: Param(C.param_default(field), **C.param_schema(field)) for field in C.params_by_section()}
+PARAMS = {
+    field.name: Param(config_schema.param_default(field), **config_schema.param_schema(field))
+    for field in config.params_by_section()
+}
 
 
 @task(execution_timeout=timedelta(minutes=2))
 def configure() -> dict:
     """The run configuration, resolved once: every setting checked (type, range, known name);
     a bad one fails here, before any work. Returns it with the run's directory and MLflow tags."""
-    from mmsearch.config import RunConfig, run_dir_for
+    from mmsearch.config import RunConfig
+    from mmsearch.paths import run_dir_for
 
     context = get_current_context()
     cfg = RunConfig.from_mapping(context["params"])
@@ -80,11 +83,11 @@ def pull_data(settings: dict) -> dict:
     """`dvc pull` of the raw data, or `dvc update` of the files `make real-data` imported; fails
     naming every file DVC did not restore. With `raw_data_dir` set, that directory is used as it
     is. Returns the data's lineage; a raw-data asset event when its files changed."""
-    from mmsearch import pull
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import pull
 
     with stage_task(settings, ml_env=False) as run:
-        lineage = pull.run(run.cfg.repo_dir, run.cfg.raw_dir, run.cfg)
+        lineage = pull.run(out_dir=run.cfg.raw_dir, cfg=run.cfg, tags=run.tags)
     if pull.remember(lineage):
         get_current_context()["outlet_events"][RAW_DATA_EVENTS].add(RAW_DATA, extra={"dvc_md5": lineage["dvc_md5"]})
     return lineage
@@ -94,21 +97,21 @@ def pull_data(settings: dict) -> dict:
 def publish_catalogue(lineage: dict, settings: dict) -> dict:
     """The pulled product file, checked against the contract, published as the catalogue the
     re-ranking service serves, whether or not this run trains; a bad file fails here, unserved."""
-    from mmsearch import publish as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import publish as stage
 
     with stage_task(settings, ml_env=False) as run:
-        return stage.run(lineage, run.out("publish"), run.cfg, run.tags)
+        return stage.run(lineage, out_dir=run.out("publish"), cfg=run.cfg, tags=run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=10))
 def check_changes(lineage: dict, settings: dict) -> dict:
     """This run's fingerprint (data md5s, git commit, model settings) against the registered versions'."""
-    from mmsearch import check_changes as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import check_changes as stage
 
     with stage_task(settings) as run:
-        return stage.run(lineage, run.out("changes"), run.cfg)
+        return stage.run(lineage, out_dir=run.out("changes"), cfg=run.cfg, tags=run.tags)
 
 
 @task.short_circuit(execution_timeout=timedelta(minutes=5))
@@ -125,104 +128,108 @@ def anything_new(changes: dict, settings: dict) -> bool:
 @task(execution_timeout=timedelta(minutes=30))
 def validate(lineage: dict, settings: dict) -> dict:
     """Schemas, dimensions, finite values, labels, unique keys, join coverage."""
-    from mmsearch import validate as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import validate as stage
 
     with stage_task(settings, ml_env=False) as run:
-        return stage.run(lineage["raw_dir"], run.out("validate"), run.cfg)
+        return stage.run(lineage["raw_dir"], out_dir=run.out("validate"), cfg=run.cfg, tags=run.tags)
 
 
 @task(execution_timeout=timedelta(minutes=60))
 def merge(lineage: dict, settings: dict) -> dict:
     """Join every judgement with its embeddings; split train/val/test by query."""
-    from mmsearch import merge as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import merge as stage
 
     with stage_task(settings, ml_env=False) as run:
-        return stage.run(lineage["raw_dir"], run.out("merged"), run.cfg)
+        return stage.run(lineage["raw_dir"], out_dir=run.out("merged"), cfg=run.cfg, tags=run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=30))
 def drift(merged: dict, settings: dict) -> dict:
     """This run's data against the champion's training data: label shares and each modality's
     embeddings. The report goes to MLflow; above `drift_threshold`, the run fails here, before training."""
-    from mmsearch import drift as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import drift as stage
 
     with stage_task(settings) as run:
-        return stage.run(merged["merged_dir"], run.out("drift"), run.cfg, run.tags)
+        return stage.run(merged["merged_dir"], out_dir=run.out("drift"), cfg=run.cfg, tags=run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=60))
 def transform(merged: dict, settings: dict) -> dict:
     """TensorFlow Transform on Beam: z-scores and pair cosines; TFRecords and the transform graph."""
-    from mmsearch import transform as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import transform as stage
 
     with stage_task(settings) as run:
-        return stage.run(merged["merged_dir"], run.out("transform"), run.cfg)
+        return stage.run(merged["merged_dir"], out_dir=run.out("transform"), cfg=run.cfg, tags=run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=10))
 def candidates(settings: dict) -> list:
     """Open this run's parent MLflow run; list the candidates (hyperparameter overrides)."""
-    from mmsearch import train as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import candidates as stage
 
     with stage_task(settings) as run:
-        return stage.plan(run.cfg, run.tags)
+        return stage.run(out_dir=run.out("candidates"), cfg=run.cfg, tags=run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=120))
 def train(transformed: dict, candidate: dict, settings: dict) -> dict:
     """One candidate: Keras, a nested MLflow run, CodeCarbon; its validation metrics."""
-    from mmsearch import train as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import train as stage
 
     with stage_task(settings) as run:
-        return stage.run(transformed["transform_dir"], run.out("train"), run.cfg, candidate, run.tags)
+        return stage.run(transformed["transform_dir"], candidate, out_dir=run.out("train"), cfg=run.cfg, tags=run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=120))
 def baselines(transformed: dict, planned: list, settings: dict) -> dict:
     """The CLIP baseline (logistic regression on the cosines) and the original design's model."""
-    from mmsearch import baselines as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import baselines as stage
 
     with stage_task(settings) as run:
         parent_run_id = planned[0]["parent_run_id"]
-        return stage.run(transformed["transform_dir"], run.out("baselines"), run.cfg, parent_run_id, run.tags)
+        return stage.run(
+            transformed["transform_dir"], parent_run_id, out_dir=run.out("baselines"), cfg=run.cfg, tags=run.tags
+        )
 
 
 @task(execution_timeout=timedelta(minutes=5))
 def select(trained: list, settings: dict) -> dict:
     """The best candidate by validation macro-F1 (reads no data, the test split least of all)."""
-    from mmsearch import select as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import select as stage
 
     with stage_task(settings, ml_env=False) as run:
-        return stage.run(list(trained), run.out("select"), run.cfg)
+        return stage.run(list(trained), out_dir=run.out("select"), cfg=run.cfg, tags=run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=30))
 def evaluate(model: dict, baselines: dict, merged: dict, settings: dict) -> dict:
     """The selected model, every baseline and the champion, on the same test rows."""
-    from mmsearch import evaluate as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import evaluate as stage
 
     with stage_task(settings) as run:
-        return stage.run(model, baselines, merged["merged_dir"], run.out("evaluate"), run.cfg)
+        return stage.run(
+            model, baselines, merged["merged_dir"], out_dir=run.out("evaluate"), cfg=run.cfg, tags=run.tags
+        )
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=30))
 def register(model: dict, scores: dict, lineage: dict, settings: dict) -> dict:
     """Register in MLflow as challenger; champion only if it beats every baseline and the champion."""
-    from mmsearch import register as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import register as stage
     from mmsearch.summary import summary_text
 
     with stage_task(settings) as run:
-        summary = stage.run(model, scores, lineage, str(run.run_dir), run.cfg, run.tags)
+        summary = stage.run(model, scores, lineage, out_dir=run.run_dir, cfg=run.cfg, tags=run.tags)
     print(summary_text(summary))  # relayed to this task's log
     return summary["registry"]
 
@@ -231,11 +238,11 @@ def register(model: dict, scores: dict, lineage: dict, settings: dict) -> dict:
 def promote(registry: dict, answer: dict | None, settings: dict) -> dict:
     """With `promotion: approve`, the person's answer: Approve moves the champion alias; Reject or
     no answer leaves the version challenger; who, when and why go on the version. Else nothing."""
-    from mmsearch import promote as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import promote as stage
 
     with stage_task(settings) as run:
-        return stage.run(registry, answer, run.run_dir, run.cfg, run.tags)
+        return stage.run(registry, answer, out_dir=run.run_dir, cfg=run.cfg, tags=run.tags)
 
 
 @task(outlets=[CHAMPION_EVENTS], execution_timeout=timedelta(minutes=5))
@@ -256,11 +263,11 @@ def announce(registry: dict) -> bool:
 def clean_old_runs(registry: dict, settings: dict) -> dict:
     """Delete older runs' bulky intermediates: keep the last `keep_runs` and the champion's and
     challenger's runs; summaries, metrics and reports stay."""
-    from mmsearch import clean_old_runs as stage
     from mmsearch.run_context import stage_task
+    from mmsearch.stages import clean_old_runs as stage
 
     with stage_task(settings, ml_env=False) as run:
-        return stage.run(C.runs_root(), run.cfg.keep_runs, protect=[str(run.run_dir), *registry["lineage_run_dirs"]])
+        return stage.run(registry, out_dir=run.run_dir, cfg=run.cfg, tags=run.tags)
 
 
 @dag(

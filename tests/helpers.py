@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mmsearch import config as C
+from mmsearch import config, paths
 from mmsearch.stack.settings import free_port_env
 from mmsearch.tools.sample_data import SampleSpec, generate
 
@@ -37,8 +37,8 @@ def stack_env(name: str, **extra: str) -> dict:
     return isolated_env(root / "home", **free_port_env(), **extra)
 
 
-def small_config(**overrides) -> C.RunConfig:
-    return C.RunConfig(embedding_dim=SMALL.dim, **overrides)
+def small_config(**overrides) -> config.RunConfig:
+    return config.RunConfig(embedding_dim=SMALL.dim, **overrides)
 
 
 def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -122,9 +122,9 @@ class MirrorServer:
 
 
 PINNED = {  # each raw file: the source and the path it has upstream, as data/sources.yaml names them
-    C.ESCI_FILE: ("esci", "shopping_queries_dataset/shopping_queries_dataset_examples.parquet"),
-    C.QUERY_FEATURES_FILE: ("sqid", "data/query_features.parquet"),
-    C.PRODUCT_FEATURES_FILE: ("sqid", "data/product_features.parquet"),
+    paths.ESCI_FILE: ("esci", "shopping_queries_dataset/shopping_queries_dataset_examples.parquet"),
+    paths.QUERY_FEATURES_FILE: ("sqid", "data/query_features.parquet"),
+    paths.PRODUCT_FEATURES_FILE: ("sqid", "data/product_features.parquet"),
 }
 
 

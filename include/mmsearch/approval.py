@@ -18,7 +18,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOper
 from airflow.sdk import Param
 from airflow.sdk.definitions.param import ParamsDict
 
-from mmsearch import config as C
+from mmsearch import paths
 from mmsearch.io import read_json
 from mmsearch.summary import SUMMARY, metrics_table
 
@@ -27,12 +27,11 @@ WHY = "Why you approve or reject it: recorded on the model version and in the ru
 
 def model_card_link(name: str, version: str) -> str:
     """Where a person reads the version's model card: the MLflow server's page for it, when there is one."""
-    uri = C.redact_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    uri = paths.redact_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
     if uri.startswith(("http://", "https://")) and "@" not in uri:
         return f"{uri.rstrip('/')}/#/models/{name}/versions/{version}"
-    return (
-        f"the description of {name} version {version} in the MLflow registry ({C.redact_uri(C.mlflow_tracking_uri())})"
-    )
+    registry = paths.redact_uri(paths.mlflow_tracking_uri())
+    return f"the description of {name} version {version} in the MLflow registry ({registry})"
 
 
 class PromotionApproval(ApprovalOperator):

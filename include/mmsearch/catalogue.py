@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsearch import config as C
-from mmsearch import raw
+from mmsearch import paths, raw, sqid
 from mmsearch.io import DataError, read_json
 
 IDS, TEXT, IMAGE = "ids.npy", "text.npy", "image.npy"
@@ -27,7 +26,7 @@ POINTER = "published.json"
 
 
 def catalogue_root() -> Path:
-    return C.mmsearch_home() / "catalogue"
+    return paths.mmsearch_home() / "catalogue"
 
 
 def published(root: Path | None = None) -> dict | None:
@@ -45,11 +44,11 @@ def published(root: Path | None = None) -> dict | None:
 def fill(product_file: Path, text: np.ndarray, image: np.ndarray) -> list[str]:
     """The product file's vectors, checked batch by batch (widths, finite values, null ids), into
     `text` and `image` (preallocated [rows, dim]); its ids, in file order."""
-    table = raw.FeatureTable(Path(product_file), "product_id", raw.PRODUCT_EMBEDDINGS, raw.PRODUCT_FEATURE_COLUMNS)
+    table = sqid.FeatureTable(Path(product_file), "product_id", sqid.PRODUCT_EMBEDDINGS, sqid.PRODUCT_FEATURE_COLUMNS)
     ids: list[str] = []
-    for offset, keys, matrices in raw.embedding_batches(table, text.shape[1]):
+    for offset, keys, matrices in sqid.embedding_batches(table, text.shape[1]):
         end = offset + len(keys)
-        text[offset:end], image[offset:end] = (matrices[name] for name in raw.PRODUCT_EMBEDDINGS)
+        text[offset:end], image[offset:end] = (matrices[name] for name in sqid.PRODUCT_EMBEDDINGS)
         ids.extend(keys.to_pylist())
     return ids
 

@@ -9,8 +9,7 @@ from urllib.parse import urlsplit
 
 from airflow.sdk.definitions.retry_policy import RetryDecision, RetryPolicy
 
-from mmsearch import config as C
-from mmsearch import run_context
+from mmsearch import paths, run_context
 from mmsearch.io import read_json, write_json
 
 
@@ -18,10 +17,10 @@ def mask_credentials(context) -> None:
     """Mask credentials in the task's log, the ML tasks' relayed output included."""
     from airflow.sdk.log import mask_secret
 
-    for name in C.SECRET_ENV_VARS:
+    for name in paths.SECRET_ENV_VARS:
         if os.environ.get(name):
             mask_secret(os.environ[name], name)
-    for name in C.SECRET_URL_ENV_VARS:
+    for name in paths.SECRET_URL_ENV_VARS:
         password = urlsplit(os.environ.get(name, "")).password
         if password:
             mask_secret(password, name)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmsearch import features as F
+from mmsearch import features
 
-LABEL_ORDER = list(range(F.NUM_CLASSES))  # I, C, S, E
-GAIN_BY_ID = np.array([F.ESCI_GAINS[F.LABELS_BY_ID[i]] for i in LABEL_ORDER])
+LABEL_ORDER = list(range(features.NUM_CLASSES))  # I, C, S, E
+GAIN_BY_ID = np.array([features.ESCI_GAINS[features.LABELS_BY_ID[i]] for i in LABEL_ORDER])
 HEADLINE = ("accuracy", "macro_f1", "micro_f1", "ndcg")
 CALIBRATION_BINS = 10
 # The decision rule may give up this much validation accuracy for macro-F1, no more.
@@ -100,11 +100,11 @@ def classification_metrics(
         "ndcg_queries": ndcg_queries,
         "ece": expected_calibration_error(labels, probabilities)["ece"],
         "per_class": {
-            F.LABELS_BY_ID[i]: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            features.LABELS_BY_ID[i]: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
             for i, p, r, f, n in zip(LABEL_ORDER, precision, recall, f1, support)
         },
         "confusion_matrix": {
-            "labels": [F.LABELS_BY_ID[i] for i in LABEL_ORDER],
+            "labels": [features.LABELS_BY_ID[i] for i in LABEL_ORDER],
             "matrix": confusion_matrix(labels, predicted, labels=LABEL_ORDER).tolist(),
         },
     }
@@ -134,7 +134,7 @@ def fit_decision_rule(labels: np.ndarray, probabilities: np.ndarray, rounds: int
     ascent over a log-spaced grid, giving up at most MAX_ACCURACY_DROP of argmax accuracy.
     Macro-F1 rewards the rare classes (C is ~3 % of ESCI) that argmax almost never predicts."""
     grid = np.exp(np.linspace(-2.5, 2.5, 51))
-    weights = np.ones(F.NUM_CLASSES)
+    weights = np.ones(features.NUM_CLASSES)
     floor = np.mean(probabilities.argmax(axis=1) == labels) - MAX_ACCURACY_DROP
     best = _macro_f1(labels, apply_decision_rule(probabilities, weights))
     for _ in range(rounds):
@@ -146,11 +146,11 @@ def fit_decision_rule(labels: np.ndarray, probabilities: np.ndarray, rounds: int
                 score = _macro_f1(labels, predicted)
                 if score > best + 1e-9 and np.mean(predicted == labels) >= floor:
                     best, weights = score, trial
-    weights = weights / weights[F.LABEL_IDS["E"]]
+    weights = weights / weights[features.LABEL_IDS["E"]]
     return {
         "class_weights": weights.tolist(),
         "validation_macro_f1": best,
-        "label_order": [F.LABELS_BY_ID[i] for i in LABEL_ORDER],
+        "label_order": [features.LABELS_BY_ID[i] for i in LABEL_ORDER],
     }
 
 
@@ -162,14 +162,14 @@ BOOTSTRAP_LEVEL = 0.95
 
 def _confusion_by_query(group: np.ndarray, count: int, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """[Q, 16]: each query group's confusion counts (true label x 4 + predicted)."""
-    cells = F.NUM_CLASSES * F.NUM_CLASSES
-    flat = group * cells + labels * F.NUM_CLASSES + predicted
+    cells = features.NUM_CLASSES * features.NUM_CLASSES
+    flat = group * cells + labels * features.NUM_CLASSES + predicted
     return np.bincount(flat, minlength=count * cells).reshape(count, cells).astype(float)
 
 
 def _metrics_of_confusions(confusions: np.ndarray) -> dict:
     """accuracy, micro- and macro-F1 of [B, 16] confusion counts, as scikit-learn computes them."""
-    matrix = confusions.reshape(-1, F.NUM_CLASSES, F.NUM_CLASSES)
+    matrix = confusions.reshape(-1, features.NUM_CLASSES, features.NUM_CLASSES)
     true_positive = np.diagonal(matrix, axis1=1, axis2=2)
     denominator = matrix.sum(axis=2) + matrix.sum(axis=1)
     f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)

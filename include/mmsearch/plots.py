@@ -72,14 +72,14 @@ def plot_precision_recall(labels: np.ndarray, probabilities: np.ndarray, title: 
     """One-vs-rest precision-recall curve of each ESCI label, with its average precision."""
     from sklearn.metrics import PrecisionRecallDisplay
 
-    from mmsearch import features as F
+    from mmsearch import features
 
     pyplot = _pyplot()
     figure, ax = pyplot.subplots(figsize=(6, 5))
-    for label_id in range(F.NUM_CLASSES):
+    for label_id in range(features.NUM_CLASSES):
         if np.any(labels == label_id):
             PrecisionRecallDisplay.from_predictions(
-                labels == label_id, probabilities[:, label_id], ax=ax, name=F.LABELS_BY_ID[label_id]
+                labels == label_id, probabilities[:, label_id], ax=ax, name=features.LABELS_BY_ID[label_id]
             )
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmsearch import config as C
+from mmsearch import config, paths
 from mmsearch.io import CredentialsError, DataError, end_without_teardown_at_exit, log_to_stderr
 
 # The same input, setting or password fails the same way on every try.
-CANNOT_HEAL = (C.ConfigError, DataError, CredentialsError)
+CANNOT_HEAL = (config.ConfigError, DataError, CredentialsError)
 CANNOT_HEAL_NAMES = tuple(f"{error.__name__}: " for error in CANNOT_HEAL)
 # Set by Airflow's script for an external-python task: this process is that script.
 EXTERNAL_PYTHON_SCRIPT = "PYTHON_OPERATORS_VIRTUAL_ENV_MODE"
@@ -29,7 +29,7 @@ class CannotHeal(RuntimeError):
 
 @dataclass(frozen=True)
 class RunContext:
-    cfg: C.RunConfig
+    cfg: config.RunConfig
     run_dir: Path
     tags: dict = field(default_factory=dict)
 
@@ -47,7 +47,7 @@ def stage_task(settings: dict, ml_env: bool = True) -> Iterator[RunContext]:
         if os.environ.get(EXTERNAL_PYTHON_SCRIPT) == "1":
             end_without_teardown_at_exit()  # first, so that it runs after every other exit handler
         log_to_stderr()
-    context = RunContext(C.RunConfig.from_mapping(settings["config"]), Path(settings["run_dir"]), settings["tags"])
+    context = RunContext(config.RunConfig.from_mapping(settings["config"]), Path(settings["run_dir"]), settings["tags"])
     try:
         yield context
     except CANNOT_HEAL as error:
@@ -78,4 +78,4 @@ def failure_reason(exception: BaseException) -> str:
 
 def failures_file(run_id: str) -> Path:
     """Where the DAGs' failure callback records each failed task's one-line reason."""
-    return C.mmsearch_home() / "failures" / f"{C.run_dir_for(run_id).name}.json"
+    return paths.mmsearch_home() / "failures" / f"{paths.run_dir_for(run_id).name}.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsearch import features as F
+from mmsearch import features
 
 PROBABILITY_COLUMNS = {"E": "p_E", "S": "p_S", "C": "p_C", "I": "p_I"}
 # The pyfunc artifact holding the per-class weights fitted on validation (metrics.fit_decision_rule).
@@ -81,9 +81,9 @@ def served_label_ids(probabilities: np.ndarray, class_weights=None) -> np.ndarra
 def probabilities_frame(probabilities: np.ndarray, class_weights=None) -> pd.DataFrame:
     """The pyfunc's output: the served label and p_*."""
     labels = served_label_ids(probabilities, class_weights)
-    frame = pd.DataFrame({"esci_label": [F.LABELS_BY_ID[i] for i in labels]})
+    frame = pd.DataFrame({"esci_label": [features.LABELS_BY_ID[i] for i in labels]})
     for label, column in PROBABILITY_COLUMNS.items():
-        frame[column] = probabilities[:, F.LABEL_IDS[label]].astype(np.float64)
+        frame[column] = probabilities[:, features.LABEL_IDS[label]].astype(np.float64)
     return frame
 
 

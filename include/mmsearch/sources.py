@@ -17,14 +17,13 @@ from pathlib import Path
 
 import yaml
 
-from mmsearch import config as C
-from mmsearch import dvc_repo
+from mmsearch import dvc_repo, paths
 from mmsearch.dvc_repo import PullError
 from mmsearch.io import DataError
 
 log = logging.getLogger(__name__)
 
-MANIFEST = C.REPO_ROOT / "data" / "sources.yaml"
+MANIFEST = paths.REPO_ROOT / "data" / "sources.yaml"
 STAGING = "import-staging"  # beside data/raw; not a dot directory, which DVC does not look into
 MIRROR_LAYOUT = "{base}/{repository}/{revision}/{file}"
 

@@ -1,11 +1,12 @@
 """A training run's summary: `summary.json` in the run's directory (written by register, completed
-by promote, or written alone by a run that skipped), and the few lines a person reads of it (the
-register and promote task logs, `make run`)."""
+by promote, or written alone by a run that skipped), the few lines a person reads of it (the
+register and promote task logs, `make run`), and the registered version's model card."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from mmsearch.gate import Decision
 from mmsearch.io import read_json, write_json
 
 SUMMARY = "summary.json"
@@ -82,3 +83,36 @@ def summary_text(summary: dict) -> str:
     lines += [approval] if approval else []
     lines.append(f"outputs: {summary['run_dir']}")
     return "\n".join(lines)
+
+
+def model_card(
+    model: dict,
+    scores: dict,
+    lineage: dict,
+    decision: Decision,
+    metric: str,
+    intervals: dict | None = None,
+    awaiting_approval: bool = False,
+) -> str:
+    """The registered version's description: what it is, its data, its scores beside the baselines."""
+    intervals = intervals or {}
+    cells = {
+        name: [with_interval(m[key], intervals.get(name, {}).get(key)) for key in CARD_METRICS]
+        for name, m in scores.items()
+    }
+    rows = "\n".join(f"| {name} | {' | '.join(found)} |" for name, found in cells.items())
+    data = "\n".join(f"- `{path}`: md5 `{md5}`" for path, md5 in sorted(lineage.get("file_md5", {}).items()))
+    overrides = model.get("overrides") or {}
+    verdict = "promoted to champion" if decision.promote else "stays challenger"
+    if awaiting_approval:
+        verdict = "granted; the promotion awaits a person's approval (Airflow: model.approve_promotion)"
+    return (
+        f"**ESCI relevance model** ({model['feature_set']}), candidate {model.get('candidate', 0)} "
+        f"`{overrides}`, chosen by validation macro-F1 {model['validation']['macro_f1']:.4f}; "
+        f"best epoch {model['best_epoch']} of {model['epochs_run']}.\n\n"
+        f"**Test split** (query groups never seen in training or selection; [95 % interval], a "
+        f"bootstrap over its queries):\n\n"
+        f"| scorer | accuracy | macro-F1 | nDCG |\n| --- | --- | --- | --- |\n{rows}\n\n"
+        f"**Gate** ({metric}): {verdict}: {decision.reason}.\n\n"
+        f"**Data**: DVC `{lineage.get('dvc_md5', '')}`\n{data}\n"
+    )

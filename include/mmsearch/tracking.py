@@ -8,13 +8,13 @@ import os
 
 import numpy as np
 
-from mmsearch import config as C
+from mmsearch import config, paths
 from mmsearch.champion import CHAMPION, holder
 
 log = logging.getLogger(__name__)
 
 
-def setup(cfg: C.RunConfig):
+def setup(cfg: config.RunConfig):
     """mlflow, pointed at the tracking store and the run's experiment (created when missing)."""
     import mlflow
 
@@ -24,10 +24,10 @@ def setup(cfg: C.RunConfig):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
     default_store = not os.environ.get("MLFLOW_TRACKING_URI")  # read first: set_tracking_uri sets it
-    mlflow.set_tracking_uri(C.mlflow_tracking_uri())
+    mlflow.set_tracking_uri(paths.mlflow_tracking_uri())
     if mlflow.get_experiment_by_name(cfg.experiment_name) is None:
         # the embedded default keeps artifacts under MMSEARCH_HOME, not in ./mlruns of the cwd
-        artifacts = C.mlflow_artifact_root() if default_store else None
+        artifacts = paths.mlflow_artifact_root() if default_store else None
         mlflow.create_experiment(cfg.experiment_name, artifact_location=artifacts)
     experiment = mlflow.set_experiment(cfg.experiment_name)
     # MLflow's UI opens an experiment of this kind on its training runs (not the GenAI traces view)
@@ -46,7 +46,7 @@ def refusal_line(error: BaseException) -> str:
     code = "401" if "error code 401" in str(error) else "403"
     user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(none)"
     return (
-        f"MLflow at {C.redact_uri(C.mlflow_tracking_uri())} refused the credentials of user {user} "
+        f"MLflow at {paths.redact_uri(paths.mlflow_tracking_uri())} refused the credentials of user {user} "
         f"(HTTP {code}): check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     )
 
@@ -56,7 +56,7 @@ def airflow_tags(tags: dict) -> dict:
     return {f"airflow.{k}": str(v) for k, v in tags.items() if v}
 
 
-def end_abandoned_runs(mlflow, cfg: C.RunConfig, airflow_run_id: str, run_name: str | None = None) -> None:
+def end_abandoned_runs(mlflow, cfg: config.RunConfig, airflow_run_id: str, run_name: str | None = None) -> None:
     """A killed attempt leaves its MLflow run RUNNING: mark it KILLED before the retry starts."""
     if not airflow_run_id:
         return
@@ -92,7 +92,7 @@ class PyfuncScorer:
         return probabilities, self.served.label_ids(probabilities)
 
 
-def champion(cfg: C.RunConfig):
+def champion(cfg: config.RunConfig):
     """The registered model's version under the `champion` alias, or None."""
     import mlflow
 

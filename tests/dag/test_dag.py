@@ -141,7 +141,8 @@ def test_ml_tasks_run_in_the_ml_environment(dag):
 
 
 def test_params_form_covers_every_setting_in_sections(dag):
-    from mmsearch.config import SECTIONS, RunConfig
+    from mmsearch.config import RunConfig
+    from mmsearch.config_schema import SECTIONS
 
     params = dag.params
     assert set(params.keys()) == set(RunConfig.__dataclass_fields__)
@@ -251,8 +252,8 @@ def test_an_ml_task_relays_bad_input_by_name_and_its_reason_is_recorded_without_
     code = (
         "from mmsearch.run_context import stage_task\n"
         "from mmsearch.io import DataError\n"
-        "from mmsearch import config as C\n"
-        "settings = {'config': C.RunConfig().as_dict(), 'run_dir': '/tmp/r', 'tags': {}}\n"
+        "from mmsearch import config\n"
+        "settings = {'config': config.RunConfig().as_dict(), 'run_dir': '/tmp/r', 'tags': {}}\n"
         "try:\n"
         "    with stage_task(settings):\n"
         "        raise DataError('x.parquet', 'file is missing')\n"
@@ -273,10 +274,10 @@ def test_an_ml_task_process_skips_the_interpreter_teardown_only_when_it_ends_wel
     registered before the stage stands for the teardown: skipped on success, run on an error."""
     code = (
         "import atexit, sys\n"
-        "from mmsearch import config as C\n"
+        "from mmsearch import config\n"
         "from mmsearch.run_context import stage_task\n"
         "atexit.register(lambda: print('teardown', file=sys.stderr))\n"
-        f"settings = {{'config': C.RunConfig().as_dict(), 'run_dir': {str(tmp_path)!r}, 'tags': {{}}}}\n"
+        f"settings = {{'config': config.RunConfig().as_dict(), 'run_dir': {str(tmp_path)!r}, 'tags': {{}}}}\n"
         "with stage_task(settings):\n"
         "    print('stage done', file=sys.stderr)\n"
         "print('result written')\n" + ending

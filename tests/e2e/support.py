@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from mmsearch import config as C
+from mmsearch import paths
 from mmsearch.tools.sample_data import SampleSpec
 from tests.helpers import ML_PYTHON, REPO_ROOT, isolated_env, make_dvc_repo
 
@@ -60,7 +60,7 @@ def run_dir_of(stack, log: str) -> Path:
     """The directory of the run a `dags test` log reports (not the newest by mtime: retention
     touches older runs' directories)."""
     run_id = re.search(r"DagRun Finished: dag_id=\w+, .*?run_id=([^,]+),", log).group(1)
-    return stack["home"] / "runs" / C.run_dir_for(run_id).name
+    return stack["home"] / "runs" / paths.run_dir_for(run_id).name
 
 
 def dags_test(stack, conf: dict, logical_date: str) -> dict:

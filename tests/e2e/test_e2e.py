@@ -18,8 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mmsearch import config as C
-from mmsearch import features as F
+from mmsearch import features, paths
 from tests import readme
 from tests.e2e.support import FAST, WEAK, dags_test, failures, in_ml_env, registry_state, run_dag, run_dir_of
 from tests.helpers import ML_PYTHON, REPO_ROOT
@@ -71,9 +70,11 @@ def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
     run_dir = Path(first_run["run_dir"])
     assert list(stack["cwd"].iterdir()) == []  # MLflow artifacts under MMSEARCH_HOME, not ./mlruns
     assert (stack["home"] / "mlflow" / "artifacts").is_dir()
-    assert (stack["repo"] / "data" / "raw" / C.ESCI_FILE).exists()  # brought back by dvc pull
+    assert (stack["repo"] / "data" / "raw" / paths.ESCI_FILE).exists()  # brought back by dvc pull
     merged = pq.read_table(run_dir / "merged" / "train")
-    assert {F.QUERY_EMBEDDING, F.PRODUCT_TEXT_EMBEDDING, F.PRODUCT_IMAGE_EMBEDDING} <= set(merged.schema.names)
+    assert {features.QUERY_EMBEDDING, features.PRODUCT_TEXT_EMBEDDING, features.PRODUCT_IMAGE_EMBEDDING} <= set(
+        merged.schema.names
+    )
     example_ids = [
         i
         for p in (run_dir / "merged").rglob("*.parquet")
@@ -81,7 +82,7 @@ def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
     ]
     merged_rows = json.loads((run_dir / "merged" / "manifest.json").read_text())["rows"]
     assert len(example_ids) == len(set(example_ids)) == merged_rows  # one row per judgement
-    for split in C.SPLITS:
+    for split in paths.SPLITS:
         assert list((run_dir / "transform" / "transformed_examples" / f"Split-{split}").glob("*.tfrecord"))
     assert (run_dir / "transform" / "transform_graph" / "metadata" / "schema.pbtxt").exists()
     registry = first_run["registry"]
@@ -122,7 +123,7 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
     )
     for name in ("batch_size", "epochs", "input_dim", "optimizer", "feature_set", "steps_per_epoch", "patience"):
         assert name in found["params"]
-    assert found["params"]["input_dim"] == str(3 * F.WHITENED_DIM + len(F.PAIR_FEATURES))
+    assert found["params"]["input_dim"] == str(3 * features.WHITENED_DIM + len(features.PAIR_FEATURES))
     for name in (
         "accuracy",
         "val_accuracy",
@@ -157,7 +158,7 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
     assert (
         tags["feature_set"] == "query_product" and len(tags["git_commit"]) in (40, 7) or tags["git_commit"] == "unknown"
     )
-    assert {"dvc_md5.raw", f"dvc_md5.{C.ESCI_FILE}", f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"} <= set(tags)
+    assert {"dvc_md5.raw", f"dvc_md5.{paths.ESCI_FILE}", f"dvc_md5.{paths.PRODUCT_FEATURES_FILE}"} <= set(tags)
     for candidate in ("candidate-0", "candidate-1"):
         assert (Path(first_run["run_dir"]) / "train" / candidate / "emissions.csv").exists()
 
@@ -362,11 +363,11 @@ def test_drift_beyond_the_threshold_fails_before_training(stack, first_run, tmp_
 
     shifted = tmp_path / "raw"
     shutil.copytree(stack["repo"] / "data" / "raw", shifted)
-    products = pq.read_table(shifted / C.PRODUCT_FEATURES_FILE)
+    products = pq.read_table(shifted / paths.PRODUCT_FEATURES_FILE)
     column = products.column("clip_image_features").combine_chunks()
     values = column.values.to_numpy().reshape(len(column), -1) + np.float32(0.05)  # a new image encoder
     moved = pa.ListArray.from_arrays(column.offsets, pa.array(values.ravel()))
-    pq.write_table(products.set_column(2, "clip_image_features", moved), shifted / C.PRODUCT_FEATURES_FILE)
+    pq.write_table(products.set_column(2, "clip_image_features", moved), shifted / paths.PRODUCT_FEATURES_FILE)
     before = registry_state(stack)
     conf = {**FAST, "raw_data_dir": str(shifted), "drift_threshold": 0.7}
     result, log = run_dag(stack, conf, "2026-01-08T02:00:00+00:00")
@@ -384,12 +385,12 @@ def test_bad_input_fails_validate_and_loses_nothing(stack, first_run, tmp_path):
 
     bad = tmp_path / "raw"
     shutil.copytree(stack["repo"] / "data" / "raw", bad)
-    products = pq.read_table(bad / C.PRODUCT_FEATURES_FILE)
+    products = pq.read_table(bad / paths.PRODUCT_FEATURES_FILE)
     column = products.column("clip_image_features").combine_chunks()
     values = column.values.to_numpy().copy()
     values[7 * 768 + 3] = np.inf
     damaged = pa.ListArray.from_arrays(column.offsets, pa.array(values))
-    pq.write_table(products.set_column(2, "clip_image_features", damaged), bad / C.PRODUCT_FEATURES_FILE)
+    pq.write_table(products.set_column(2, "clip_image_features", damaged), bad / paths.PRODUCT_FEATURES_FILE)
     before_registry, before_tree = registry_state(stack), tree_state(Path(first_run["run_dir"]))
 
     result, log = run_dag(stack, {**FAST, "raw_data_dir": str(bad)}, "2026-01-03T02:00:00+00:00")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mmsearch import merge, transform
+from mmsearch.stages import merge, transform
 from tests.helpers import small_config
 
 pytestmark = pytest.mark.ml
@@ -26,7 +26,7 @@ def transformed(small_raw, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     cfg = small_config()
     merge.merge(small_raw, root / "merged", cfg)
-    transform.run(root / "merged", root / "transform", cfg)
+    transform.run(root / "merged", out_dir=root / "transform", cfg=cfg, tags={})
     return root
 
 
@@ -82,7 +82,7 @@ def test_killed_training_resumes_from_its_last_epoch(transformed, tmp_path):
 
 def _run_statuses(env, run_id):
     code = (
-        "import json, mlflow; from mmsearch import config as C; mlflow.set_tracking_uri(C.mlflow_tracking_uri());"
+        "import json, mlflow; from mmsearch import paths; mlflow.set_tracking_uri(paths.mlflow_tracking_uri());"
         f"runs = mlflow.search_runs(experiment_names=['mmsearch-esci'], output_format='list',"
         f" filter_string=\"tags.`airflow.run_id` = '{run_id}'\");"
         "print(json.dumps([r.info.status for r in runs]))"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmsearch import config as C
+from mmsearch import paths
 from mmsearch.tools.sample_data import SampleSpec
 from tests.e2e.support import FAST, WEAK, dags_test, failures, in_ml_env, run_dag, run_dir_of
 from tests.helpers import REPO_ROOT
@@ -57,7 +57,7 @@ def test_a_fresh_clone_imports_from_a_mirror_and_trains_with_the_sources_in_its_
         )
         assert imported.returncode == 0, imported.stderr[-3000:]
         assert not (clone / "data" / "raw.dvc").exists()
-        for path in (C.ESCI_FILE, C.QUERY_FEATURES_FILE, C.PRODUCT_FEATURES_FILE):
+        for path in (paths.ESCI_FILE, paths.QUERY_FEATURES_FILE, paths.PRODUCT_FEATURES_FILE):
             assert (clone / "data" / "raw" / f"{path}.dvc").exists()
         # what is checked is the registered version's lineage, not its model: the shortest training
         summary = dags_test(stack, {**WEAK, "dvc_repo": str(clone)}, "2026-01-09T02:00:00+00:00")
@@ -69,10 +69,10 @@ def test_a_fresh_clone_imports_from_a_mirror_and_trains_with_the_sources_in_its_
         print(json.dumps(mlflow.MlflowClient().get_model_version("mmsearch-esci", "{version}").tags))
     """,
     )
-    assert tags[f"source.{C.ESCI_FILE}"] == (
+    assert tags[f"source.{paths.ESCI_FILE}"] == (
         f"{server.url}/amazon-science/esci-data/r1/shopping_queries_dataset/shopping_queries_dataset_examples.parquet"
     )
-    assert tags[f"source.{C.PRODUCT_FEATURES_FILE}"].endswith(
+    assert tags[f"source.{paths.PRODUCT_FEATURES_FILE}"].endswith(
         "/crossingminds/shopping-queries-image-dataset/r1/data/product_features.parquet"
     )
-    assert tags[f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"] and len(tags["fingerprint"]) == 64
+    assert tags[f"dvc_md5.{paths.PRODUCT_FEATURES_FILE}"] and len(tags["fingerprint"]) == 64

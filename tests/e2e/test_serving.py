@@ -1,6 +1,6 @@
 """The champion as a re-ranking service, end to end: `airflow dags test` registers a champion in
 this module's own stack (a DVC repository with a local remote, MLflow's SQLite registry), the
-service (mmsearch.stack.rerank_app) serves it with the published catalogue, its answers are
+service (mmsearch.rerank) serves it with the published catalogue, its answers are
 checked against the registered pyfunc's; then the catalogue follows the data: a product file
 pushed through DVC is published by the next run and ranked within two polls, whatever that run's
 model becomes, and a bad one never reaches the service. No mocks."""
@@ -19,8 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mmsearch import config as C
-from mmsearch import features as F
+from mmsearch import features, paths
 from mmsearch.config import DEFAULT_CANDIDATES
 from tests.e2e.support import FAST, SAMPLE, WEAK, dags_test, failures, in_ml_env, registry_state, run_dag
 from tests.helpers import ML_PYTHON
@@ -52,7 +51,7 @@ def reranker(stack, first_run):
         "MMSEARCH_RERANK_TOKEN": TOKEN,
     }
     log = stack["home"] / "rerank.log"
-    command = [ML_PYTHON, "-m", "mmsearch.stack.rerank_app", "--port", str(port), "--dvc-repo", str(stack["repo"])]
+    command = [ML_PYTHON, "-m", "mmsearch.rerank", "--port", str(port), "--dvc-repo", str(stack["repo"])]
     with open(log, "wb") as out:
         process = subprocess.Popen([*command, "--poll-seconds", "1"], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -74,9 +73,9 @@ def reranker(stack, first_run):
 def judged_query(stack) -> tuple[str, list, list]:
     """The sample's query with the most judged products: its id, embedding and product ids."""
     raw_dir = stack["repo"] / "data" / "raw"
-    judged = pq.read_table(raw_dir / C.ESCI_FILE, columns=["query_id", "product_id"]).to_pandas()
+    judged = pq.read_table(raw_dir / paths.ESCI_FILE, columns=["query_id", "product_id"]).to_pandas()
     query_id = judged.query_id.value_counts().index[0]
-    queries = pq.read_table(raw_dir / C.QUERY_FEATURES_FILE).to_pandas().set_index("query_id")
+    queries = pq.read_table(raw_dir / paths.QUERY_FEATURES_FILE).to_pandas().set_index("query_id")
     embedding = [float(v) for v in queries.loc[str(query_id), "clip_text_features"]]  # SQID's ids are strings
     return str(query_id), embedding, judged[judged.query_id == query_id].product_id.tolist()
 
@@ -86,7 +85,7 @@ def pyfunc_answers(stack, embedding: list, product_ids: list) -> dict:
     code = f"""
         import json, mlflow, numpy as np, pandas as pd, pyarrow.parquet as pq
         ids = {product_ids!r}
-        products = pq.read_table({str(stack["repo"] / "data" / "raw" / C.PRODUCT_FEATURES_FILE)!r}).to_pandas()
+        products = pq.read_table({str(stack["repo"] / "data" / "raw" / paths.PRODUCT_FEATURES_FILE)!r}).to_pandas()
         products = products.set_index("product_id").loc[ids]
         frame = pd.DataFrame({{
             "query_embedding": [np.asarray({embedding!r}, np.float32)] * len(ids),
@@ -107,7 +106,7 @@ def test_the_reranker_orders_real_candidates_as_the_pyfunc_expected_gains_do(sta
     answer = response.json()
     assert answer["model_version"] == registry_state(stack)["champion"]
     expected = pyfunc_answers(stack, embedding, product_ids)
-    gains = {p: sum(F.ESCI_GAINS[label] * row[f"p_{label}"] for label in "ESCI") for p, row in expected.items()}
+    gains = {p: sum(features.ESCI_GAINS[label] * row[f"p_{label}"] for label in "ESCI") for p, row in expected.items()}
     assert [p["product_id"] for p in answer["products"]] == sorted(product_ids, key=lambda p: -gains[p])
     for product in answer["products"]:
         row = expected[product["product_id"]]
@@ -122,7 +121,7 @@ def test_the_reranker_orders_real_candidates_as_the_pyfunc_expected_gains_do(sta
 
 def test_full_vectors_as_npy_get_the_pyfunc_probabilities(stack, reranker):
     _, embedding, product_ids = judged_query(stack)
-    products = pq.read_table(stack["repo"] / "data" / "raw" / C.PRODUCT_FEATURES_FILE).to_pandas()
+    products = pq.read_table(stack["repo"] / "data" / "raw" / paths.PRODUCT_FEATURES_FILE).to_pandas()
     products = products.set_index("product_id").loc[product_ids]
     rows = np.stack(
         [
@@ -287,7 +286,7 @@ def push_product_file(stack, change) -> str:
     """The DVC repository's product file changed by `change`, tracked and pushed; its md5."""
     from tests.helpers import dvc
 
-    path = stack["repo"] / "data" / "raw" / C.PRODUCT_FEATURES_FILE
+    path = stack["repo"] / "data" / "raw" / paths.PRODUCT_FEATURES_FILE
     table = change(pq.read_table(path))
     path.unlink()  # DVC may link its cache into the workspace: write a new file, never into the cached one
     pq.write_table(table, path)

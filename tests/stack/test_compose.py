@@ -111,9 +111,7 @@ def test_airflow_services_get_the_settings_file_the_local_stack_reads(resolved):
 def test_the_champion_is_served_on_demand_by_the_reranker(resolved):
     serve = resolved["services"]["rerank"]
     assert serve["profiles"] == ["serve"]
-    assert (
-        serve["command"][:2] == ["-m", "mmsearch.stack.rerank_app"] and "--dvc-repo=/opt/mmsearch" in serve["command"]
-    )
+    assert serve["command"][:2] == ["-m", "mmsearch.rerank"] and "--dvc-repo=/opt/mmsearch" in serve["command"]
     assert serve["environment"]["MLFLOW_TRACKING_USERNAME"] == "admin"
     assert serve["environment"]["MMSEARCH_RERANK_TOKEN"] == "change-me-rerank-token"
     assert serve["healthcheck"]["test"][-1].endswith(":5001/health")

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from mmsearch import config as C
+from mmsearch import paths
 from tests.helpers import REPO_ROOT, stack_env
 from tests.stack.support import (
     ARTIFACTS,
@@ -79,7 +79,7 @@ def wait_until_idle(api: httpx.Client, dag_id: str, timeout: float = 300) -> Non
 
 
 def summary(stack, run: dict) -> dict:
-    path = Path(stack["env"]["MMSEARCH_HOME"]) / "runs" / C.run_dir_for(run["dag_run_id"]).name / "summary.json"
+    path = Path(stack["env"]["MMSEARCH_HOME"]) / "runs" / paths.run_dir_for(run["dag_run_id"]).name / "summary.json"
     return json.loads(path.read_text())
 
 
@@ -120,7 +120,7 @@ def test_the_nightly_run_trains_and_a_new_champion_triggers_the_ranking(stack, a
     rank = first_night["rank"]
     assert rank["state"] == "success" and rank["run_type"] == "asset_triggered"
     assert rank["queued_at"] > first_night["night"]["start_date"]  # on the champion event of that run
-    rank_dir = Path(stack["env"]["MMSEARCH_HOME"]) / "runs" / C.run_dir_for(rank["dag_run_id"]).name / "rank"
+    rank_dir = Path(stack["env"]["MMSEARCH_HOME"]) / "runs" / paths.run_dir_for(rank["dag_run_id"]).name / "rank"
     ranked = pq.read_table(rank_dir / "ranked.parquet")
     assert ranked.num_rows == json.loads((rank_dir / "rank.json").read_text())["rows"] > 0
     assert f"with mmsearch-esci v{registry['version']}: mean nDCG" in task_log(
@@ -155,11 +155,11 @@ def test_changed_data_retrains_and_ranks_with_the_new_champion(stack, api, first
     wait_until_idle(api, TRAINING)
     changed = Path(stack["root"]) / "changed-raw"
     shutil.copytree(REPO_ROOT / "data" / "raw", changed)
-    esci = pq.read_table(changed / C.ESCI_FILE)
+    esci = pq.read_table(changed / paths.ESCI_FILE)
     labels = esci.column("esci_label")
     swapped = pc.if_else(pc.equal(labels, "E"), "I", pc.if_else(pc.equal(labels, "I"), "E", labels))
     pq.write_table(
-        esci.set_column(esci.schema.get_field_index("esci_label"), "esci_label", swapped), changed / C.ESCI_FILE
+        esci.set_column(esci.schema.get_field_index("esci_label"), "esci_label", swapped), changed / paths.ESCI_FILE
     )
     ranks_before = {r["dag_run_id"] for r in runs_of(api, RANK)}
 

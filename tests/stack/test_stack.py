@@ -79,7 +79,8 @@ def test_status_is_a_table_of_the_running_processes(stack):
 
 
 def test_the_form_triggers_with_its_defaults(default_run):
-    from mmsearch.config import RunConfig, param_default, params_by_section
+    from mmsearch.config import RunConfig, params_by_section
+    from mmsearch.config_schema import param_default
 
     conf = default_run["conf"]
     assert conf["epochs"] == 50 and conf["feature_set"] == "query_product"

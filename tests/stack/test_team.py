@@ -146,7 +146,7 @@ def champion_of(status: dict) -> str | None:
 
 
 def run_summary(stack, run_id: str) -> dict:
-    from mmsearch.config import run_dir_for
+    from mmsearch.paths import run_dir_for
 
     home = Path(stack["env"]["MMSEARCH_HOME"])
     return json.loads((home / "runs" / run_dir_for(run_id).name / "summary.json").read_text())

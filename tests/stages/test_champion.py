@@ -112,11 +112,11 @@ def _answer(option: str, user: str | None, comment: str = "", timedout: bool = F
     ids=["approved", "rejected", "timed-out"],
 )
 def test_a_persons_answer_is_acted_on_and_recorded(client, tmp_path, answer, status, champion):
-    from mmsearch import promote
+    from mmsearch.stages import promote
     from tests.helpers import small_config
 
     run_dir = tmp_path / "run"
-    registry = promote.run(_awaiting(run_dir), answer, run_dir, small_config(), {"run_id": "run-3"})
+    registry = promote.run(_awaiting(run_dir), answer, out_dir=run_dir, cfg=small_config(), tags={"run_id": "run-3"})
     assert registry["approval"]["status"] == status and registry["champion_version"] == champion
     assert registry["promoted"] is (status == "approved")
     tags = client.get_model_version(NAME, "3").tags
@@ -130,13 +130,13 @@ def test_a_persons_answer_is_acted_on_and_recorded(client, tmp_path, answer, sta
 
 
 def test_an_approval_after_the_alias_moved_promotes_nothing(client, tmp_path):
-    from mmsearch import promote
+    from mmsearch.stages import promote
     from tests.helpers import small_config
 
     run_dir = tmp_path / "run"
     registry = _awaiting(run_dir)  # the gate compared with no champion
     champions.move(client, NAME, "1", "rollback", "carol", "meanwhile")
-    found = promote.run(registry, _answer("Approve", "alice"), run_dir, small_config())
+    found = promote.run(registry, _answer("Approve", "alice"), out_dir=run_dir, cfg=small_config(), tags={})
     assert not found["promoted"] and found["champion_version"] == "1"
     assert found["approval"]["status"].startswith("approved, not promoted: the champion alias moved to v1")
 

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from mmsearch import clean_old_runs
+from mmsearch.stages import clean_old_runs
 
 BULK = (
     "merged/train/part-00000.parquet",
@@ -46,7 +46,7 @@ def test_ten_nights_leave_at_most_keep_plus_one_runs_of_intermediates(tmp_path):
     for night in range(1, 11):
         run = make_run(tmp_path, f"scheduled__night-{night:02d}", night)
         champion = champion or run  # the first night's model stays champion all along
-        clean_old_runs.run(tmp_path, keep=2, protect=[str(run), str(champion)])
+        clean_old_runs.clean(tmp_path, keep=2, protect=[str(run), str(champion)])
     with_bulk = sorted(r.name for r in tmp_path.iterdir() if intermediates(r))
     assert with_bulk == ["scheduled__night-01", "scheduled__night-09", "scheduled__night-10"]  # ≤ N + 1
     for run in tmp_path.iterdir():  # summaries, metrics, figures and the transform graph always stay
@@ -59,7 +59,7 @@ def test_skipped_runs_do_not_count_as_kept_and_protected_runs_stay(tmp_path):
     make_run(tmp_path, "night-3", 3)
     skipped = make_run(tmp_path, "night-4", 4, trained=False)
     current = make_run(tmp_path, "night-5", 5)
-    result = clean_old_runs.run(tmp_path, keep=2, protect=[str(current), str(challenger)])
+    result = clean_old_runs.clean(tmp_path, keep=2, protect=[str(current), str(challenger)])
     assert sorted(result["cleaned"]) == ["night-1", "night-4"]
     assert result["freed_bytes"] == 2 * 5 * 1000
     assert intermediates(old) == 0 and intermediates(skipped) == 0

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmsearch import config as C
-from mmsearch import drift, merge
+from mmsearch import paths
 from mmsearch.io import read_json
+from mmsearch.stages import drift, merge
 from tests.helpers import small_config
 
 pytestmark = pytest.mark.ml
@@ -22,11 +22,11 @@ def merged(small_raw, tmp_path_factory):
     import shutil
 
     shutil.copytree(small_raw, moved_raw)
-    products = pq.read_table(moved_raw / C.PRODUCT_FEATURES_FILE)
+    products = pq.read_table(moved_raw / paths.PRODUCT_FEATURES_FILE)
     column = products.column("clip_image_features").combine_chunks()
     values = column.values.to_numpy().reshape(len(column), -1) + np.float32(0.5)  # another image encoder
     moved = pa.ListArray.from_arrays(column.offsets, pa.array(values.ravel()))
-    pq.write_table(products.set_column(2, "clip_image_features", moved), moved_raw / C.PRODUCT_FEATURES_FILE)
+    pq.write_table(products.set_column(2, "clip_image_features", moved), moved_raw / paths.PRODUCT_FEATURES_FILE)
     merge.merge(moved_raw, root / "moved", cfg)
     return root
 

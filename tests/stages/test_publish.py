@@ -10,13 +10,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mmsearch import catalogue, publish, pull
-from mmsearch import config as C
+from mmsearch import catalogue, paths
 from mmsearch.io import DataError
+from mmsearch.stages import publish, pull
 from tests.helpers import SMALL, small_config
 from tests.stages.test_validate import _embeddings, _nan_in_row_3, _rewrite
 
-PRODUCTS = C.PRODUCT_FEATURES_FILE
+PRODUCTS = paths.PRODUCT_FEATURES_FILE
 
 
 def _published(raw_dir, root, run_id="run-1") -> dict:
@@ -96,8 +96,8 @@ def test_the_publish_command_refuses_a_bad_file_with_the_same_line(raw_copy, tmp
         "-m",
         "mmsearch.cli",
         "publish",
-        "--raw-dir",
-        str(raw_copy),
+        "--lineage",
+        json.dumps({"raw_dir": str(raw_copy)}),
         "--out",
         str(tmp_path / "o"),
     ]
@@ -121,8 +121,8 @@ def test_the_publish_command_publishes_and_reports(raw_copy, tmp_path):
         "-m",
         "mmsearch.cli",
         "publish",
-        "--raw-dir",
-        str(raw_copy),
+        "--lineage",
+        json.dumps({"raw_dir": str(raw_copy)}),
         "--out",
         str(tmp_path / "o"),
     ]

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from mmsearch import config as C
+from mmsearch import config, paths
 from mmsearch.dvc_repo import PullError
-from mmsearch.pull import describe_untracked, pull
+from mmsearch.stages.pull import describe_untracked, pull
 from mmsearch.tools.sample_data import TRUTH_FILE, SampleSpec
 from tests import readme
 from tests.helpers import REPO_ROOT, dvc, generate, make_dvc_repo
@@ -25,13 +25,18 @@ def test_pull_restores_every_file_and_reports_hashes(repo):
     result = pull(repo)
     raw = repo / "data" / "raw"
     assert result["raw_dir"] == str(raw)
-    assert set(result["file_md5"]) == {C.ESCI_FILE, C.QUERY_FEATURES_FILE, C.PRODUCT_FEATURES_FILE, TRUTH_FILE}
+    assert set(result["file_md5"]) == {
+        paths.ESCI_FILE,
+        paths.QUERY_FEATURES_FILE,
+        paths.PRODUCT_FEATURES_FILE,
+        TRUTH_FILE,
+    }
     assert all((raw / name).stat().st_size > 0 for name in result["file_md5"])
     assert result["dvc_md5"].endswith(".dir") and result["dvc_exit_code"] == 0
 
 
 def test_missing_object_in_the_remote_names_the_missing_file(repo, tmp_path):
-    product_md5 = _md5_of(repo, C.PRODUCT_FEATURES_FILE)
+    product_md5 = _md5_of(repo, paths.PRODUCT_FEATURES_FILE)
     (tmp_path / "remote" / "files" / "md5" / product_md5[:2] / product_md5[2:]).unlink()
     with pytest.raises(PullError) as error:
         pull(repo, attempts=1)
@@ -65,7 +70,7 @@ def test_concurrent_pulls_in_one_repo_both_succeed(repo):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "mmsearch.cli", "pull", "--repo", str(repo), "--set", "dvc_pull_attempts=5"]
+    cmd = [sys.executable, "-m", "mmsearch.cli", "pull", "--set", f"dvc_repo={repo}", "--set", "dvc_pull_attempts=5"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -91,13 +96,13 @@ def test_a_raw_directory_given_directly_is_described_by_its_own_md5s(repo):
 
 
 def test_a_raw_data_dir_that_is_missing_or_empty_is_named(tmp_path):
-    from mmsearch import pull as stage
     from mmsearch.io import DataError
+    from mmsearch.stages import pull as stage
 
     for directory, problem in ((tmp_path / "nowhere", "does not exist"), (tmp_path, "holds no file")):
-        cfg = C.RunConfig(raw_data_dir=str(directory))
+        cfg = config.RunConfig(raw_data_dir=str(directory))
         with pytest.raises(DataError, match=f"^{directory}: raw_data_dir {problem}"):
-            stage.run(tmp_path, directory, cfg)
+            stage.run(out_dir=directory, cfg=cfg, tags={})
 
 
 def test_the_readme_pushes_data_of_your_own_to_a_remote_of_your_own(tmp_path):

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmsearch import config as C
-from mmsearch import dvc_repo, pull, sources
+from mmsearch import dvc_repo, paths, sources
 from mmsearch.io import DataError
+from mmsearch.stages import pull
 from mmsearch.tools.sample_data import SampleSpec, generate
 from tests.helpers import PINNED, MirrorServer, dvc, publish, small_config
 
@@ -61,22 +61,22 @@ def test_import_then_update_downloads_only_what_changed(repo, upstream, tmp_path
         # the nightly refresh, nothing changed upstream: no byte downloaded, the same lineage
         server.bytes_sent = 0
         server.requests.clear()
-        lineage = pull.run(repo, raw, small_config())
+        lineage = pull.run(out_dir=raw, cfg=small_config(dvc_repo=str(repo)), tags={})
         assert server.bytes_sent == 0, server.requests
         assert lineage["updated"] == [] and set(lineage["sources"]) == set(PINNED)
-        assert lineage["sources"][C.ESCI_FILE].endswith("/shopping_queries_dataset_examples.parquet")
+        assert lineage["sources"][paths.ESCI_FILE].endswith("/shopping_queries_dataset_examples.parquet")
 
         # one file changes upstream: that one is downloaded, the others are not
         served = next(mirror.rglob("query_features.parquet"))
         generate(tmp_path / "changed", SampleSpec(queries=9, products=40, topics=4, intents=2, dim=8, seed=5))
-        shutil.copy(tmp_path / "changed" / C.QUERY_FEATURES_FILE, served)
+        shutil.copy(tmp_path / "changed" / paths.QUERY_FEATURES_FILE, served)
         server.bytes_sent = 0
-        changed = pull.run(repo, raw, small_config())
-        assert changed["updated"] == [C.QUERY_FEATURES_FILE]
-        assert changed["file_md5"][C.QUERY_FEATURES_FILE] != lineage["file_md5"][C.QUERY_FEATURES_FILE]
-        assert changed["file_md5"][C.ESCI_FILE] == lineage["file_md5"][C.ESCI_FILE]
+        changed = pull.run(out_dir=raw, cfg=small_config(dvc_repo=str(repo)), tags={})
+        assert changed["updated"] == [paths.QUERY_FEATURES_FILE]
+        assert changed["file_md5"][paths.QUERY_FEATURES_FILE] != lineage["file_md5"][paths.QUERY_FEATURES_FILE]
+        assert changed["file_md5"][paths.ESCI_FILE] == lineage["file_md5"][paths.ESCI_FILE]
         assert 0 < server.bytes_sent <= 2 * served.stat().st_size
-        assert (raw / C.QUERY_FEATURES_FILE).read_bytes() == served.read_bytes()
+        assert (raw / paths.QUERY_FEATURES_FILE).read_bytes() == served.read_bytes()
 
         # importing again with the same pins downloads nothing
         server.bytes_sent = 0
@@ -86,7 +86,7 @@ def test_import_then_update_downloads_only_what_changed(repo, upstream, tmp_path
 
 def test_a_wrong_checksum_is_refused_and_data_raw_kept(repo, upstream, tmp_path):
     manifest, mirror = tmp_path / "sources.yaml", tmp_path / "mirror"
-    publish(mirror, upstream, manifest, tamper=C.PRODUCT_FEATURES_FILE)
+    publish(mirror, upstream, manifest, tamper=paths.PRODUCT_FEATURES_FILE)
     before = snapshot(repo / "data")
     with MirrorServer(mirror) as server, pytest.raises(DataError, match=r"product_features.parquet: sha256 .* refused"):
         sources.import_all(repo, "data/raw", manifest, server.url)
@@ -121,12 +121,14 @@ def test_an_unreachable_source_fails_naming_the_url(repo, upstream, tmp_path):
 
 def test_the_pinned_manifest_names_the_public_files():
     files = {f.path: f for f in sources.load_manifest()}
-    assert files[C.ESCI_FILE].size == 51_286_808
-    assert files[C.QUERY_FEATURES_FILE].size == 26_121_602
-    assert files[C.PRODUCT_FEATURES_FILE].size == 914_932_556
-    assert files[C.ESCI_FILE].url.startswith("https://media.githubusercontent.com/media/amazon-science/esci-data/")
-    assert "huggingface.co/datasets/crossingminds/shopping-queries-image-dataset" in files[C.PRODUCT_FEATURES_FILE].url
+    assert files[paths.ESCI_FILE].size == 51_286_808
+    assert files[paths.QUERY_FEATURES_FILE].size == 26_121_602
+    assert files[paths.PRODUCT_FEATURES_FILE].size == 914_932_556
+    assert files[paths.ESCI_FILE].url.startswith("https://media.githubusercontent.com/media/amazon-science/esci-data/")
+    assert (
+        "huggingface.co/datasets/crossingminds/shopping-queries-image-dataset" in files[paths.PRODUCT_FEATURES_FILE].url
+    )
     mirrored = {f.path: f.url for f in sources.load_manifest(base_url="http://mirror:8000/x/")}
-    assert mirrored[C.QUERY_FEATURES_FILE] == (
+    assert mirrored[paths.QUERY_FEATURES_FILE] == (
         "http://mirror:8000/x/crossingminds/shopping-queries-image-dataset/main/data/query_features.parquet"
     )

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
-from mmsearch import features as F
-from mmsearch import merge, transform
+from mmsearch import features
 from mmsearch.io import read_json
+from mmsearch.stages import merge, transform
 from tests.helpers import SMALL, small_config
 
 pytestmark = pytest.mark.ml
@@ -18,7 +18,7 @@ def transformed(small_raw, tmp_path_factory):
     root = tmp_path_factory.mktemp("transform")
     cfg = small_config()
     merge.merge(small_raw, root / "merged", cfg)
-    result = transform.run(root / "merged", root / "transform", cfg)
+    result = transform.run(root / "merged", out_dir=root / "transform", cfg=cfg, tags={})
     assert result == {"transform_dir": str(root / "transform"), "rows_out": result["rows_out"]}
     return root, read_json(root / "transform" / "manifest.json")
 
@@ -79,37 +79,39 @@ def test_z_scores_and_cosines_match_numpy(transformed):
     train = merge.read_merged(root / "merged", "train")
     test = merge.read_merged(root / "merged", "test")
     examples = _read_examples(manifest, "test")
-    names = [F.QUERY_EMBEDDING]  # the products' z-scores are not written: no model reads them
-    assert not {*F.PRODUCT_EMBEDDINGS} & set(examples)
+    names = [features.QUERY_EMBEDDING]  # the products' z-scores are not written: no model reads them
+    assert not {*features.PRODUCT_EMBEDDINGS} & set(examples)
     expected = [_zscore(_matrix(test, n), _matrix(train, n)) for n in names]
-    for _name, (left, right) in F.COSINES.items():
+    for _name, (left, right) in features.COSINES.items():
         expected += [_zscore(_cosine(test, left, right), _cosine(train, left, right)), _cosine(test, left, right)]
-    expected.append(test.column(F.LABEL).to_numpy())
-    got = [examples[n] for n in names] + [examples[n] for name in F.COSINES for n in (name, F.raw_cosine(name))]
-    got.append(examples[F.LABEL])
+    expected.append(test.column(features.LABEL).to_numpy())
+    got = [examples[n] for n in names] + [
+        examples[n] for name in features.COSINES for n in (name, features.raw_cosine(name))
+    ]
+    got.append(examples[features.LABEL])
     _assert_same_rows(got, expected, atol=2e-4)
 
 
 def test_whitened_embeddings_have_unit_variance_and_their_cosines_match_numpy(transformed):
     root, manifest = transformed
     train = merge.read_merged(root / "merged", "train")
-    names = list(F.EMBEDDING_COLUMNS["query_product"])
+    names = list(features.EMBEDDING_COLUMNS["query_product"])
     examples = _read_examples(manifest, "train")
-    stacked = np.vstack([examples[F.WHITENED[n]] for n in names])
-    assert stacked.shape[1] == F.whitened_dim(SMALL.dim)
+    stacked = np.vstack([examples[features.WHITENED[n]] for n in names])
+    assert stacked.shape[1] == features.whitened_dim(SMALL.dim)
     # uncorrelated, unit variance: the covariance the PCA came from, whitened, is the identity
     np.testing.assert_allclose(np.cov(stacked, rowvar=False, bias=True), np.eye(stacked.shape[1]), atol=0.02)
     # the same whitening in numpy; a component's sign is arbitrary, cosines do not see it
     raw = {n: _matrix(train, n) for n in names}
     stacked_raw = np.vstack(list(raw.values()))
     values, vectors = np.linalg.eigh(np.cov(stacked_raw, rowvar=False, bias=True))
-    top = np.argsort(values)[::-1][: F.whitened_dim(SMALL.dim)]
+    top = np.argsort(values)[::-1][: features.whitened_dim(SMALL.dim)]
     white = {n: (raw[n] - stacked_raw.mean(axis=0)) @ vectors[:, top] / np.sqrt(values[top]) for n in names}
     unit = {n: white[n] / np.linalg.norm(white[n], axis=1, keepdims=True) for n in names}
-    expected = [np.sum(unit[left] * unit[right], axis=1) for left, right in F.COSINES.values()]
-    got = [examples[name] for name in F.WHITENED_COSINES]
-    label = train.column(F.LABEL).to_numpy()
-    _assert_same_rows([*got, examples[F.LABEL]], [*expected, label], atol=2e-3)
+    expected = [np.sum(unit[left] * unit[right], axis=1) for left, right in features.COSINES.values()]
+    got = [examples[name] for name in features.WHITENED_COSINES]
+    label = train.column(features.LABEL).to_numpy()
+    _assert_same_rows([*got, examples[features.LABEL]], [*expected, label], atol=2e-3)
 
 
 def test_raw_schema_has_the_raw_features(transformed):
@@ -117,7 +119,7 @@ def test_raw_schema_has_the_raw_features(transformed):
 
     _, manifest = transformed
     schema = metadata_io.read_metadata(f"{manifest['transform_graph']}/metadata").schema
-    assert {f.name for f in schema.feature} == {*F.EMBEDDING_COLUMNS["query_product"], F.LABEL}
+    assert {f.name for f in schema.feature} == {*features.EMBEDDING_COLUMNS["query_product"], features.LABEL}
 
 
 def test_incomplete_outputs_are_not_complete(transformed, tmp_path):
@@ -132,5 +134,5 @@ def test_incomplete_outputs_are_not_complete(transformed, tmp_path):
 def test_a_failed_child_fails_the_stage_and_leaves_no_output(tmp_path):
     out = tmp_path / "transform"
     with pytest.raises(RuntimeError, match="transform failed .* outputs incomplete"):
-        transform.run(tmp_path / "no-such-merged-dir", out, small_config())
+        transform.run(tmp_path / "no-such-merged-dir", out_dir=out, cfg=small_config(), tags={})
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))

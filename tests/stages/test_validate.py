@@ -9,14 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmsearch import config as C
-from mmsearch import validate
+from mmsearch import paths
 from mmsearch.io import DataError
+from mmsearch.stages import validate
 from tests.helpers import SMALL, small_config
 
 
 def test_good_input_reports_full_coverage(small_raw, tmp_path):
-    result = validate.run(small_raw, tmp_path / "out", small_config())
+    result = validate.run(small_raw, out_dir=tmp_path / "out", cfg=small_config(), tags={})
     assert result["coverage"] == 1.0
     report = json.loads((tmp_path / "out" / "validation.json").read_text())
     assert report["coverage"]["working_set_judgements"] == result["working_set_judgements"] > 0
@@ -53,22 +53,26 @@ def _duplicate_first_key(table, same_embedding):
 
 
 BAD_INPUTS = {
-    "missing file": (C.QUERY_FEATURES_FILE, lambda p: p.unlink(), "query_features.parquet: file is missing"),
-    "empty file": (C.ESCI_FILE, lambda p: p.write_bytes(b""), "file is empty (0 bytes)"),
-    "not parquet": (C.PRODUCT_FEATURES_FILE, lambda p: p.write_text("id,vec\n1,2\n"), "not a readable parquet file"),
+    "missing file": (paths.QUERY_FEATURES_FILE, lambda p: p.unlink(), "query_features.parquet: file is missing"),
+    "empty file": (paths.ESCI_FILE, lambda p: p.write_bytes(b""), "file is empty (0 bytes)"),
+    "not parquet": (
+        paths.PRODUCT_FEATURES_FILE,
+        lambda p: p.write_text("id,vec\n1,2\n"),
+        "not a readable parquet file",
+    ),
     "truncated": (
-        C.PRODUCT_FEATURES_FILE,
+        paths.PRODUCT_FEATURES_FILE,
         lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
         "not a readable parquet file",
     ),
-    "zero rows": (C.ESCI_FILE, lambda p: _rewrite(p, lambda t: t.slice(0, 0)), "has no rows"),
+    "zero rows": (paths.ESCI_FILE, lambda p: _rewrite(p, lambda t: t.slice(0, 0)), "has no rows"),
     "missing column": (
-        C.ESCI_FILE,
+        paths.ESCI_FILE,
         lambda p: _rewrite(p, lambda t: t.drop_columns(["esci_label"])),
         "column 'esci_label': required column is missing",
     ),
     "embedding as strings": (
-        C.QUERY_FEATURES_FILE,
+        paths.QUERY_FEATURES_FILE,
         lambda p: _rewrite(
             p,
             lambda t: _set_column(
@@ -78,34 +82,34 @@ BAD_INPUTS = {
         "column 'clip_text_features': must be a list of floats, found string",
     ),
     "wrong dimension": (
-        C.PRODUCT_FEATURES_FILE,
+        paths.PRODUCT_FEATURES_FILE,
         lambda p: _rewrite(p, lambda t: _embeddings(t, "clip_image_features", lambda m: m[:, :-1])),
         f"column 'clip_image_features': embeddings must have {SMALL.dim} values, found [{SMALL.dim - 1}]",
     ),
     "NaN": (
-        C.PRODUCT_FEATURES_FILE,
+        paths.PRODUCT_FEATURES_FILE,
         lambda p: _rewrite(p, lambda t: _embeddings(t, "clip_text_features", _nan_in_row_3)),
         "column 'clip_text_features': has NaN or infinite values (e.g. product_id 'B000000003' (row 3))",
     ),
     "bad label": (
-        C.ESCI_FILE,
+        paths.ESCI_FILE,
         lambda p: _rewrite(
             p, lambda t: _set_column(t, "esci_label", pa.array(["X"] + t.column("esci_label").to_pylist()[1:]))
         ),
         "column 'esci_label': values must be one of ['C', 'E', 'I', 'S'], found ['X'] (e.g. row 0",
     ),
     "bad split": (
-        C.ESCI_FILE,
+        paths.ESCI_FILE,
         lambda p: _rewrite(p, lambda t: _set_column(t, "split", pa.array(["dev"] * t.num_rows))),
         "column 'split': values must be one of ['test', 'train'], found ['dev']",
     ),
     "conflicting duplicate keys": (
-        C.QUERY_FEATURES_FILE,
+        paths.QUERY_FEATURES_FILE,
         lambda p: _rewrite(p, lambda t: _duplicate_first_key(t, same_embedding=False)),
         "column 'query_id': 1 duplicate keys with different embeddings",
     ),
     "low join coverage": (
-        C.PRODUCT_FEATURES_FILE,
+        paths.PRODUCT_FEATURES_FILE,
         lambda p: _rewrite(p, lambda t: t.slice(0, t.num_rows // 2)),
         "join coverage",
     ),
@@ -118,7 +122,7 @@ def test_bad_input_fails_with_a_specific_error_and_writes_nothing(case, raw_copy
     damage(raw_copy / relative)
     out = tmp_path / "validate"
     with pytest.raises(DataError) as error:
-        validate.run(raw_copy, out, small_config())
+        validate.run(raw_copy, out_dir=out, cfg=small_config(), tags={})
     assert message in str(error.value)
     assert "\n" not in str(error.value)
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
@@ -145,8 +149,8 @@ def test_bad_input_through_the_cli_exits_2_with_the_same_line(case, stage, raw_c
 
 
 def test_identical_duplicates_are_collapsed_with_a_warning(raw_copy, tmp_path, caplog):
-    _rewrite(raw_copy / C.QUERY_FEATURES_FILE, lambda t: _duplicate_first_key(t, same_embedding=True))
-    result = validate.run(raw_copy, tmp_path / "out", small_config())
+    _rewrite(raw_copy / paths.QUERY_FEATURES_FILE, lambda t: _duplicate_first_key(t, same_embedding=True))
+    result = validate.run(raw_copy, out_dir=tmp_path / "out", cfg=small_config(), tags={})
     report = json.loads((tmp_path / "out" / "validation.json").read_text())
     assert report["identical_duplicates_collapsed"]["query_id"] == 1
     assert result["coverage"] == 1.0
@@ -163,20 +167,22 @@ def test_identical_duplicates_are_collapsed_with_a_warning(raw_copy, tmp_path, c
 def test_legacy_csv_with_missing_or_extra_f_column(raw_copy, tmp_path, change, problem):
     import pandas as pd
 
-    csv = raw_copy / C.LEGACY_QUERY_CSV
+    csv = raw_copy / paths.LEGACY_QUERY_CSV
     change(pd.read_csv(csv)).to_csv(csv, index=False)
     with pytest.raises(DataError, match=problem):
-        validate.run(raw_copy, tmp_path / "out", small_config(query_features_source="legacy_csv"))
+        validate.run(raw_copy, out_dir=tmp_path / "out", cfg=small_config(query_features_source="legacy_csv"), tags={})
 
 
 def test_legacy_csv_is_a_query_feature_source(raw_copy, tmp_path):
-    (raw_copy / C.QUERY_FEATURES_FILE).unlink()
-    result = validate.run(raw_copy, tmp_path / "out", small_config(query_features_source="legacy_csv"))
+    (raw_copy / paths.QUERY_FEATURES_FILE).unlink()
+    result = validate.run(
+        raw_copy, out_dir=tmp_path / "out", cfg=small_config(query_features_source="legacy_csv"), tags={}
+    )
     assert result["coverage"] == 1.0
 
 
 def test_cli_exits_2_with_one_line_on_stderr(raw_copy, tmp_path):
-    (raw_copy / C.QUERY_FEATURES_FILE).unlink()
+    (raw_copy / paths.QUERY_FEATURES_FILE).unlink()
     out = tmp_path / "out"
     result = _stage_cli(raw_copy, out)
     assert result.returncode == 2

@@ -6,13 +6,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmsearch import config as C
+from mmsearch import paths
 from mmsearch.tools.sample_data import TRUTH_FILE, SampleSpec, generate
 from tests.helpers import SMALL, small_config
 
 
 def test_files_have_the_contract_schemas(small_raw):
-    esci = pq.read_schema(small_raw / C.ESCI_FILE)
+    esci = pq.read_schema(small_raw / paths.ESCI_FILE)
     assert esci.names == [
         "example_id",
         "query",
@@ -25,20 +25,20 @@ def test_files_have_the_contract_schemas(small_raw):
         "split",
     ]
     assert esci.field("query_id").type == pa.int64()  # ESCI: integer
-    queries = pq.read_schema(small_raw / C.QUERY_FEATURES_FILE)
+    queries = pq.read_schema(small_raw / paths.QUERY_FEATURES_FILE)
     assert queries.field("query_id").type == pa.string()  # SQID: string
     assert queries.field("clip_text_features").type == pa.list_(pa.float32())
-    products = pq.read_schema(small_raw / C.PRODUCT_FEATURES_FILE)
+    products = pq.read_schema(small_raw / paths.PRODUCT_FEATURES_FILE)
     assert products.names == ["product_id", "clip_text_features", "clip_image_features"]
-    lengths = pq.read_table(small_raw / C.PRODUCT_FEATURES_FILE).column("clip_image_features").combine_chunks()
+    lengths = pq.read_table(small_raw / paths.PRODUCT_FEATURES_FILE).column("clip_image_features").combine_chunks()
     assert set(pa.compute.list_value_length(lengths).to_pylist()) == {SMALL.dim}
 
 
 def test_working_set_and_rows_outside_it(small_raw):
-    esci = pq.read_table(small_raw / C.ESCI_FILE).to_pandas()
+    esci = pq.read_table(small_raw / paths.ESCI_FILE).to_pandas()
     working = esci[(esci.product_locale == "us") & (esci.small_version == 1) & (esci.split == "test")]
     assert 0 < len(working) < len(esci)
-    sqid_ids = set(pq.read_table(small_raw / C.QUERY_FEATURES_FILE).column("query_id").to_pylist())
+    sqid_ids = set(pq.read_table(small_raw / paths.QUERY_FEATURES_FILE).column("query_id").to_pylist())
     assert set(working.query_id.astype(str)) <= sqid_ids
     assert not set(esci[esci.product_locale != "us"].query_id.astype(str)) & sqid_ids
 
@@ -57,7 +57,7 @@ def test_labels_vary_within_queries_with_esci_like_frequencies():
 def test_truth_is_a_distribution_for_every_working_set_judgement_and_labels_follow_it(tmp_path):
     generate_dir = tmp_path / "raw"
     generate(generate_dir, SampleSpec(queries=300, products=1600, dim=8))
-    esci = pq.read_table(generate_dir / C.ESCI_FILE).to_pandas()
+    esci = pq.read_table(generate_dir / paths.ESCI_FILE).to_pandas()
     truth = pq.read_table(generate_dir / TRUTH_FILE).to_pandas().set_index("example_id")
     working = esci[esci.small_version.eq(1) & esci.product_locale.eq("us") & esci.split.eq("test")]
     assert set(truth.index) == set(working.example_id)
@@ -72,8 +72,8 @@ def test_truth_is_a_distribution_for_every_working_set_judgement_and_labels_foll
 
 @pytest.mark.ml
 def test_ceiling_scores_the_true_distribution_on_a_merged_split(small_raw, tmp_path):
-    from mmsearch import merge
-    from mmsearch.tools.sample_data import ceiling
+    from mmsearch.stages import merge
+    from mmsearch.tools.ceiling import ceiling
 
     merge.merge(small_raw, tmp_path / "merged", small_config())
     best = ceiling(small_raw, tmp_path / "merged", "test")
@@ -87,15 +87,15 @@ def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     generate(tmp_path / "a", spec)
     generate(tmp_path / "b", spec)
     generate(tmp_path / "c", SampleSpec(**{**spec.__dict__, "seed": 99}))
-    read = lambda d: pq.read_table(d / C.PRODUCT_FEATURES_FILE)  # noqa: E731
+    read = lambda d: pq.read_table(d / paths.PRODUCT_FEATURES_FILE)  # noqa: E731
     assert read(tmp_path / "a").equals(read(tmp_path / "b"))
     assert not read(tmp_path / "a").equals(read(tmp_path / "c"))
 
 
 def test_legacy_csv_has_f_columns_and_timestamp(small_raw):
-    frame = pd.read_csv(small_raw / C.LEGACY_QUERY_CSV)
+    frame = pd.read_csv(small_raw / paths.LEGACY_QUERY_CSV)
     assert list(frame.columns) == ["query_id"] + [f"f{i}" for i in range(SMALL.dim)] + ["event_timestamp"]
-    parquet = pq.read_table(small_raw / C.QUERY_FEATURES_FILE).to_pandas()
+    parquet = pq.read_table(small_raw / paths.QUERY_FEATURES_FILE).to_pandas()
     first = parquet.iloc[0]
     row = frame[frame.query_id.astype(str) == first.query_id].iloc[0]
     np.testing.assert_allclose(
@@ -109,7 +109,7 @@ def _esci(spec):
 
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp) / "raw", spec)
-        return pq.read_table(Path(tmp) / "raw" / C.ESCI_FILE).to_pandas()
+        return pq.read_table(Path(tmp) / "raw" / paths.ESCI_FILE).to_pandas()
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +118,11 @@ def clip_wide(tmp_path_factory) -> pd.DataFrame:
     probable label of its true p) and its query-text and query-image cosines."""
     out = tmp_path_factory.mktemp("clip") / "raw"
     generate(out, SampleSpec(queries=120, products=700, seed=5))
-    esci = pq.read_table(out / C.ESCI_FILE).to_pandas()
+    esci = pq.read_table(out / paths.ESCI_FILE).to_pandas()
     truth = pq.read_table(out / TRUTH_FILE).to_pandas()
     judged = esci.merge(truth, on="example_id")
-    queries = pq.read_table(out / C.QUERY_FEATURES_FILE).to_pandas().set_index("query_id")
-    products = pq.read_table(out / C.PRODUCT_FEATURES_FILE).to_pandas().set_index("product_id")
+    queries = pq.read_table(out / paths.QUERY_FEATURES_FILE).to_pandas().set_index("query_id")
+    products = pq.read_table(out / paths.PRODUCT_FEATURES_FILE).to_pandas().set_index("product_id")
     query = np.stack(queries.loc[judged.query_id.astype(str), "clip_text_features"].to_numpy())
     for side in ("text", "image"):
         product = np.stack(products.loc[judged.product_id, f"clip_{side}_features"].to_numpy())
@@ -148,7 +148,7 @@ def test_lexical_hard_negatives_look_close_in_text_and_far_in_image(clip_wide):
 
 
 def test_complements_run_one_way_between_types_of_other_families():
-    from mmsearch.tools.sample_data import accessory_graph
+    from mmsearch.tools.sample_world import accessory_graph
 
     for topics in (4, 12, 24):
         accessory = accessory_graph(topics, np.random.default_rng(topics))

@@ -11,6 +11,7 @@ environment. Every port is on 127.0.0.1.
 - processes: start, record, stop by PID, memory and sockets of what was started;
 - services: PostgreSQL's cluster and Redis' configuration; keeper: `restart: always`;
 - health: each component's state; clients: the running stack's APIs;
-- lifecycle: up, down, serve, restart, status;
-- rerank, rerank_app: the re-ranking service `make serve` starts (docs/serving.md).
+- lifecycle: up, down, serve, restart, status.
+
+The re-ranking service `make serve` starts is a package of its own, mmsearch.rerank (ML environment).
 """

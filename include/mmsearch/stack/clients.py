@@ -7,10 +7,9 @@ import json
 import os
 from pathlib import Path
 
+from mmsearch import config
 from mmsearch.stack import processes
 from mmsearch.stack.settings import StackError, StackSettings, running_settings, stack_secrets
-
-REGISTERED_MODEL = "mmsearch-esci"
 
 
 def airflow_api(status: dict):
@@ -31,24 +30,28 @@ def champion_version(settings: StackSettings, env: dict) -> str:
 
     auth = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
     with httpx.Client(base_url=f"{settings.mlflow_url}/api/2.0/mlflow", auth=auth, timeout=10) as mlflow:
-        found = mlflow.get("/registered-models/alias", params={"name": REGISTERED_MODEL, "alias": "champion"})
+        found = mlflow.get("/registered-models/alias", params={"name": config.REGISTERED_MODEL, "alias": "champion"})
         if found.is_success:
             return found.json()["model_version"]["version"]
         # no such model: 404; a model without the alias: 400 "Registered model alias champion not found."
         if found.status_code not in (400, 404) or "not found" not in found.text:
             raise StackError(f"MLflow at {settings.mlflow_url} answered {found.status_code}: {found.text[:300]}")
-        newest_first = {"filter": f"name='{REGISTERED_MODEL}'", "order_by": "version_number DESC", "max_results": 1}
+        newest_first = {
+            "filter": f"name='{config.REGISTERED_MODEL}'",
+            "order_by": "version_number DESC",
+            "max_results": 1,
+        }
         latest = mlflow.get("/model-versions/search", params=newest_first)
         versions = latest.json().get("model_versions", []) if latest.is_success else []
     if not versions:
         raise StackError(
-            f"nothing to serve: no model is registered as {REGISTERED_MODEL} yet. Next: trigger the "
+            f"nothing to serve: no model is registered as {config.REGISTERED_MODEL} yet. Next: trigger the "
             f"mmsearch_training DAG ({settings.airflow_url}) and serve once its register task promotes a champion"
         )
     newest = versions[0]
     reason = {tag["key"]: tag["value"] for tag in newest.get("tags", [])}.get("promotion_decision", "not recorded")
     raise StackError(
-        f"nothing to serve: {REGISTERED_MODEL} has no champion. The gate kept v{newest['version']} "
+        f"nothing to serve: {config.REGISTERED_MODEL} has no champion. The gate kept v{newest['version']} "
         f"challenger: {reason}. Next: a run whose model no baseline "
         "beats significantly becomes the champion: more data or other candidates (docs/design.md, The model)"
     )

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmsearch import config as C
+from mmsearch import paths
+from mmsearch.rerank import RERANK_TOKEN_VARIABLE
 from mmsearch.stack import services
-from mmsearch.stack.settings import RERANK_TOKEN_VARIABLE, StackSettings, mlflow_server_env, stack_dir, stack_secrets
+from mmsearch.stack.settings import StackSettings, mlflow_server_env, stack_dir, stack_secrets
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,10 @@ def databases(settings: StackSettings, env: dict) -> list[Component]:
 def servers(settings: StackSettings, env: dict) -> list[Component]:
     """MLflow and Airflow's processes, started once the databases answer."""
     airflow = airflow_cli()
-    mlflow_dir = C.mmsearch_home() / "mlflow-server"
+    mlflow_dir = paths.mmsearch_home() / "mlflow-server"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow = [
-        *(C.ml_python(), "-m", "mlflow", "server", "--app-name", "basic-auth"),
+        *(paths.ml_python(), "-m", "mlflow", "server", "--app-name", "basic-auth"),
         *("--host", settings.host, "--port", str(settings.mlflow_port), "--workers", "1"),
         *("--serve-artifacts", "--artifacts-destination", str(mlflow_dir / "artifacts")),
     ]
@@ -90,9 +91,9 @@ def servers(settings: StackSettings, env: dict) -> list[Component]:
 
 
 def serving(settings: StackSettings, env: dict) -> Component:
-    """The re-ranking service (mmsearch.stack.rerank_app) of the champion, in the ML environment;
+    """The re-ranking service (mmsearch.rerank) of the champion, in the ML environment;
     not kept: started on demand."""
-    command = [C.ml_python(), "-m", "mmsearch.stack.rerank_app"]
+    command = [paths.ml_python(), "-m", "mmsearch.rerank"]
     command += ["--host", settings.host, "--port", str(settings.serve_port)]
     command += ["--poll-seconds", str(settings.serve_poll_seconds)]
     return Component("serve", command, {**env, RERANK_TOKEN_VARIABLE: stack_secrets()["rerank_token"]}, kept=False)

@@ -5,12 +5,26 @@ from __future__ import annotations
 import subprocess
 import time
 
+from mmsearch import config
 from mmsearch.io import write_json
 from mmsearch.stack import components, processes, services
-from mmsearch.stack import settings as S
-from mmsearch.stack.clients import REGISTERED_MODEL, champion_version
+from mmsearch.stack.clients import champion_version
 from mmsearch.stack.components import Component
 from mmsearch.stack.health import HEALTHY, get_json, health
+from mmsearch.stack.settings import (
+    EXECUTORS,
+    StackError,
+    StackSettings,
+    admin_password,
+    airflow_home,
+    password_file,
+    remember,
+    running_settings,
+    secrets_file,
+    stack_dir,
+    stack_env,
+    stack_secrets,
+)
 
 # the health entry that speaks for a process, where its name is not the same
 HEALTH_OF = {"postgres": "metadatabase", "dag-processor": "dag_processor"}
@@ -22,7 +36,7 @@ def _launch(component: Component) -> dict:
     )
 
 
-def _wait_healthy(settings: S.StackSettings, env: dict, timeout: float) -> None:
+def _wait_healthy(settings: StackSettings, env: dict, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         states = health(settings, env)
@@ -32,19 +46,19 @@ def _wait_healthy(settings: S.StackSettings, env: dict, timeout: float) -> None:
             down()
             name = sorted(dead)[0]
             log = pids[name]["log"]
-            raise S.StackError(f"{name} exited during start-up; its log ({log}) ends:\n{processes.tail(log)}")
+            raise StackError(f"{name} exited during start-up; its log ({log}) ends:\n{processes.tail(log)}")
         if all(state == HEALTHY for state in states.values()):
             return
         if time.monotonic() > deadline:
             down()
-            raise S.StackError(f"not healthy after {timeout:.0f} s: {states}; logs in {S.stack_dir() / 'logs'}")
+            raise StackError(f"not healthy after {timeout:.0f} s: {states}; logs in {stack_dir() / 'logs'}")
         time.sleep(1)
 
 
-def _start_databases(settings: S.StackSettings, env: dict) -> None:
+def _start_databases(settings: StackSettings, env: dict) -> None:
     """PostgreSQL (initialised on first use, its databases created), Redis for Celery; then
     Airflow's schema migrated."""
-    services.init_postgres(S.stack_dir(), S.stack_secrets()["postgres_password"])
+    services.init_postgres(stack_dir(), stack_secrets()["postgres_password"])
     started = components.databases(settings, env)
     for component in started:
         _launch(component)
@@ -52,26 +66,26 @@ def _start_databases(settings: S.StackSettings, env: dict) -> None:
         component.ready()
     migrate = subprocess.run([components.airflow_cli(), "db", "migrate"], env=env, capture_output=True, text=True)
     if migrate.returncode != 0:
-        raise S.StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
+        raise StackError(f"airflow db migrate failed:\n{migrate.stderr[-2000:]}")
 
 
-def up(settings: S.StackSettings | None = None, timeout: float = 240.0) -> dict:
-    settings = settings or S.StackSettings.from_env()
+def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
+    settings = settings or StackSettings.from_env()
     if processes.running():
-        raise S.StackError(f"the stack is already running (PIDs in {processes.pids_file()}); `make down` first")
+        raise StackError(f"the stack is already running (PIDs in {processes.pids_file()}); `make down` first")
     for variable, port in settings.ports().items():
         processes.check_free(settings.host, port, variable)
-    env = S.stack_env(settings)
-    S.remember(settings)
-    S.airflow_home().mkdir(parents=True, exist_ok=True)
+    env = stack_env(settings)
+    remember(settings)
+    airflow_home().mkdir(parents=True, exist_ok=True)
     try:
         _start_databases(settings, env)
-    except (S.StackError, services.ServiceError) as error:
+    except (StackError, services.ServiceError) as error:
         down()
-        raise S.StackError(str(error)) from None
+        raise StackError(str(error)) from None
     if settings.admin_password:
-        write_json(S.password_file(), {settings.admin_user: settings.admin_password})
-        S.password_file().chmod(0o600)
+        write_json(password_file(), {settings.admin_user: settings.admin_password})
+        password_file().chmod(0o600)
     for component in components.servers(settings, env):
         _launch(component)
     _wait_healthy(settings, env, timeout)
@@ -79,31 +93,31 @@ def up(settings: S.StackSettings | None = None, timeout: float = 240.0) -> dict:
     # the CLI sends this to stderr: stdout carries only the JSON status
     print(
         f"Airflow UI   {settings.airflow_url}  (user {settings.admin_user}, "
-        f"password {S.admin_password(settings)}, from {S.password_file()})\n"
-        f"MLflow UI    {settings.mlflow_url}  (user admin, password: mlflow_admin_password in {S.secrets_file()})\n"
-        f"executor     {S.EXECUTORS[settings.executor]}{workers}, metadata in PostgreSQL on :{settings.postgres_port}\n"
-        f"logs         {S.stack_dir() / 'logs'}\nserve with   make serve\nstop with    make down"
+        f"password {admin_password(settings)}, from {password_file()})\n"
+        f"MLflow UI    {settings.mlflow_url}  (user admin, password: mlflow_admin_password in {secrets_file()})\n"
+        f"executor     {EXECUTORS[settings.executor]}{workers}, metadata in PostgreSQL on :{settings.postgres_port}\n"
+        f"logs         {stack_dir() / 'logs'}\nserve with   make serve\nstop with    make down"
     )
     return status(settings)
 
 
-def serve(settings: S.StackSettings | None = None, timeout: float = 180.0) -> dict:
+def serve(settings: StackSettings | None = None, timeout: float = 180.0) -> dict:
     """The re-ranking service of the champion, in the ML environment, on 127.0.0.1; part of the stack."""
-    settings = settings or S.running_settings()
+    settings = settings or running_settings()
     running = processes.running()
     if "mlflow" not in running:
-        raise S.StackError("the stack is not running; `make up` first")
+        raise StackError("the stack is not running; `make up` first")
     if "serve" in running:
-        raise S.StackError(f"the champion is already served on {settings.serve_url} (PID {running['serve']['pid']})")
+        raise StackError(f"the champion is already served on {settings.serve_url} (PID {running['serve']['pid']})")
     processes.check_free(settings.host, settings.serve_port, "MMSEARCH_SERVE_PORT")
-    env = S.stack_env(settings)
+    env = stack_env(settings)
     champion_version(settings, env)  # a clear error before the service starts, when there is none
     entry = _launch(components.serving(settings, env))
     found = wait_for_answer(f"{settings.serve_url}/health", "serve", entry, timeout)
     version = found["model_version"]
     print(
-        f"champion {REGISTERED_MODEL} v{version} re-ranks {found['catalogue_rows']} products at "
-        f"{settings.serve_url}/rerank  (token: rerank_token in {S.secrets_file()}; stop with make down)"
+        f"champion {config.REGISTERED_MODEL} v{version} re-ranks {found['catalogue_rows']} products at "
+        f"{settings.serve_url}/rerank  (token: rerank_token in {secrets_file()}; stop with make down)"
     )
     return {"serve_url": settings.serve_url, "pid": entry["pid"], "version": version, **found}
 
@@ -115,24 +129,24 @@ def wait_for_answer(url: str, name: str, entry: dict, timeout: float) -> dict:
     while not (found := get_json(url)):
         if not processes.running({name: entry}):
             processes.forget(name)
-            raise S.StackError(f"{name} exited; its log ({entry['log']}) ends:\n{processes.tail(entry['log'])}")
+            raise StackError(f"{name} exited; its log ({entry['log']}) ends:\n{processes.tail(entry['log'])}")
         if time.monotonic() > deadline:
             processes.stop(name)
-            raise S.StackError(f"{name} did not answer {url} in {timeout:.0f} s; log: {entry['log']}")
+            raise StackError(f"{name} did not answer {url} in {timeout:.0f} s; log: {entry['log']}")
         time.sleep(0.2)
     return found
 
 
 def restart(name: str) -> dict:
     """Stop one component by PID and start it again with the same command (Postgres, Redis, ...)."""
-    settings = S.running_settings()
+    settings = running_settings()
     if name == "serve":
         processes.stop(name)
         return {"restarted": name, "pid": serve(settings)["pid"]}
-    env = S.stack_env(settings)
+    env = stack_env(settings)
     table = {c.name: c for c in [*components.databases(settings, env), *components.servers(settings, env)]}
     if name not in table:
-        raise S.StackError(f"no component {name!r}; the stack has {', '.join(table)}, serve")
+        raise StackError(f"no component {name!r}; the stack has {', '.join(table)}, serve")
     processes.stop(name)
     entry = _launch(table[name])
     if table[name].ready:
@@ -140,27 +154,27 @@ def restart(name: str) -> dict:
     return {"restarted": name, "pid": entry["pid"]}
 
 
-def status(settings: S.StackSettings | None = None) -> dict:
+def status(settings: StackSettings | None = None) -> dict:
     """The running stack's URLs, ports, health, PIDs and memory; StackError if nothing runs."""
-    settings = settings or S.running_settings()
+    settings = settings or running_settings()
     running = processes.running()
     if not running:
-        raise S.StackError(f"the stack is not running (nothing alive in {processes.pids_file()}); `make up` starts it")
+        raise StackError(f"the stack is not running (nothing alive in {processes.pids_file()}); `make up` starts it")
     memory = processes.memory_mb(running)
     return {
         "airflow_url": settings.airflow_url,
         "mlflow_url": settings.mlflow_url,
         "serve_url": settings.serve_url,
-        "executor": S.EXECUTORS[settings.executor],
+        "executor": EXECUTORS[settings.executor],
         "admin_user": settings.admin_user,
-        "admin_password_file": str(S.password_file()),
-        "secrets_file": str(S.secrets_file()),
+        "admin_password_file": str(password_file()),
+        "secrets_file": str(secrets_file()),
         "ports": {**settings.ports(), **({"MMSEARCH_SERVE_PORT": settings.serve_port} if "serve" in running else {})},
         "health": health(settings),
         "pids": {name: entry["pid"] for name, entry in running.items()},
         "listening": processes.listening_sockets(running),
         "memory_mb": {**memory, "total": sum(memory.values())},
-        "logs": str(S.stack_dir() / "logs"),
+        "logs": str(stack_dir() / "logs"),
     }
 
 

@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmsearch import config as C
+from mmsearch import paths
 from mmsearch.io import read_json, write_json
 from mmsearch.stack import services
 
@@ -21,9 +21,8 @@ SECRET_NAMES = (
     *("jwt_secret", "secret_key", "postgres_password", "redis_password", "mlflow_admin_password"),
     "rerank_token",  # the re-ranking service's bearer token
 )
-RERANK_TOKEN_VARIABLE = "MMSEARCH_RERANK_TOKEN"  # where the re-ranking service reads its bearer token
 # Airflow's settings docker-compose.yaml reads too (its env_file)
-AIRFLOW_ENV_FILE = C.REPO_ROOT / "docker" / "airflow.env"
+AIRFLOW_ENV_FILE = paths.REPO_ROOT / "docker" / "airflow.env"
 
 
 class StackError(RuntimeError):
@@ -86,11 +85,11 @@ class StackSettings:
 
 
 def stack_dir() -> Path:
-    return C.mmsearch_home() / "stack"
+    return paths.mmsearch_home() / "stack"
 
 
 def airflow_home() -> Path:
-    return Path(os.environ.get("AIRFLOW_HOME", C.mmsearch_home() / "airflow")).resolve()
+    return Path(os.environ.get("AIRFLOW_HOME", paths.mmsearch_home() / "airflow")).resolve()
 
 
 def password_file() -> Path:
@@ -141,10 +140,10 @@ def stack_env(settings: StackSettings) -> dict:
     env = {**os.environ, **shared_airflow_settings()}
     env.update(
         {
-            "MMSEARCH_HOME": str(C.mmsearch_home()),
+            "MMSEARCH_HOME": str(paths.mmsearch_home()),
             "AIRFLOW_HOME": str(airflow_home()),
-            "AIRFLOW__CORE__DAGS_FOLDER": env.get("AIRFLOW__CORE__DAGS_FOLDER", str(C.REPO_ROOT / "dags")),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": env.get("AIRFLOW__CORE__PLUGINS_FOLDER", str(C.REPO_ROOT / "plugins")),
+            "AIRFLOW__CORE__DAGS_FOLDER": env.get("AIRFLOW__CORE__DAGS_FOLDER", str(paths.REPO_ROOT / "dags")),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": env.get("AIRFLOW__CORE__PLUGINS_FOLDER", str(paths.REPO_ROOT / "plugins")),
             "AIRFLOW__CORE__EXECUTOR": EXECUTORS[settings.executor],
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
             # LocalExecutor: two task slots (two cores); Celery: two per worker. The ML tasks spend

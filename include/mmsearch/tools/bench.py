@@ -11,11 +11,9 @@ under $MMSEARCH_HOME/bench/.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import threading
 import time
@@ -23,9 +21,9 @@ from pathlib import Path
 
 import psutil
 
-from mmsearch import config as C
-from mmsearch import features as F
+from mmsearch import features, paths
 from mmsearch.io import read_json
+from mmsearch.tools.bench_report import quality_rows, summarise, write_report
 
 # The real working set's proportions: 181,701 pairs, 8,956 queries, 164,900 products.
 PAIRS_PER_QUERY = 181_701 / 8_956
@@ -33,7 +31,7 @@ PRODUCTS_PER_PAIR = 164_900 / 181_701
 
 
 def _venv_bin(name: str) -> Path:
-    return C.REPO_ROOT / ".venvs" / name / "bin"
+    return paths.REPO_ROOT / ".venvs" / name / "bin"
 
 
 def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1) -> dict:
@@ -80,7 +78,7 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = list(F.EMBEDDING_COLUMNS["query_product"])
+    columns = list(features.EMBEDDING_COLUMNS["query_product"])
 
     def batches(split):
         for path in sorted((Path(merged_dir) / split).glob("*.parquet")):
@@ -88,13 +86,13 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
                 yield {c: batch.column(c).values.to_numpy().reshape(len(batch), -1) for c in columns}
 
     def cosines(m):
-        q = m[F.QUERY_EMBEDDING] / np.linalg.norm(m[F.QUERY_EMBEDDING], axis=1, keepdims=True)
+        q = m[features.QUERY_EMBEDDING] / np.linalg.norm(m[features.QUERY_EMBEDDING], axis=1, keepdims=True)
         return [(q * (m[c] / np.linalg.norm(m[c], axis=1, keepdims=True))).sum(1) for c in columns[1:]]
 
     start = time.monotonic()
     n, sums, squares = 0, {}, {}
     for m in batches("train"):
-        n += len(m[F.QUERY_EMBEDDING])
+        n += len(m[features.QUERY_EMBEDDING])
         for key, values in [*m.items(), *enumerate(cosines(m))]:
             sums[key] = sums.get(key, 0) + values.astype(np.float64).sum(0)
             squares[key] = squares.get(key, 0) + np.square(values, dtype=np.float64).sum(0)
@@ -102,7 +100,7 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
     std = {k: np.sqrt(squares[k] / n - mean[k] ** 2) for k in sums}
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = 0
-    for split in C.SPLITS:
+    for split in paths.SPLITS:
         with pq.ParquetWriter(
             out_dir / f"{split}.parquet",
             pa.schema(
@@ -131,7 +129,6 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
 
 
 # The stages whose direct runs sum to what the DAG runs (candidate trainings are one row each).
-DIRECT_STAGES = ("validate", "merge", "transform", "candidates", "baselines", "select", "evaluate", "register")
 
 
 def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) -> tuple[list[dict], list[dict]]:
@@ -208,7 +205,7 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
         stage("rank", "ml", rank + settings + tags, merged["rows"])
         ceiling = _command("ceiling", **raw_in, **merged_in)
         best = run_measured([str(_venv_bin("ml") / "mmsearch"), *ceiling], env)
-        quality[:] = _quality(pairs, scores, json.loads(best["stdout"]))
+        quality[:] = quality_rows(pairs, scores, json.loads(best["stdout"]))
         rows_out, test_rows = transformed["rows_out"], scores["test_rows"]
         if not (n == merged["rows"] and split_rows == rows_out and split_rows["test"] == test_rows):
             raise RuntimeError(f"row counts differ between stages: {n}, {split_rows}, {rows_out}, {test_rows}")
@@ -232,105 +229,11 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
         if e2e:
             dag_pass(i)
     shutil.rmtree(work, ignore_errors=True)  # the figures are kept, the data are not
-    return _summarise(pairs, measured), quality
-
-
-QUALITY = ("accuracy", "macro_f1", "ndcg")
-
-
-def _quality(pairs: int, scores: dict, ceiling: dict) -> list[dict]:
-    """The test metrics of the model and each baseline with their 95 % intervals, the model's
-    difference from each baseline with its interval, the ceiling, and each one's gap to it."""
-    uncertainty = scores["uncertainty"]
-    rows = []
-    for name, metrics in scores["metrics"].items():
-        found = {
-            "intervals": uncertainty["intervals"].get(name, {}),
-            "difference": uncertainty["differences"].get(name),
-        }
-        rows.append({"pairs": pairs, "scorer": name, **{k: metrics[k] for k in QUALITY}, **found})
-    rows.append({"pairs": pairs, "scorer": "best possible", **{k: ceiling[k] for k in QUALITY}, "intervals": {}})
-    for row in rows:
-        row["gap"] = {k: row[k] - ceiling[k] for k in QUALITY}
-    return rows
-
-
-def _summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
-    """One row per stage: median wall time over the passes, min-max, highest peak; the overhead of
-    the DAG over the direct stages, and of each task over its stage."""
-    rows = []
-    for name, runs in measured.items():
-        seconds = [r["seconds"] for r in runs]
-        median = statistics.median(seconds)
-        row = {"pairs": pairs, "stage": name, "rows": runs[-1]["rows"], "seconds": median}
-        row["spread"] = f"{min(seconds):.1f}-{max(seconds):.1f}" if len(runs) > 1 else ""
-        row["rows_per_s"] = runs[-1]["rows"] / median if median > 0 else 0.0
-        row |= {"peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "output_mb": runs[-1]["output_mb"]}
-        rows.append(row)
-    direct = {row["stage"]: row["seconds"] for row in rows}
-    for row in rows:
-        if row["stage"] in ("drift", "rank"):
-            row["floor_units"] = row["seconds"] / direct["numpy floor"]
-        if row["stage"] == "airflow dags test":
-            trains = sum(seconds for stage, seconds in direct.items() if stage.startswith("train ["))
-            row["overhead"] = row["seconds"] / (trains + sum(direct[s] for s in DIRECT_STAGES))
-            row["floor_units"] = row["seconds"] / direct["numpy floor"]
-            floors = f"{row['overhead']:.2f}x, {row['floor_units']:.1f} numpy floors (medians)"
-            print(f"  dags test overhead {floors}", flush=True)
-        elif row["stage"].startswith("task "):
-            name = row["stage"].split(".")[-1].replace("[", " [")
-            if name in direct:
-                row["overhead"] = row["seconds"] / direct[name]
-    return rows
-
-
-def write_report(rows: list[dict], quality: list[dict], out_dir: Path) -> Path:
-    from mmsearch.summary import with_interval
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(key for row in rows for key in row))  # overhead, floors: some rows only
-    with open(out_dir / "bench.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        f"cores: {os.cpu_count()}; wall s: the median of the repeats, min-max beside it",
-        "",
-        "| pairs | stage | rows | wall s | min-max s | rows/s | peak RSS MB | output MB | overhead | numpy floors |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        overhead = f"{r['overhead']:.2f}" if "overhead" in r else ""
-        floors = f"{r['floor_units']:.1f}" if "floor_units" in r else ""
-        lines.append(
-            f"| {r['pairs']:,} | {r['stage']} | {r['rows']:,} | {r['seconds']:.1f} | {r.get('spread', '')} | "
-            f"{r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['output_mb']:,.1f} | {overhead} | {floors} |"
-        )
-    lines += [
-        "",
-        "Model quality on the test split of the last direct pass, beside the best possible (the generator's "
-        "true p(label | pair)): [95 % interval] of a bootstrap over test queries; model - scorer: the model's "
-        "difference from it (paired bootstrap); gap = score - best possible",
-        "",
-        "| pairs | scorer | accuracy | macro-F1 | nDCG | model - scorer: accuracy | macro-F1 | nDCG "
-        "| gap accuracy | gap macro-F1 | gap nDCG |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for q in quality:
-        gap, difference = q["gap"], q.get("difference") or {}
-        cells = [with_interval(q[k], q["intervals"].get(k)) for k in QUALITY]
-        for k in QUALITY:
-            d = difference.get(k)
-            cells.append(f"{d['difference']:+.4f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "")
-        cells += [f"{gap[k]:+.4f}" for k in QUALITY]
-        lines.append(f"| {q['pairs']:,} | {q['scorer']} | " + " | ".join(cells) + " |")
-    report = out_dir / "bench.md"
-    report.write_text("\n".join(lines) + "\n")
-    return report
+    return summarise(pairs, measured), quality
 
 
 def main(sizes: list[int], e2e: bool = True, repeat: int = 1) -> dict:
-    root = C.mmsearch_home() / "bench"
+    root = paths.mmsearch_home() / "bench"
     # a fresh Airflow and MLflow home: a champion left by an earlier bench would make register
     # re-score it, work the other sizes' runs do not do
     shutil.rmtree(root / "home", ignore_errors=True)
@@ -338,7 +241,7 @@ def main(sizes: list[int], e2e: bool = True, repeat: int = 1) -> dict:
         **os.environ,
         "MMSEARCH_HOME": str(root / "home"),
         "AIRFLOW_HOME": str(root / "home" / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(C.REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(paths.REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "PATH": f"{_venv_bin('airflow')}:{os.environ['PATH']}",
     }

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from mmsearch import config as C
+from mmsearch import config, paths
 from mmsearch.stack.health import get_json
 from mmsearch.stack.settings import StackError, free_port
 
@@ -43,20 +43,20 @@ def _experiment_id(url: str, name: str, timeout: float) -> str:
 
 def start(port: int | None = None, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
     """The UI's server process and the address of the experiment's runs."""
-    uri = C.mlflow_tracking_uri()
+    uri = paths.mlflow_tracking_uri()
     _store(uri)
     port = port or free_port()
-    command = [C.ml_python(), "-m", "mlflow", "server", "--backend-store-uri", uri]
+    command = [paths.ml_python(), "-m", "mlflow", "server", "--backend-store-uri", uri]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     if not os.environ.get("MLFLOW_TRACKING_URI"):
-        command += ["--default-artifact-root", C.mlflow_artifact_root()]
-    log = C.mmsearch_home() / "logs" / "mlflow-ui.log"
+        command += ["--default-artifact-root", paths.mlflow_artifact_root()]
+    log = paths.mmsearch_home() / "logs" / "mlflow-ui.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        experiment = _experiment_id(url, C.RunConfig().experiment_name, timeout)
+        experiment = _experiment_id(url, config.RunConfig().experiment_name, timeout)
     except StackError:
         stop(server)
         raise

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from mmsearch import config as C
+from mmsearch import config, paths
 from mmsearch.io import read_json
 from mmsearch.run_context import failures_file
 from mmsearch.stack.components import airflow_cli
@@ -88,7 +88,7 @@ def _dags_test(conf: str, log_path: Path, logical_date: str | None) -> int:
 
 def _keep_with_run(log_path: Path, run_id: str) -> Path:
     """The log beside the run's outputs, if the run wrote any."""
-    run_dir = C.run_dir_for(run_id)
+    run_dir = paths.run_dir_for(run_id)
     if not run_dir.is_dir():
         return log_path
     return Path(log_path.replace(run_dir / LOG_NAME))
@@ -104,7 +104,8 @@ def next_step(summary: dict) -> str:
     if registry["promoted"]:
         return (
             f"next: `make mlflow-ui` shows this run (training curves, evaluation figures); v{version} is the "
-            "champion: load models:/mmsearch-esci@champion (README, After make run), or serve it with the stack"
+            f"champion: load models:/{registry['registered_model']}@champion (README, After make run), or serve "
+            "it with the stack"
         )
     if decision.get("champion_version"):
         return f"next: v{decision['champion_version']} stays champion; `make mlflow-ui` compares the two runs"
@@ -122,13 +123,13 @@ def run_dag(conf: str = "{}", as_json: bool = False, logical_date: str | None = 
     try:
         values = json.loads(conf)
     except json.JSONDecodeError as error:
-        raise C.ConfigError(f"the conf is not JSON: {error}") from None
-    if C.RunConfig.from_mapping(values).promotion == "approve":
-        raise C.ConfigError(
+        raise config.ConfigError(f"the conf is not JSON: {error}") from None
+    if config.RunConfig.from_mapping(values).promotion == "approve":
+        raise config.ConfigError(
             "promotion 'approve' waits for a person to answer in the Airflow UI, which `make run` "
             "(airflow dags test) has not: use it on the server stack (make up), or leave promotion 'auto'"
         )
-    log_path = C.mmsearch_home() / "logs" / f"dags-test-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    log_path = paths.mmsearch_home() / "logs" / f"dags-test-{time.strftime('%Y%m%dT%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"{DAG_ID}: airflow dags test, a line per task", flush=True)
     started = time.monotonic()
@@ -141,8 +142,8 @@ def run_dag(conf: str = "{}", as_json: bool = False, logical_date: str | None = 
             f"{DAG_ID} run {run['run_id']} ended '{run['state']}' after {seconds} s: "
             f"{failure_reason(run['run_id'])}\nAirflow's log: {log_path}"
         )
-    summary = read_json(C.run_dir_for(run["run_id"]) / "summary.json")
-    uri = C.redact_uri(C.mlflow_tracking_uri())
+    summary = read_json(paths.run_dir_for(run["run_id"]) / "summary.json")
+    uri = paths.redact_uri(paths.mlflow_tracking_uri())
     if as_json:
         return {**summary, "seconds": seconds, "mlflow_tracking_uri": uri, "airflow_log": str(log_path)}
     return (

@@ -11,14 +11,12 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmsearch import config as C
-from mmsearch import features as F
-from mmsearch import raw
+from mmsearch import features, paths, raw, sqid
 from mmsearch.io import DataError
 from mmsearch.stack.settings import StackError, StackSettings, stack_secrets
 
 LABEL_ORDER = ("E", "S", "C", "I")
-MODEL_INPUTS = list(F.EMBEDDING_COLUMNS["query_product"])
+MODEL_INPUTS = list(features.EMBEDDING_COLUMNS["query_product"])
 
 
 def _pairs_of_one_query(esci_path: Path, pairs: int) -> pd.DataFrame:
@@ -48,14 +46,17 @@ def example_pairs(raw_dir: str | Path = "data/raw", pairs: int = 3) -> pd.DataFr
     """`pairs` judged pairs of one query from the raw files: query_id, query, product_id,
     esci_label and the three CLIP embeddings the model reads (768-long float32 arrays)."""
     raw_dir = Path(raw_dir)
-    esci_path = raw_dir / C.ESCI_FILE
+    esci_path = raw_dir / paths.ESCI_FILE
     if not esci_path.exists():
         raise DataError(esci_path, "file is missing: `make run` pulls the bundled sample into data/raw")
     rows = _pairs_of_one_query(esci_path, pairs)
-    query_columns = {"clip_text_features": F.QUERY_EMBEDDING}
-    query = _embeddings(raw.query_table(raw_dir).path, "query_id", rows.query_id.unique().tolist(), query_columns)
-    product_columns = {"clip_text_features": F.PRODUCT_TEXT_EMBEDDING, "clip_image_features": F.PRODUCT_IMAGE_EMBEDDING}
-    product = _embeddings(raw.product_table(raw_dir).path, "product_id", rows.product_id.tolist(), product_columns)
+    query_columns = {"clip_text_features": features.QUERY_EMBEDDING}
+    query = _embeddings(sqid.query_table(raw_dir).path, "query_id", rows.query_id.unique().tolist(), query_columns)
+    product_columns = {
+        "clip_text_features": features.PRODUCT_TEXT_EMBEDDING,
+        "clip_image_features": features.PRODUCT_IMAGE_EMBEDDING,
+    }
+    product = _embeddings(sqid.product_table(raw_dir).path, "product_id", rows.product_id.tolist(), product_columns)
     frame = rows.merge(query, on="query_id").merge(product, on="product_id")
     return frame[["query_id", "query", "product_id", "esci_label", *MODEL_INPUTS]].reset_index(drop=True)
 
@@ -63,7 +64,7 @@ def example_pairs(raw_dir: str | Path = "data/raw", pairs: int = 3) -> pd.DataFr
 def example_request(raw_dir: str | Path = "data/raw", pairs: int = 8) -> tuple[dict, pd.DataFrame]:
     """A `/rerank` body (one query's CLIP embedding, `pairs` of its judged products' ids) and the judgements."""
     rows = example_pairs(raw_dir, pairs)
-    embedding = [float(v) for v in rows[F.QUERY_EMBEDDING].iloc[0].astype("float32").astype(str)]
+    embedding = [float(v) for v in rows[features.QUERY_EMBEDDING].iloc[0].astype("float32").astype(str)]
     body = {"query_embedding": embedding, "product_ids": rows.product_id.tolist()}
     return body, rows.set_index("product_id")
 
@@ -72,7 +73,7 @@ def main(raw_dir: Path = Path("data/raw"), pairs: int = 8) -> str:
     import httpx
 
     body, judged = example_request(raw_dir, pairs)
-    request = C.mmsearch_home() / "rerank-example.json"
+    request = paths.mmsearch_home() / "rerank-example.json"
     request.parent.mkdir(parents=True, exist_ok=True)
     request.write_text(json.dumps(body))
     url = f"{StackSettings.from_env().serve_url}/rerank"

@@ -10,7 +10,7 @@ import logging
 import math
 from pathlib import Path
 
-from mmsearch import config as C
+from mmsearch import config
 from mmsearch.io import write_json
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,9 @@ def standard_error(trained: dict) -> float:
     return math.sqrt(accuracy * (1 - accuracy) / rows)
 
 
-def run(trained: list[dict], out_dir: Path, cfg: C.RunConfig) -> dict:
-    """The winner's training summary, with the table it was chosen from (best score first)."""
+def run(trained: list[dict], *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> dict:
+    """The winner's training summary (`trained`: each candidate's train.json), with the table it was
+    chosen from (best score first)."""
     if not trained:
         raise ValueError("no candidate was trained")
     ranked = sorted(trained, key=lambda t: (-t["validation"][SELECTION_METRIC], t["candidate"]))

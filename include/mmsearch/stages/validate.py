@@ -10,22 +10,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mmsearch import config as C
-from mmsearch import raw
+from mmsearch import config, paths, raw, sqid
 from mmsearch.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
 
-def validate(raw_dir: Path, cfg: C.RunConfig) -> dict:
+def validate(raw_dir: Path, cfg: config.RunConfig) -> dict:
     """Check the raw inputs; return the report, or raise DataError on the first problem."""
     raw_dir = Path(raw_dir)
-    esci_path = raw_dir / C.ESCI_FILE
+    esci_path = raw_dir / paths.ESCI_FILE
     esci = raw.read_esci(esci_path)
     mask = raw.working_set(esci_path, esci, cfg)
-    queries = raw.scan_features(raw.query_table(raw_dir), cfg.embedding_dim, source=cfg.query_features_source)
+    queries = sqid.scan_features(sqid.query_table(raw_dir), cfg.embedding_dim, source=cfg.query_features_source)
     pairs = cfg.feature_set == "query_product"
-    products = raw.scan_features(raw.product_table(raw_dir), cfg.embedding_dim) if pairs else None
+    products = sqid.scan_features(sqid.product_table(raw_dir), cfg.embedding_dim) if pairs else None
     coverage = raw.check_coverage(esci_path, esci, mask, queries.keys, products.keys if products else None, cfg)
     report = {
         "raw_dir": str(raw_dir),
@@ -47,7 +46,7 @@ def validate(raw_dir: Path, cfg: C.RunConfig) -> dict:
     return report
 
 
-def run(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
+def run(raw_dir: Path, *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> dict:
     """Validate and write `validation.json` into `out_dir` (atomically)."""
     report = validate(raw_dir, cfg)
     with atomic_dir(out_dir) as tmp:

@@ -11,8 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from mmsearch import config as C
-from mmsearch import dvc_repo
+from mmsearch import config, dvc_repo, paths
 from mmsearch.dvc_repo import PullError
 
 log = logging.getLogger(__name__)
@@ -129,7 +128,7 @@ def remember(lineage: dict) -> bool:
     from mmsearch.io import read_json, write_json
 
     key = hashlib.sha256(lineage["raw_dir"].encode()).hexdigest()[:16]
-    state = C.mmsearch_home() / "state" / f"raw-data-{key}.json"
+    state = paths.mmsearch_home() / "state" / f"raw-data-{key}.json"
     previous = read_json(state)["file_md5"] if state.exists() else None
     if previous == lineage["file_md5"]:
         return False
@@ -152,16 +151,17 @@ def _check_given_directory(raw_dir: Path) -> None:
     if not any(p.is_file() for p in raw_dir.rglob("*")):
         raise DataError(
             raw_dir,
-            f"raw_data_dir holds no file: expected {C.ESCI_FILE}, {C.QUERY_FEATURES_FILE} "
-            f"and {C.PRODUCT_FEATURES_FILE}",
+            f"raw_data_dir holds no file: expected {paths.ESCI_FILE}, {paths.QUERY_FEATURES_FILE} "
+            f"and {paths.PRODUCT_FEATURES_FILE}",
         )
 
 
-def run(repo_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
-    """The raw data in `out_dir` and its lineage (the md5 of every file): `dvc pull` of the DVC
-    repository's `out_dir` (the bundled sample), `dvc update` of the files imported into it
-    (`make real-data`), or, with `raw_data_dir` set, that directory described as it is."""
-    repo_dir, out_dir = Path(repo_dir).resolve(), Path(out_dir).resolve()
+def run(*, out_dir: Path | None = None, cfg: config.RunConfig, tags: dict) -> dict:
+    """The raw data in `out_dir` (default: the configuration's `raw_dir`) and its lineage (the md5
+    of every file): `dvc pull` of the DVC repository's `out_dir` (the bundled sample), `dvc update`
+    of the files imported into it (`make real-data`), or, with `raw_data_dir` set, that directory
+    described as it is. The repository is the `dvc_repo` setting's (default: this project)."""
+    repo_dir, out_dir = cfg.repo_dir.resolve(), Path(out_dir or cfg.raw_dir).resolve()
     if cfg.raw_data_dir:
         _check_given_directory(out_dir)
         return describe_untracked(out_dir)

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
+from mmsearch.gate import decide
 from mmsearch.metrics import bootstrap, classification_metrics, headline, intervals
-from mmsearch.register import decide
 
 pytestmark = pytest.mark.ml  # scikit-learn
 

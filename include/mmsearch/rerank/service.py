@@ -26,19 +26,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mmsearch import catalogue, dvc_repo, raw
-from mmsearch import config as C
-from mmsearch import features as F
+from mmsearch import catalogue, config, dvc_repo, features, paths, raw
 from mmsearch.io import DataError
 from mmsearch.metrics import GAIN_BY_ID
 from mmsearch.serving import DECISION_RULE, PROBABILITY_COLUMNS, served_label_ids
-from mmsearch.stack.clients import REGISTERED_MODEL
 
 log = logging.getLogger(__name__)
 
-CATALOGUE_TAG = f"dvc_md5.{C.PRODUCT_FEATURES_FILE}"
+CATALOGUE_TAG = f"dvc_md5.{paths.PRODUCT_FEATURES_FILE}"
 GAINS = GAIN_BY_ID.astype(np.float32)
-MODEL_INPUTS = F.EMBEDDING_COLUMNS["query_product"]
+MODEL_INPUTS = features.EMBEDDING_COLUMNS["query_product"]
 GIVE_CATALOGUE = "give the product file with --catalogue (make serve: MMSEARCH_SERVE_CATALOGUE=path)"
 
 
@@ -78,7 +75,7 @@ class Catalogue:
             ids, text, image = catalogue.open_arrays(path)
         else:
             rows = raw.open_parquet(path).metadata.num_rows
-            text, image = (np.empty((rows, F.EMBEDDING_DIM), np.float32) for _ in range(2))
+            text, image = (np.empty((rows, features.EMBEDDING_DIM), np.float32) for _ in range(2))
             ids = np.array(catalogue.fill(path, text, image), dtype=object)
             pa.default_memory_pool().release_unused()  # the batches' buffers, not kept beside the matrices
         index: dict[str, int] = {}
@@ -116,7 +113,9 @@ def catalogue_source(version_tags: dict, dvc_repo_dir: Path, given: Path | None 
         return published
     md5 = version_tags.get(CATALOGUE_TAG)
     if not md5:
-        raise DataError(C.PRODUCT_FEATURES_FILE, f"the champion's lineage has no {CATALOGUE_TAG} tag: {GIVE_CATALOGUE}")
+        raise DataError(
+            paths.PRODUCT_FEATURES_FILE, f"the champion's lineage has no {CATALOGUE_TAG} tag: {GIVE_CATALOGUE}"
+        )
     path = dvc_repo.cached_file(dvc_repo_dir, md5)
     if not path.exists():
         raise DataError(path, f"the champion's catalogue (md5 {md5}) is not in the DVC cache: {GIVE_CATALOGUE}")
@@ -145,9 +144,9 @@ class Champion:
     def answer(self, probabilities: np.ndarray) -> dict[str, np.ndarray]:
         """Expected gain, served label (the decision rule applied) and p_* of each row."""
         labels = served_label_ids(probabilities, self.class_weights)
-        found = {"expected_gain": probabilities @ GAINS, "esci_label": [F.LABELS_BY_ID[i] for i in labels]}
+        found = {"expected_gain": probabilities @ GAINS, "esci_label": [features.LABELS_BY_ID[i] for i in labels]}
         for label, column in PROBABILITY_COLUMNS.items():
-            found[column] = np.ascontiguousarray(probabilities[:, F.LABEL_IDS[label]])
+            found[column] = np.ascontiguousarray(probabilities[:, features.LABEL_IDS[label]])
         return found
 
 
@@ -165,7 +164,7 @@ def convert(saved_model: Path, flatbuffer: Path) -> None:
     Path(f"{flatbuffer}.part").rename(flatbuffer)
 
 
-def champion_model_version(name: str = REGISTERED_MODEL):
+def champion_model_version(name: str = config.REGISTERED_MODEL):
     """The MLflow ModelVersion the champion alias names (clients.champion_version asks the REST API
     from the Airflow environment, which has no MLflow)."""
     import mlflow
@@ -173,7 +172,7 @@ def champion_model_version(name: str = REGISTERED_MODEL):
     return mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
 
 
-def load_champion(cache_dir: Path, version, name: str = REGISTERED_MODEL) -> Champion:
+def load_champion(cache_dir: Path, version, name: str = config.REGISTERED_MODEL) -> Champion:
     """A registered version (an MLflow ModelVersion), downloaded and converted once into `cache_dir`."""
     import mlflow
 
@@ -197,9 +196,9 @@ def query_vector(value) -> np.ndarray:
         vector = np.asarray(value, np.float32)
     except (TypeError, ValueError):
         raise RequestError(422, "query_embedding must be a list of numbers") from None
-    if vector.shape != (F.EMBEDDING_DIM,):
+    if vector.shape != (features.EMBEDDING_DIM,):
         raise RequestError(
-            422, f"query_embedding must hold {F.EMBEDDING_DIM} numbers, found shape {list(vector.shape)}"
+            422, f"query_embedding must hold {features.EMBEDDING_DIM} numbers, found shape {list(vector.shape)}"
         )
     bad = np.flatnonzero(~np.isfinite(vector))
     if bad.size:
@@ -274,8 +273,8 @@ def score_vectors(champion: Champion, body: bytes) -> dict:
         array = _npy(body)
     except ValueError as error:
         raise RequestError(400, f"the body is not an .npy array: {error}") from None
-    if array.ndim != 3 or array.shape[1:] != (len(MODEL_INPUTS), F.EMBEDDING_DIM) or not len(array):
-        shape = f"[n, 3, {F.EMBEDDING_DIM}] (query, text, image), not {list(array.shape)}"
+    if array.ndim != 3 or array.shape[1:] != (len(MODEL_INPUTS), features.EMBEDDING_DIM) or not len(array):
+        shape = f"[n, 3, {features.EMBEDDING_DIM}] (query, text, image), not {list(array.shape)}"
         raise RequestError(422, f"the array must be {shape}")
     array = _finite(array.reshape(len(array), -1), "the array")
     query, text, image = (np.ascontiguousarray(part) for part in np.split(array, len(MODEL_INPUTS), axis=1))

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from mmsearch import champion as champions
-from mmsearch import config as C
+from mmsearch import config, paths
 from mmsearch import summary as run_summary
 
 log = logging.getLogger(__name__)
@@ -36,16 +36,17 @@ def outcome(answer: dict) -> dict:
     }
 
 
-def run(registry: dict, answer: dict | None, run_dir: Path, cfg: C.RunConfig, tags: dict | None = None) -> dict:
+def run(registry: dict, answer: dict | None, *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> dict:
     """Act on `answer` (the approval task's result; None when it was skipped) for the version
-    `registry` (register's result) describes; return the registry part of the run's summary."""
+    `registry` (register's result) describes; return the registry part of the run's summary.
+    `out_dir` is the run's own directory, whose summary it completes."""
     import mlflow
 
     if (registry.get("approval") or {}).get("status") != "awaiting":
         return registry
     if answer is None:
         raise RuntimeError(f"v{registry['version']} awaits approval, but the approval task gave no answer")
-    mlflow.set_tracking_uri(C.mlflow_tracking_uri())
+    mlflow.set_tracking_uri(paths.mlflow_tracking_uri())
     client = mlflow.MlflowClient()
     name, version = registry["registered_model"], registry["version"]
     decided = outcome(answer)
@@ -58,7 +59,7 @@ def run(registry: dict, answer: dict | None, run_dir: Path, cfg: C.RunConfig, ta
             decided["status"] = f"approved, not promoted: the champion alias moved to {moved} since the gate compared"
         else:
             why = f"{decided['comment'] or 'approved'} (the gate: {registry['decision']['reason']})"
-            champions.move(client, name, version, "approval", decided["by"], why, (tags or {}).get("run_id", ""))
+            champions.move(client, name, version, "approval", decided["by"], why, tags.get("run_id", ""))
             promoted = True
     for key, value in decided.items():
         client.set_model_version_tag(name, version, f"approval.{key}", value)
@@ -73,6 +74,6 @@ def run(registry: dict, answer: dict | None, run_dir: Path, cfg: C.RunConfig, ta
         "approval": decided,
         "champion_version": str(holder.version) if holder else None,
     }
-    summary = run_summary.update_registry(run_dir, found)
+    summary = run_summary.update_registry(out_dir, found)
     print(run_summary.summary_text(summary))  # relayed to the task log
     return found

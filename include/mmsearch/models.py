@@ -16,7 +16,7 @@ import contextlib
 import functools
 from dataclasses import asdict, dataclass, fields, replace
 
-from mmsearch import features as F
+from mmsearch import features
 
 
 @dataclass(frozen=True)
@@ -101,17 +101,17 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def fit_logistic_regression(features, labels) -> tuple:
+def fit_logistic_regression(inputs, labels) -> tuple:
     """A multinomial logistic regression (scikit-learn) as a dense layer's weights: kernel
-    [features, 4] and bias [4] in label-id order; a label absent from `labels` gets a bias of -10
+    [width, 4] and bias [4] in label-id order; a label absent from `labels` gets a bias of -10
     (probability ~0). The CLIP baseline and the wide part's starting point are both this."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
     # Newton steps on the Cholesky factor: these few features converge in ~5 iterations, where
     # lbfgs stopped after ~60 short of the optimum
-    fitted = LogisticRegression(solver="newton-cholesky", max_iter=100).fit(features, labels)
-    kernel, bias = np.zeros((features.shape[1], F.NUM_CLASSES)), np.full(F.NUM_CLASSES, -10.0)
+    fitted = LogisticRegression(solver="newton-cholesky", max_iter=100).fit(inputs, labels)
+    kernel, bias = np.zeros((inputs.shape[1], features.NUM_CLASSES)), np.full(features.NUM_CLASSES, -10.0)
     if len(fitted.classes_) == 2:  # scikit-learn's binary form: one row of coefficients, for classes_[1]
         kernel[:, fitted.classes_[1]], bias[fitted.classes_] = fitted.coef_[0], (0.0, fitted.intercept_[0])
     else:
@@ -119,11 +119,11 @@ def fit_logistic_regression(features, labels) -> tuple:
     return kernel, bias
 
 
-def softmax_probabilities(features, kernel, bias):
+def softmax_probabilities(inputs, kernel, bias):
     """[n, 4] probabilities of a dense softmax layer, in numpy."""
     import numpy as np
 
-    logits = features @ np.asarray(kernel) + np.asarray(bias)
+    logits = inputs @ np.asarray(kernel) + np.asarray(bias)
     logits -= logits.max(axis=1, keepdims=True)
     return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
 
@@ -131,10 +131,10 @@ def softmax_probabilities(features, kernel, bias):
 def _widths(feature_set: str, dim: int) -> dict:
     """The width of each transformed feature a model of this feature set reads."""
     vectors = {
-        **dict.fromkeys(F.EMBEDDING_COLUMNS["query_product"], dim),
-        **dict.fromkeys(F.WHITENED.values(), F.whitened_dim(dim)),
+        **dict.fromkeys(features.EMBEDDING_COLUMNS["query_product"], dim),
+        **dict.fromkeys(features.WHITENED.values(), features.whitened_dim(dim)),
     }
-    return {name: vectors.get(name, 1) for name in F.model_features(feature_set)}
+    return {name: vectors.get(name, 1) for name in features.model_features(feature_set)}
 
 
 def input_width(feature_set: str, dim: int) -> int:
@@ -150,10 +150,10 @@ def build_query_model(dim: int, dropout: float = 0.3, learning_rate: float = 0.0
     """The original design, layer for layer."""
     k = keras()
     inputs = _inputs("query", dim)
-    x = k.layers.Dense(256, activation="relu", name="dense_256")(inputs[F.QUERY_EMBEDDING])
+    x = k.layers.Dense(256, activation="relu", name="dense_256")(inputs[features.QUERY_EMBEDDING])
     x = k.layers.Dropout(dropout, name="dropout")(x)
     x = k.layers.Dense(128, activation="relu", name="dense_128")(x)
-    outputs = k.layers.Dense(F.NUM_CLASSES, activation="softmax", name="esci_probabilities")(x)
+    outputs = k.layers.Dense(features.NUM_CLASSES, activation="softmax", name="esci_probabilities")(x)
     return _compiled(k.Model(inputs=inputs, outputs=outputs, name="esci_query"), learning_rate)
 
 
@@ -172,19 +172,21 @@ def build_pair_model(dim: int, hp: Hyperparameters, decay_steps: int = 10_000, w
     training only moves it where validation loss says it should."""
     k = keras()
     inputs = _inputs("query_product", dim)
-    cosines = k.layers.Concatenate(name="pair_cosines")([inputs[name] for name in F.PAIR_FEATURES])
-    wide = k.layers.Dense(F.NUM_CLASSES, name="wide_logits")
+    cosines = k.layers.Concatenate(name="pair_cosines")([inputs[name] for name in features.PAIR_FEATURES])
+    wide = k.layers.Dense(features.NUM_CLASSES, name="wide_logits")
     logits = [wide(cosines)]
     if hp.hidden_units:
         dense = functools.partial(k.layers.Dense, kernel_regularizer=k.regularizers.l2(hp.l2) if hp.l2 else None)
-        columns = F.EMBEDDING_COLUMNS["query_product"]
-        towers = {name: dense(hp.projection_dim, name=f"{name}_tower")(inputs[F.WHITENED[name]]) for name in columns}
-        query = towers[F.QUERY_EMBEDDING]
-        interactions = [k.layers.Multiply(name=f"query_x_{p}")([query, towers[p]]) for p in F.PRODUCT_EMBEDDINGS]
+        columns = features.EMBEDDING_COLUMNS["query_product"]
+        towers = {
+            name: dense(hp.projection_dim, name=f"{name}_tower")(inputs[features.WHITENED[name]]) for name in columns
+        }
+        query = towers[features.QUERY_EMBEDDING]
+        interactions = [k.layers.Multiply(name=f"query_x_{p}")([query, towers[p]]) for p in features.PRODUCT_EMBEDDINGS]
         x = k.layers.Concatenate(name="pair_features")([*towers.values(), *interactions, cosines])
         x = dense(hp.hidden_units, activation="relu", name="hidden")(x)
         x = k.layers.Dropout(hp.dropout, name="dropout")(x)
-        logits.append(dense(F.NUM_CLASSES, kernel_initializer="zeros", name="deep_logits")(x))
+        logits.append(dense(features.NUM_CLASSES, kernel_initializer="zeros", name="deep_logits")(x))
     x = k.layers.Add(name="logits")(logits) if len(logits) > 1 else logits[0]
     # compiled with a `crossentropy` metric: the loss without the L2 penalty, what early
     # stopping and the starting-point check compare (the penalty of a fresh projection is large)

@@ -16,8 +16,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mmsearch import catalogue, dvc_repo, raw
-from mmsearch import config as C
+from mmsearch import catalogue, config, dvc_repo, paths, sqid
 from mmsearch.io import DataError, atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -34,19 +33,19 @@ def _prune(root: Path, keep: int, published: str) -> list[str]:
     return [directory.name for directory in removed]
 
 
-def publish(lineage: dict, cfg: C.RunConfig, run_id: str = "", root: Path | None = None) -> dict:
+def publish(lineage: dict, cfg: config.RunConfig, run_id: str = "", root: Path | None = None) -> dict:
     """Check the product file of `lineage` and publish it, unless it is published already."""
     if cfg.raw_data_dir:
         reason = "nothing published: raw_data_dir is a directory used as it is, not the data path (DVC)"
         return {"published": False, "reason": reason}
     root = Path(root or catalogue.catalogue_root())
-    source = Path(lineage["raw_dir"]) / C.PRODUCT_FEATURES_FILE
-    md5 = lineage.get("file_md5", {}).get(C.PRODUCT_FEATURES_FILE) or dvc_repo.file_digest(source)
+    source = Path(lineage["raw_dir"]) / paths.PRODUCT_FEATURES_FILE
+    md5 = lineage.get("file_md5", {}).get(paths.PRODUCT_FEATURES_FILE) or dvc_repo.file_digest(source)
     current = catalogue.published(root)
     if current and current["md5"] == md5:
         since = f"published {current['published_at']} by run {current['run_id'] or '(none)'}"
         return {**current, "published": False, "reason": f"catalogue {md5} is already the published one ({since})"}
-    products = raw.scan_features(raw.product_table(Path(lineage["raw_dir"])), cfg.embedding_dim)
+    products = sqid.scan_features(sqid.product_table(Path(lineage["raw_dir"])), cfg.embedding_dim)
     manifest = {
         "md5": md5,
         "products": len(products.keys),
@@ -69,9 +68,10 @@ def publish(lineage: dict, cfg: C.RunConfig, run_id: str = "", root: Path | None
     return {**catalogue.published(root), "published": True, "removed": removed}
 
 
-def run(lineage: dict, out_dir: Path, cfg: C.RunConfig, tags: dict | None = None) -> dict:
-    """Publish the catalogue of the pulled data; its report in `out_dir`/publish.json."""
-    result = publish(lineage, cfg, (tags or {}).get("run_id", ""))
+def run(lineage: dict, *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> dict:
+    """Publish the catalogue of the pulled data (`lineage`: pull's result); its report in
+    `out_dir`/publish.json."""
+    result = publish(lineage, cfg, tags.get("run_id", ""))
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "publish.json", result)
     return result

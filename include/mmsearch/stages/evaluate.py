@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsearch import config as C
-from mmsearch import features as F
+from mmsearch import config, features
 from mmsearch.io import atomic_dir, read_json, write_json
 from mmsearch.metrics import GAIN_BY_ID, bootstrap, classification_metrics, headline, intervals
 
@@ -25,10 +24,10 @@ SCORES = "scores.json"  # what the DAG passes on to register
 
 
 def _clip_scorer(fitted: dict):
-    from mmsearch.baselines import cosine_logistic_probabilities, cosines_of
+    from mmsearch.clip_baseline import cosine_logistic_probabilities, cosines_of
     from mmsearch.serving import embedding_matrices
 
-    columns = F.EMBEDDING_COLUMNS["query_product"]
+    columns = features.EMBEDDING_COLUMNS["query_product"]
 
     def score(table):
         cosines = cosines_of(embedding_matrices(table, columns))
@@ -38,7 +37,7 @@ def _clip_scorer(fitted: dict):
     return score
 
 
-def _champion_scorer(cfg: C.RunConfig, available: list[str]):
+def _champion_scorer(cfg: config.RunConfig, available: list[str]):
     """The current champion as a scorer, or the reason it cannot score this data."""
     from mmsearch import tracking
 
@@ -55,7 +54,7 @@ def _champion_scorer(cfg: C.RunConfig, available: list[str]):
     return version.version, scorer, None
 
 
-def _scorers(model: dict, baselines: dict, cfg: C.RunConfig, available: list[str]) -> tuple[dict, dict]:
+def _scorers(model: dict, baselines: dict, cfg: config.RunConfig, available: list[str]) -> tuple[dict, dict]:
     from mmsearch import tracking
 
     scorers = {MODEL: tracking.PyfuncScorer(model["model_uri"])}
@@ -75,12 +74,14 @@ def score_test_split(merged_dir: Path, scorers: dict, batch_rows: int = 2048) ->
 
     from mmsearch.raw import parquet_file
 
-    columns = list(F.EMBEDDING_COLUMNS[read_json(Path(merged_dir) / "manifest.json")["feature_set"]])
+    columns = list(features.EMBEDDING_COLUMNS[read_json(Path(merged_dir) / "manifest.json")["feature_set"]])
     parts: dict = {"labels": [], "query_ids": [], **{name: [] for name in scorers}}
     for path in sorted((Path(merged_dir) / "test").glob("*.parquet")):
-        for batch in parquet_file(path).iter_batches(batch_size=batch_rows, columns=["query_id", F.LABEL, *columns]):
+        for batch in parquet_file(path).iter_batches(
+            batch_size=batch_rows, columns=["query_id", features.LABEL, *columns]
+        ):
             table = pa.Table.from_batches([batch])
-            parts["labels"].append(batch.column(F.LABEL).to_numpy())
+            parts["labels"].append(batch.column(features.LABEL).to_numpy())
             parts["query_ids"].append(batch.column("query_id").to_numpy(zero_copy_only=False))
             for name, scorer in scorers.items():
                 parts[name].append(scorer(table))
@@ -112,7 +113,9 @@ def _interval_metrics(uncertainty: dict) -> dict:
     for name, metrics in uncertainty["differences"].items():
         for metric, found in metrics.items():
             prefix = f"test_model_minus_{name}/{metric}"
-            flat |= {prefix: found["difference"], f"{prefix}_ci_low": found["low"], f"{prefix}_ci_high": found["high"]}
+            flat[prefix] = found["difference"]
+            flat[f"{prefix}_ci_low"] = found["low"]
+            flat[f"{prefix}_ci_high"] = found["high"]
     return {name: value for name, value in flat.items() if np.isfinite(value)}
 
 
@@ -140,8 +143,9 @@ def _parent_note(mlflow, model: dict) -> str:
     )
 
 
-def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
-    """Score everything on the test split; log to the selected candidate's MLflow run."""
+def run(model: dict, baselines: dict, merged_dir: Path, *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> dict:
+    """Score everything on the test split; log to the selected candidate's MLflow run. `model`:
+    select's result (or one candidate's train.json); `baselines`: the baselines stage's."""
     import pyarrow.dataset
 
     from mmsearch import tracking
@@ -153,8 +157,8 @@ def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.Ru
     labels, query_ids = scored["labels"], scored["query_ids"]
     results, served_and_ranked = {}, {}
     # always the train split's majority label: a constant score, every ranking a tie
-    majority = np.full(len(labels), F.LABEL_IDS[baselines["majority_label"]])
-    scored["baseline_majority"] = (np.eye(F.NUM_CLASSES)[majority],)
+    majority = np.full(len(labels), features.LABEL_IDS[baselines["majority_label"]])
+    scored["baseline_majority"] = (np.eye(features.NUM_CLASSES)[majority],)
     for name in [*scorers, "baseline_majority"]:
         probabilities, *rest = scored[name]
         served = rest[0] if rest else probabilities.argmax(axis=1)
@@ -174,10 +178,20 @@ def run(model: dict, baselines: dict, merged_dir: Path, out_dir: Path, cfg: C.Ru
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
     with mlflow.start_run(run_id=model["parent_run_id"]):  # the model's headline, on the DAG run's run too
         mlflow.log_metrics({name: value for name, value in logged.items() if name.startswith("test/")})
-        selected = {"selected_candidate": str(model["candidate"]), "selected_run_id": model["mlflow_run_id"]}
-        mlflow.set_tags(selected | {"mlflow.note.content": _parent_note(mlflow, model)})
-    scores = {"evaluation_dir": str(out_dir), "test_rows": len(labels), "champion": champion}
-    scores |= {"metrics": {name: headline(metrics) for name, metrics in results.items()}, "uncertainty": uncertainty}
+        mlflow.set_tags(
+            {
+                "selected_candidate": str(model["candidate"]),
+                "selected_run_id": model["mlflow_run_id"],
+                "mlflow.note.content": _parent_note(mlflow, model),
+            }
+        )
+    scores = {
+        "evaluation_dir": str(out_dir),
+        "test_rows": len(labels),
+        "champion": champion,
+        "metrics": {name: headline(metrics) for name, metrics in results.items()},
+        "uncertainty": uncertainty,
+    }
     write_json(Path(out_dir) / SCORES, scores)
     log.info("test metrics on %d rows: %s", len(labels), scores["metrics"])
     return scores

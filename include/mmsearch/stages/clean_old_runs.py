@@ -11,6 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from mmsearch import config
 from mmsearch.io import read_json
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def bulky_paths(run_dir: Path) -> list[Path]:
     return sorted(p for p in found if not any(parent in found for parent in p.parents))
 
 
-def run(runs_root: Path, keep: int, protect: list[str]) -> dict:
+def clean(runs_root: Path, keep: int, protect: list[str]) -> dict:
     """Delete the bulky intermediates of every run but the newest `keep` successful ones and
     `protect` (this run, the champion's and challenger's). Returns what went and what it freed."""
     runs_root = Path(runs_root)
@@ -64,3 +65,11 @@ def run(runs_root: Path, keep: int, protect: list[str]) -> dict:
     log.info("retention: %s", summary)
     print(f"retention: {summary}")
     return {"kept": sorted(str(d) for d in kept), "cleaned": cleaned, "freed_bytes": freed}
+
+
+def run(registry: dict, *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> dict:
+    """After a successful run: `out_dir` is the run's own directory, among every run's (its parent,
+    `$MMSEARCH_HOME/runs`); kept are it, the last `keep_runs` and the runs `registry` (register's
+    result) names as the champion's and challenger's."""
+    out_dir = Path(out_dir)
+    return clean(out_dir.parent, cfg.keep_runs, protect=[str(out_dir), *registry["lineage_run_dirs"]])

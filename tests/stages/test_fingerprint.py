@@ -1,22 +1,22 @@
 """The fingerprint: what changes it and what does not."""
 
-from mmsearch import check_changes as changes
+from mmsearch import fingerprint
 from mmsearch.config import RunConfig
 
 LINEAGE = {"file_md5": {"a.parquet": "1" * 32, "sqid/b.parquet": "2" * 32}}
 
 
 def test_data_and_model_settings_change_the_fingerprint():
-    base = changes.fingerprint(LINEAGE, RunConfig())["fingerprint"]
-    assert changes.fingerprint(LINEAGE, RunConfig())["fingerprint"] == base  # deterministic
+    base = fingerprint.fingerprint(LINEAGE, RunConfig())["fingerprint"]
+    assert fingerprint.fingerprint(LINEAGE, RunConfig())["fingerprint"] == base  # deterministic
     other_data = {"file_md5": {**LINEAGE["file_md5"], "a.parquet": "3" * 32}}
-    assert changes.fingerprint(other_data, RunConfig())["fingerprint"] != base
+    assert fingerprint.fingerprint(other_data, RunConfig())["fingerprint"] != base
     for setting in ({"epochs": 7}, {"learning_rate": 0.01}, {"esci_filter_locale": "es"}, {"seed": 1}):
-        assert changes.fingerprint(LINEAGE, RunConfig(**setting))["fingerprint"] != base, setting
+        assert fingerprint.fingerprint(LINEAGE, RunConfig(**setting))["fingerprint"] != base, setting
 
 
 def test_operational_settings_do_not():
-    base = changes.fingerprint(LINEAGE, RunConfig())["fingerprint"]
+    base = fingerprint.fingerprint(LINEAGE, RunConfig())["fingerprint"]
     for setting in (
         {"force_retrain": True},
         {"dvc_remote": "s3"},
@@ -26,11 +26,11 @@ def test_operational_settings_do_not():
         {"transform_batch_rows": 500},
         {"beam_pipeline_args": ("--runner=DirectRunner",)},
     ):
-        assert changes.fingerprint(LINEAGE, RunConfig(**setting))["fingerprint"] == base, setting
+        assert fingerprint.fingerprint(LINEAGE, RunConfig(**setting))["fingerprint"] == base, setting
 
 
 def test_the_code_version_is_the_commit_and_any_uncommitted_change():
-    version = changes.code_version()
+    version = fingerprint.code_version()
     commit = version.split("+")[0]
     assert len(commit) == 40 or commit == "unknown"
     assert "+" not in version or len(version.split("+")[1]) == 12

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from mmsearch import config as C
-from mmsearch import features as F
+from mmsearch import config, features, paths
 from mmsearch.io import atomic_dir, read_json, write_json
 from mmsearch.raw import parquet_file
 
@@ -54,9 +53,9 @@ def tensor_adapter_config(embedding_columns, dim: int):
     from tfx_bsl.tfxio import tensor_adapter
 
     fields = [pa.field(name, pa.list_(pa.float32())) for name in embedding_columns]
-    fields.append(pa.field(F.LABEL, pa.list_(pa.int64())))
+    fields.append(pa.field(features.LABEL, pa.list_(pa.int64())))
     representations = {}
-    for name, shape in [(n, [dim]) for n in embedding_columns] + [(F.LABEL, [])]:
+    for name, shape in [(n, [dim]) for n in embedding_columns] + [(features.LABEL, [])]:
         rep = schema_pb2.TensorRepresentation()
         rep.dense_tensor.column_name = name
         for size in shape:
@@ -77,7 +76,7 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
 
-    columns = [*embedding_columns, F.LABEL]
+    columns = [*embedding_columns, features.LABEL]
     adapter = tensor_adapter_config(embedding_columns, dim)
 
     class ReadRecordBatches(beam.DoFn):
@@ -99,8 +98,8 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
             | f"Read{purpose}{split}" >> beam.ParDo(ReadRecordBatches(f"{purpose.lower()}_{split}"))
         )
 
-    transform_fn = (read("train", "Analyse"), adapter) | "Analyse" >> tft_beam.AnalyzeDataset(F.preprocessing_fn)
-    for split in C.SPLITS:
+    transform_fn = (read("train", "Analyse"), adapter) | "Analyse" >> tft_beam.AnalyzeDataset(features.preprocessing_fn)
+    for split in paths.SPLITS:
         transformed = (
             (read(split, "Transform"), adapter),
             transform_fn,
@@ -123,7 +122,7 @@ def _build_pipeline(pipeline, merged_dir, out, embedding_columns, dim, cfg):
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(graph_dir(out)))
 
 
-def transform(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
+def transform(merged_dir: Path, out_dir: Path, cfg: config.RunConfig) -> dict:
     """Run the Beam pipeline; write TFX's layout into out_dir atomically, with row counts."""
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
@@ -140,19 +139,19 @@ def transform(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
             result = pipeline.run()
             result.wait_until_finish()
             beam_seconds = time.monotonic() - started
-        raw_schema = schema_utils.schema_from_feature_spec(F.raw_feature_spec(embedding_columns, dim))
+        raw_schema = schema_utils.schema_from_feature_spec(features.raw_feature_spec(embedding_columns, dim))
         metadata_io.write_metadata(dataset_metadata.DatasetMetadata(raw_schema), str(graph_dir(out) / "metadata"))
         counts = _counters(result)
         manifest = {
             "transform_dir": str(out_dir),
             "merged_dir": str(merged_dir),
             "transform_graph": str(graph_dir(out_dir)),
-            "examples": {split: str(examples_dir(out_dir, split)) for split in C.SPLITS},
+            "examples": {split: str(examples_dir(out_dir, split)) for split in paths.SPLITS},
             "embedding_columns": embedding_columns,
             "embedding_dim": dim,
-            "rows_in": {split: counts.get(f"rows_in_transform_{split}", 0) for split in C.SPLITS},
-            "rows_out": {split: counts.get(f"rows_out_{split}", 0) for split in C.SPLITS},
-            "rows_expected": {split: merged["splits"][split]["rows"] for split in C.SPLITS},
+            "rows_in": {split: counts.get(f"rows_in_transform_{split}", 0) for split in paths.SPLITS},
+            "rows_out": {split: counts.get(f"rows_out_{split}", 0) for split in paths.SPLITS},
+            "rows_expected": {split: merged["splits"][split]["rows"] for split in paths.SPLITS},
             "analysed_rows": counts.get("rows_in_analyse_train", 0),
             "beam_seconds": round(beam_seconds, 2),
         }
@@ -170,7 +169,7 @@ def _counters(result) -> dict:
 
 
 def check_counts(manifest: dict) -> None:
-    for split in C.SPLITS:
+    for split in paths.SPLITS:
         expected = manifest["rows_expected"][split]
         got_in, got_out = manifest["rows_in"][split], manifest["rows_out"][split]
         if got_in != expected or got_out != expected:
@@ -188,12 +187,12 @@ def complete_outputs(out_dir: Path) -> dict | None:
     needed = [graph / "transform_fn" / "saved_model.pb", graph / "transformed_metadata", graph / "metadata"]
     if not all(p.exists() for p in needed):
         return None
-    if not all(any(examples_dir(out_dir, split).glob("transformed_examples-*")) for split in C.SPLITS):
+    if not all(any(examples_dir(out_dir, split).glob("transformed_examples-*")) for split in paths.SPLITS):
         return None
     return manifest
 
 
-def run(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
+def run(merged_dir: Path, *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> dict:
     """The stage: `transform` in a child process, judged by its outputs; returns the output
     directory and its rows per split.
 
@@ -207,8 +206,7 @@ def run(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     if finished is not None:
         log.info("transform outputs in %s are already complete: reusing them", out_dir)
         return _result(finished)
-    cmd = [sys.executable, "-m", "mmsearch.cli", "transform", "--child", "--merged-dir", str(merged_dir)]
-    cmd += ["--out", str(out_dir), "--config", json.dumps(cfg.as_dict())]
+    cmd = [sys.executable, "-m", "mmsearch.stages.transform", str(merged_dir), str(out_dir), json.dumps(cfg.as_dict())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     log.info("transform child exited %d\n%s", proc.returncode, proc.stderr[-4000:])
     manifest = complete_outputs(out_dir)
@@ -222,3 +220,14 @@ def run(merged_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
 
 def _result(manifest: dict) -> dict:
     return {"transform_dir": manifest["transform_dir"], "rows_out": manifest["rows_out"]}
+
+
+if __name__ == "__main__":  # the child process `run` starts: the Beam pipeline itself
+    import json
+
+    from mmsearch.io import end_without_teardown
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    merged_dir, out_dir, settings = sys.argv[1:4]
+    transform(Path(merged_dir), Path(out_dir), config.RunConfig.from_mapping(json.loads(settings)))
+    end_without_teardown(0)  # a process that ran a Beam pipeline can crash in the interpreter's teardown

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsearch import config as C
-from mmsearch import features as F
+from mmsearch import config, features
 from mmsearch.io import DataError, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ def sample(merged_dir: Path, columns: list[str], rows: int = SAMPLE_ROWS) -> dic
             seen += batch.num_rows
             for name in columns:
                 column = batch.column(name).take(keep)
-                if name == F.LABEL:
+                if name == features.LABEL:
                     parts[name].append(column.to_numpy())
                 else:
                     parts[name].append(column.flatten().to_numpy().reshape(len(keep), -1))
@@ -84,23 +83,25 @@ def modality_drift(current: np.ndarray, reference: np.ndarray, seed: int) -> dic
 def label_drift(current: np.ndarray, reference: np.ndarray) -> dict:
     from scipy.stats import chi2_contingency
 
-    counts = np.array([np.bincount(side, minlength=F.NUM_CLASSES) for side in (current, reference)])
+    counts = np.array([np.bincount(side, minlength=features.NUM_CLASSES) for side in (current, reference)])
     test = chi2_contingency(counts + 1)  # +1: a label absent on both sides leaves the test defined
     shares = counts / counts.sum(axis=1, keepdims=True)
     return {
-        "shares": {F.LABELS_BY_ID[i]: [float(shares[0, i]), float(shares[1, i])] for i in range(F.NUM_CLASSES)},
+        "shares": {
+            features.LABELS_BY_ID[i]: [float(shares[0, i]), float(shares[1, i])] for i in range(features.NUM_CLASSES)
+        },
         "chi2_pvalue": float(test.pvalue),
     }
 
 
 def compare(current_dir: Path, reference_dir: Path, seed: int = 0) -> tuple[dict, dict, dict]:
-    columns = [F.LABEL, *F.EMBEDDING_COLUMNS["query_product"]]
-    available = set(read_json(Path(reference_dir) / "manifest.json").get("columns", columns)) | {F.LABEL}
+    columns = [features.LABEL, *features.EMBEDDING_COLUMNS["query_product"]]
+    available = set(read_json(Path(reference_dir) / "manifest.json").get("columns", columns)) | {features.LABEL}
     columns = [c for c in columns if c in available]
     current, reference = sample(current_dir, columns), sample(reference_dir, columns)
     report = {
-        "rows": [len(current[F.LABEL]), len(reference[F.LABEL])],
-        "labels": label_drift(current[F.LABEL], reference[F.LABEL]),
+        "rows": [len(current[features.LABEL]), len(reference[features.LABEL])],
+        "labels": label_drift(current[features.LABEL], reference[features.LABEL]),
         "modalities": {name: modality_drift(current[name], reference[name], seed) for name in columns[1:]},
     }
     # Rows present in both samples (most of a nightly run's data) push a cross-validated AUC below
@@ -134,10 +135,10 @@ def plot(report: dict, current: dict, reference: dict, path: Path) -> None:
     save(figure, path, dpi=90)
 
 
-def reference_dir(cfg: C.RunConfig) -> tuple[Path | None, str]:
+def champion_data(cfg: config.RunConfig) -> tuple[Path | None, str]:
     """The champion's merged data (kept by retention), or why there is none."""
     from mmsearch import tracking
-    from mmsearch.register import RUN_DIR_TAG
+    from mmsearch.lineage import RUN_DIR_TAG
 
     tracking.setup(cfg)
     champion = tracking.champion(cfg)
@@ -149,11 +150,16 @@ def reference_dir(cfg: C.RunConfig) -> tuple[Path | None, str]:
     return merged, f"champion v{champion.version}'s training data"
 
 
-def run(merged_dir: Path, out_dir: Path, cfg: C.RunConfig, tags: dict | None = None) -> dict:
-    """The drift report, logged to MLflow; fails when the score exceeds `drift_threshold` (if set)."""
+def run(
+    merged_dir: Path, reference_dir: Path | None = None, *, out_dir: Path, cfg: config.RunConfig, tags: dict
+) -> dict:
+    """The drift report of `merged_dir` against `reference_dir` (default: the champion's training
+    data), logged to MLflow; fails when the score exceeds `drift_threshold` (if set)."""
+    if reference_dir is not None:
+        return report_drift(merged_dir, reference_dir, f"the data in {reference_dir}", out_dir, cfg, tags)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reference, against = reference_dir(cfg)
+    reference, against = champion_data(cfg)
     if reference is None:
         result = {"score": None, "reason": f"no drift report: {against}"}
         log.warning("%s", result["reason"])
@@ -163,7 +169,7 @@ def run(merged_dir: Path, out_dir: Path, cfg: C.RunConfig, tags: dict | None = N
 
 
 def report_drift(
-    merged_dir: Path, reference: Path, against: str, out_dir: Path, cfg: C.RunConfig, tags: dict | None = None
+    merged_dir: Path, reference: Path, against: str, out_dir: Path, cfg: config.RunConfig, tags: dict
 ) -> dict:
     """Compare, plot, log to MLflow, say it in the log; fail above the threshold."""
     from mmsearch import tracking
@@ -175,7 +181,7 @@ def report_drift(
     report.update({"reference": str(reference), "against": against})
     write_json(out_dir / RESULT, report)
     mlflow = tracking.setup(cfg)
-    with mlflow.start_run(run_name="drift", tags=tracking.airflow_tags(tags or {})):
+    with mlflow.start_run(run_name="drift", tags=tracking.airflow_tags(tags)):
         mlflow.log_metrics(
             {"drift/score": report["score"], "drift/labels_chi2_pvalue": report["labels"]["chi2_pvalue"]}
         )

@@ -4,14 +4,13 @@ starts as the logistic regression it is given, and its deep part starts silent."
 import numpy as np
 import pytest
 
-from mmsearch import features as F
-from mmsearch import model as M
+from mmsearch import features, models
 
 pytestmark = pytest.mark.ml
 
 
 def test_query_model_is_the_original_design():
-    model = M.build_query_model(768)
+    model = models.build_query_model(768)
     layers = [layer for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
     assert [type(layer).__name__ for layer in layers] == ["Dense", "Dropout", "Dense", "Dense"]
     assert [getattr(layer, "units", None) for layer in layers] == [256, None, 128, 4]
@@ -24,46 +23,48 @@ def test_query_model_is_the_original_design():
     assert model.count_params() == (768 * 256 + 256) + (256 * 128 + 128) + (128 * 4 + 4)
     assert type(model.optimizer).__name__ == "Adam"
     assert model.loss == "sparse_categorical_crossentropy"
-    assert M.input_width("query", 768) == 768
+    assert models.input_width("query", 768) == 768
 
 
 def _random_inputs(rows: int, dim: int) -> dict:
     rng = np.random.default_rng(0)
-    widths = {**dict.fromkeys(F.WHITENED.values(), F.whitened_dim(dim))}
+    widths = {**dict.fromkeys(features.WHITENED.values(), features.whitened_dim(dim))}
     return {
         name: rng.standard_normal((rows, widths.get(name, 1))).astype(np.float32)
-        for name in F.model_features("query_product")
+        for name in features.model_features("query_product")
     }
 
 
 def test_pair_model_starts_as_the_logistic_regression_it_is_given():
     rng = np.random.default_rng(1)
-    kernel, bias = rng.standard_normal((len(F.PAIR_FEATURES), 4)), rng.standard_normal(4)
-    model = M.build_pair_model(16, M.Hyperparameters(projection_dim=8, hidden_units=16), wide_init=(kernel, bias))
+    kernel, bias = rng.standard_normal((len(features.PAIR_FEATURES), 4)), rng.standard_normal(4)
+    model = models.build_pair_model(
+        16, models.Hyperparameters(projection_dim=8, hidden_units=16), wide_init=(kernel, bias)
+    )
     inputs = _random_inputs(5, 16)
-    features = np.column_stack([inputs[name] for name in F.PAIR_FEATURES])
-    logits = features @ kernel + bias
+    pair_columns = np.column_stack([inputs[name] for name in features.PAIR_FEATURES])
+    logits = pair_columns @ kernel + bias
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(model(inputs, training=False).numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_pair_model_has_a_tower_per_side_over_the_whitened_embeddings():
-    model = M.build_pair_model(768, M.Hyperparameters(projection_dim=64, hidden_units=128))
-    assert sorted(model.input_names) == sorted(F.model_features("query_product"))
-    towers = [model.get_layer(f"{name}_tower") for name in F.EMBEDDING_COLUMNS["query_product"]]
+    model = models.build_pair_model(768, models.Hyperparameters(projection_dim=64, hidden_units=128))
+    assert sorted(model.input_names) == sorted(features.model_features("query_product"))
+    towers = [model.get_layer(f"{name}_tower") for name in features.EMBEDDING_COLUMNS["query_product"]]
     assert len({id(tower) for tower in towers}) == 3  # query and product sides are not one projection
-    assert all(tower.count_params() == F.WHITENED_DIM * 64 + 64 for tower in towers)
+    assert all(tower.count_params() == features.WHITENED_DIM * 64 + 64 for tower in towers)
     # each side's vector, and the query's times each product vector: a bilinear form q^T U^T V p
-    assert model.get_layer("pair_features").output_shape == (None, 5 * 64 + len(F.PAIR_FEATURES))
-    assert M.input_width("query_product", 768) == 3 * F.WHITENED_DIM + len(F.PAIR_FEATURES)
-    wide_only = M.build_pair_model(768, M.Hyperparameters(hidden_units=0))
-    assert wide_only.count_params() == len(F.PAIR_FEATURES) * 4 + 4
+    assert model.get_layer("pair_features").output_shape == (None, 5 * 64 + len(features.PAIR_FEATURES))
+    assert models.input_width("query_product", 768) == 3 * features.WHITENED_DIM + len(features.PAIR_FEATURES)
+    wide_only = models.build_pair_model(768, models.Hyperparameters(hidden_units=0))
+    assert wide_only.count_params() == len(features.PAIR_FEATURES) * 4 + 4
 
 
 def test_the_pair_model_can_tell_which_way_a_relation_runs():
     """phone -> case is a complement, case -> phone is not: a relation a symmetric form of the two
     sides (a shared projection, elementwise products) cannot learn. The pair model learns it."""
-    M.make_deterministic(0)
+    models.make_deterministic(0)
     rng = np.random.default_rng(0)
     dim, rows = 16, 4000
     phone, case = np.eye(dim, dtype=np.float32)[:2]
@@ -72,37 +73,37 @@ def test_the_pair_model_can_tell_which_way_a_relation_runs():
     product = np.where(query_is_phone[:, None], case, phone)
     inputs = _random_inputs(rows, dim)
     inputs = {name: np.zeros_like(value) for name, value in inputs.items()}
-    inputs[F.WHITENED[F.QUERY_EMBEDDING]] = query
-    inputs[F.WHITENED[F.PRODUCT_TEXT_EMBEDDING]] = product
-    labels = np.where(query_is_phone, F.LABEL_IDS["C"], F.LABEL_IDS["I"])
-    model = M.build_pair_model(dim, M.Hyperparameters(projection_dim=8, hidden_units=16, learning_rate=0.01))
+    inputs[features.WHITENED[features.QUERY_EMBEDDING]] = query
+    inputs[features.WHITENED[features.PRODUCT_TEXT_EMBEDDING]] = product
+    labels = np.where(query_is_phone, features.LABEL_IDS["C"], features.LABEL_IDS["I"])
+    model = models.build_pair_model(dim, models.Hyperparameters(projection_dim=8, hidden_units=16, learning_rate=0.01))
     model.fit(inputs, labels, epochs=5, batch_size=128, verbose=0)
     predicted = model(inputs, training=False).numpy().argmax(axis=1)
     assert (predicted == labels).mean() > 0.99
 
 
 def test_candidate_overrides_are_checked():
-    hp = M.Hyperparameters.for_candidate({"hidden_units": 0}, batch_size=64)
+    hp = models.Hyperparameters.for_candidate({"hidden_units": 0}, batch_size=64)
     assert hp.hidden_units == 0 and hp.batch_size == 64 and hp.learning_rate == 0.001
     with pytest.raises(ValueError, match="unknown hyperparameters"):
-        M.Hyperparameters.for_candidate({"hidden": 3})
+        models.Hyperparameters.for_candidate({"hidden": 3})
 
 
 def test_keras_is_keras_2_as_the_transform_layer_needs():
-    assert M.keras().Model.__module__.startswith("tf_keras")
+    assert models.keras().Model.__module__.startswith("tf_keras")
 
 
 def test_logistic_regression_as_layer_weights_matches_scikit_learn_and_drops_absent_labels():
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(2)
-    features = rng.standard_normal((300, 2))
-    labels = np.where(features[:, 0] > 0.3, 3, np.where(features[:, 1] > 0, 2, 0))  # no C (1) at all
-    kernel, bias = M.fit_logistic_regression(features, labels)
-    probabilities = M.softmax_probabilities(features, kernel, bias)
+    inputs = rng.standard_normal((300, 2))
+    labels = np.where(inputs[:, 0] > 0.3, 3, np.where(inputs[:, 1] > 0, 2, 0))  # no C (1) at all
+    kernel, bias = models.fit_logistic_regression(inputs, labels)
+    probabilities = models.softmax_probabilities(inputs, kernel, bias)
     # the same optimum as scikit-learn's default solver, run to convergence
-    expected = LogisticRegression(max_iter=10_000, tol=1e-10).fit(features, labels).predict_proba(features)
+    expected = LogisticRegression(max_iter=10_000, tol=1e-10).fit(inputs, labels).predict_proba(inputs)
     np.testing.assert_allclose(probabilities[:, [0, 2, 3]], expected, atol=1e-4)
     assert probabilities[:, 1].max() < 1e-3
-    binary = M.softmax_probabilities(features, *M.fit_logistic_regression(features, (labels == 3) * 3))
+    binary = models.softmax_probabilities(inputs, *models.fit_logistic_regression(inputs, (labels == 3) * 3))
     assert np.allclose(binary.sum(axis=1), 1.0) and binary[:, [1, 2]].max() < 1e-3

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsearch import config as C
-from mmsearch import features as F
+from mmsearch import config, features
 from mmsearch.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -29,11 +28,11 @@ def score(merged_dir: Path, scorer, batch_rows: int = BATCH_ROWS) -> dict[str, n
     The embeddings go to the served model as matrices (a DataFrame of arrays costs time and memory)."""
     from mmsearch.raw import parquet_file  # streams: no pre-buffered row groups
 
-    columns = ["query_id", "product_id", F.LABEL, *scorer.columns]
+    columns = ["query_id", "product_id", features.LABEL, *scorer.columns]
     parts: dict[str, list] = {"query_id": [], "product_id": [], "label": [], "probabilities": []}
     for path in sorted(Path(merged_dir).glob("*/*.parquet")):
         for batch in parquet_file(path).iter_batches(batch_size=batch_rows, columns=columns):
-            for name, column in (("query_id", "query_id"), ("product_id", "product_id"), ("label", F.LABEL)):
+            for name, column in (("query_id", "query_id"), ("product_id", "product_id"), ("label", features.LABEL)):
                 parts[name].append(batch.column(column).to_numpy(zero_copy_only=False))
             parts["probabilities"].append(scorer.probabilities(batch).astype(np.float32))
     return {name: np.concatenate(values) for name, values in parts.items()}
@@ -55,27 +54,28 @@ def ranked_table(scored: dict):
         "product_id": scored["product_id"][order],
         "rank": rank.astype(np.int32),
         "expected_gain": gain[order].astype(np.float32),
-        "label": [F.LABELS_BY_ID[i] for i in scored["label"][order]],
+        "label": [features.LABELS_BY_ID[i] for i in scored["label"][order]],
     }
-    for i in range(F.NUM_CLASSES):
-        columns[f"p_{F.LABELS_BY_ID[i]}"] = scored["probabilities"][order, i]
+    for i in range(features.NUM_CLASSES):
+        columns[f"p_{features.LABELS_BY_ID[i]}"] = scored["probabilities"][order, i]
     return pa.table(columns)
 
 
 def run(
-    out_dir: Path,
-    cfg: C.RunConfig,
-    tags: dict | None = None,
     version: str | None = None,
     merged_dir: Path | None = None,
+    *,
+    out_dir: Path,
+    cfg: config.RunConfig,
+    tags: dict,
 ) -> dict:
     """Rank the working set with the current champion (or a given registered `version`) on the
     merged data it was trained on (or `merged_dir`); log the ranking's nDCG to MLflow."""
     import pyarrow.parquet as pq
 
     from mmsearch import tracking
+    from mmsearch.lineage import RUN_DIR_TAG
     from mmsearch.metrics import mean_ndcg
-    from mmsearch.register import RUN_DIR_TAG
 
     mlflow = tracking.setup(cfg)
     found = mlflow.MlflowClient().get_model_version(cfg.registered_model_name, str(version)) if version else None
@@ -88,16 +88,21 @@ def run(
     scorer = tracking.PyfuncScorer(f"models:/{champion.name}/{champion.version}")
     scored = score(merged_dir, scorer)
     table = ranked_table(scored)
-    true_gain = np.array([F.ESCI_GAINS[label] for label in table.column("label").to_pylist()])
+    true_gain = np.array([features.ESCI_GAINS[label] for label in table.column("label").to_pylist()])
     ndcg, queries = mean_ndcg(table.column("query_id").to_numpy(), true_gain, table.column("expected_gain").to_numpy())
-    result = {"champion_version": champion.version, "merged_dir": str(merged_dir), "rows": table.num_rows}
-    result |= {"queries": int(len(np.unique(scored["query_id"]))), "ndcg": ndcg, "ndcg_queries": queries}
+    result = {
+        "champion_version": champion.version,
+        "merged_dir": str(merged_dir),
+        "rows": table.num_rows,
+        "queries": int(len(np.unique(scored["query_id"]))),
+        "ndcg": ndcg,
+        "ndcg_queries": queries,
+        "ranked": str(Path(out_dir) / RANKED),
+    }
     with atomic_dir(out_dir) as tmp:
         pq.write_table(table, tmp / RANKED)
         write_json(tmp / "rank.json", result)
-    result["ranked"] = str(Path(out_dir) / RANKED)
-    run_tags = {**tracking.airflow_tags(tags or {}), "champion_version": champion.version}
-    with mlflow.start_run(run_name="rank", tags=run_tags):
+    with mlflow.start_run(run_name="rank", tags={**tracking.airflow_tags(tags), "champion_version": champion.version}):
         mlflow.log_metrics({"rank/ndcg": ndcg, "rank/rows": table.num_rows})
     log.warning(
         f"ranked {table.num_rows:,} pairs of {result['queries']:,} queries with {champion.name} v{champion.version}: "

@@ -16,9 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmsearch import config as C
-from mmsearch import features as F
-from mmsearch import raw
+from mmsearch import config, features, paths, raw, sqid
 from mmsearch.io import DataError, atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -27,7 +25,7 @@ SHARD_ROWS = 50_000
 ROW_GROUP_ROWS = 2_000
 
 
-def split_queries(query_ids: np.ndarray, cfg: C.RunConfig) -> dict[str, str]:
+def split_queries(query_ids: np.ndarray, cfg: config.RunConfig) -> dict[str, str]:
     """Assign each query id to train/val/test, deterministically for cfg.seed."""
     unique = np.unique(query_ids)
     order = np.random.default_rng(cfg.seed).permutation(len(unique))
@@ -54,10 +52,10 @@ def _lookup(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 def _check_splits(counts: dict, esci_path: Path) -> None:
-    for split in C.SPLITS:
+    for split in paths.SPLITS:
         if counts[split]["rows"] == 0:
             raise DataError(esci_path, f"the {split} split is empty after the group split", column="query_id")
-    absent = [label for label in F.LABEL_IDS if counts["train"]["labels"].get(label, 0) == 0]
+    absent = [label for label in features.LABEL_IDS if counts["train"]["labels"].get(label, 0) == 0]
     if absent:
         raise DataError(esci_path, f"labels {absent} are absent from the train split", column="esci_label")
 
@@ -101,11 +99,13 @@ class _SplitWriter:
 
 def _schema(columns, dim: int) -> pa.Schema:
     fields = {"example_id": pa.int64(), "query_id": pa.string(), "product_id": pa.string(), "esci_label": pa.string()}
-    fields |= {F.LABEL: pa.int64(), "split": pa.string()} | {name: pa.list_(pa.float32(), dim) for name in columns}
+    fields |= {features.LABEL: pa.int64(), "split": pa.string()} | {
+        name: pa.list_(pa.float32(), dim) for name in columns
+    }
     return pa.schema(list(fields.items()))
 
 
-def run(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
+def run(raw_dir: Path, *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> dict:
     """The stage: merge, then only what the DAG passes on (the full manifest is on disk)."""
     manifest = merge(raw_dir, out_dir, cfg)
     return {
@@ -115,11 +115,11 @@ def run(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
     }
 
 
-def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
+def merge(raw_dir: Path, out_dir: Path, cfg: config.RunConfig) -> dict:
     """Hash join, streamed: judgements and query embeddings in memory (they are small), product
     embeddings read batch by batch, so memory does not grow with the product table."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    esci_path = raw_dir / C.ESCI_FILE
+    esci_path = raw_dir / paths.ESCI_FILE
     esci = raw.read_esci(esci_path)
     mask = raw.working_set(esci_path, esci, cfg)
     judgements = {
@@ -128,43 +128,43 @@ def merge(raw_dir: Path, out_dir: Path, cfg: C.RunConfig) -> dict:
         "product_id": esci.column("product_id").to_numpy(zero_copy_only=False)[mask].astype(str),
         "esci_label": esci.column("esci_label").to_numpy(zero_copy_only=False)[mask].astype(str),
     }
-    query_table = raw.query_table(raw_dir)
-    queries = raw.scan_features(query_table, cfg.embedding_dim, keep=True, source=cfg.query_features_source)
+    query_table = sqid.query_table(raw_dir)
+    queries = sqid.scan_features(query_table, cfg.embedding_dim, keep=True, source=cfg.query_features_source)
     q_row = _lookup(queries.keys, judgements["query_id"])
     joined = q_row >= 0
-    product_table = raw.product_table(raw_dir)
-    products = raw.scan_features(product_table, cfg.embedding_dim) if cfg.feature_set == "query_product" else None
+    product_table = sqid.product_table(raw_dir)
+    products = sqid.scan_features(product_table, cfg.embedding_dim) if cfg.feature_set == "query_product" else None
     raw.check_coverage(esci_path, esci, mask, queries.keys, products.keys if products else None, cfg)
     del esci
     if products is not None:
         p_row = _lookup(products.keys, judgements["product_id"])
         joined &= p_row >= 0
         p_file_row = np.where(p_row >= 0, products.rows[np.maximum(p_row, 0)], -1)
-    columns = F.EMBEDDING_COLUMNS[cfg.feature_set]
+    columns = features.EMBEDDING_COLUMNS[cfg.feature_set]
     split_of = split_queries(judgements["query_id"][joined], cfg)
     split = np.array([split_of.get(q, "") for q in judgements["query_id"]])
 
     with atomic_dir(out_dir) as tmp:
         schema = _schema(columns, cfg.embedding_dim)
-        writers = {name: _SplitWriter(tmp / name, schema) for name in C.SPLITS}
+        writers = {name: _SplitWriter(tmp / name, schema) for name in paths.SPLITS}
         query_matrix = queries.embeddings["clip_text_features"]
         if cfg.feature_set == "query_product":
             rows = np.flatnonzero(joined)
             rows = rows[np.argsort(p_file_row[rows], kind="stable")]
             by_product = p_file_row[rows]
-            for first, _, matrices in raw.embedding_batches(product_table, cfg.embedding_dim):
+            for first, _, matrices in sqid.embedding_batches(product_table, cfg.embedding_dim):
                 lo, hi = np.searchsorted(by_product, [first, first + len(matrices["clip_text_features"])])
                 part = rows[lo:hi]
                 local = by_product[lo:hi] - first
-                embeddings = {F.QUERY_EMBEDDING: query_matrix[q_row[part]]}
-                embeddings[F.PRODUCT_TEXT_EMBEDDING] = matrices["clip_text_features"][local]
-                embeddings[F.PRODUCT_IMAGE_EMBEDDING] = matrices["clip_image_features"][local]
+                embeddings = {features.QUERY_EMBEDDING: query_matrix[q_row[part]]}
+                embeddings[features.PRODUCT_TEXT_EMBEDDING] = matrices["clip_text_features"][local]
+                embeddings[features.PRODUCT_IMAGE_EMBEDDING] = matrices["clip_image_features"][local]
                 _write_rows(writers, part, judgements, split, embeddings)
         else:
             rows = np.flatnonzero(joined)
             for start in range(0, len(rows), SHARD_ROWS):
                 part = rows[start : start + SHARD_ROWS]
-                _write_rows(writers, part, judgements, split, {F.QUERY_EMBEDDING: query_matrix[q_row[part]]})
+                _write_rows(writers, part, judgements, split, {features.QUERY_EMBEDDING: query_matrix[q_row[part]]})
         counts = {name: writer.close() for name, writer in writers.items()}
         _check_splits(counts, esci_path)
         manifest = {"merged_dir": str(out_dir), "feature_set": cfg.feature_set, "seed": cfg.seed}
@@ -191,7 +191,9 @@ def _write_rows(writers: dict, part: np.ndarray, judgements: dict, split: np.nda
                     "query_id": pa.array(judgements["query_id"][rows], pa.string()),
                     "product_id": pa.array(judgements["product_id"][rows], pa.string()),
                     "esci_label": pa.array(labels, pa.string()),
-                    F.LABEL: pa.array(np.vectorize(F.LABEL_IDS.get, otypes=[np.int64])(labels), pa.int64()),
+                    features.LABEL: pa.array(
+                        np.vectorize(features.LABEL_IDS.get, otypes=[np.int64])(labels), pa.int64()
+                    ),
                     "split": pa.array(np.full(len(rows), name), pa.string()),
                     **{column: fixed_size_list(matrix[chosen]) for column, matrix in embeddings.items()},
                 },

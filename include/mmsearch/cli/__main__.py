@@ -1,0 +1,5 @@
+import sys
+
+from mmsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+from mmsearch.rerank.app import main
+
+main()
