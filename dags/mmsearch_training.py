@@ -201,7 +201,8 @@ def baselines(transformed: dict, planned: list, settings: dict) -> dict:
 
 @task(execution_timeout=timedelta(minutes=5))
 def select(trained: list, settings: dict) -> dict:
-    """The best candidate by validation macro-F1 (reads no data, the test split least of all)."""
+    """The candidate with the fewest parameters within one standard error of the best validation
+    macro-F1 (reads no data, the test split least of all)."""
     from mmsearch.run_context import stage_task
     from mmsearch.stages import select as stage
 

@@ -56,9 +56,10 @@ class RunConfig:
     )
     candidates: tuple[dict, ...] = training_setting(
         DEFAULT_CANDIDATES,
-        "Pair-model candidates, each trained as a mapped task and kept if best by validation "
-        "macro-F1: hyperparameter overrides (batch_size, learning_rate, dropout, projection_dim, hidden_units, l2, "
-        "class_weighting none|sqrt). An empty object trains the run's settings as they are.",
+        "Pair-model candidates, each trained as a mapped task; select keeps the one with the fewest parameters "
+        "within one standard error of the best validation macro-F1. Hyperparameter overrides (batch_size, "
+        "learning_rate, dropout, projection_dim, hidden_units, l2, class_weighting none|sqrt). An empty object "
+        "trains the run's settings as they are.",
         items=dict,
     )
     decision_rule: str = training_setting(

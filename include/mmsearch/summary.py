@@ -108,7 +108,8 @@ def model_card(
         verdict = "granted; the promotion awaits a person's approval (Airflow: model.approve_promotion)"
     return (
         f"**ESCI relevance model** ({model['feature_set']}), candidate {model.get('candidate', 0)} "
-        f"`{overrides}`, chosen by validation macro-F1 {model['validation']['macro_f1']:.4f}; "
+        f"`{overrides}`, validation macro-F1 {model['validation']['macro_f1']:.4f} (select: the fewest "
+        f"parameters within one standard error of the best); "
         f"best epoch {model['best_epoch']} of {model['epochs_run']}.\n\n"
         f"**Test split** (query groups never seen in training or selection; [95 % interval], a "
         f"bootstrap over its queries):\n\n"

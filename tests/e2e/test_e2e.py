@@ -63,7 +63,7 @@ def test_make_run_prints_a_line_per_task_the_summary_and_what_to_do_next(first_r
     assert log.parent == Path(first_run["run_dir"]) and "[DAG TEST] end task" in log.read_text()
     # TensorFlow's native start-up lines are filtered out of the tasks' logs
     assert "cuInit" not in log.read_text() and "cpu_feature_guard" not in log.read_text()
-    assert "INFO mmsearch.train: trained candidate-0" in log.read_text()
+    assert "INFO mmsearch.stages.train: trained candidate-0" in log.read_text()
 
 
 def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
