@@ -51,6 +51,13 @@ class FailOnceWhenRetryCannotHeal(RetryPolicy):
 
 def default_args(retries: int = 2) -> dict:
     """Every DAG's task defaults: retries with backoff for what can heal, none for what cannot."""
-    retrying = {"retries": retries, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True}
-    retrying |= {"max_retry_delay": timedelta(minutes=10), "retry_policy": FailOnceWhenRetryCannotHeal()}
-    return {"owner": "mmsearch", **retrying, "pre_execute": mask_credentials, "on_failure_callback": record_failure}
+    return {
+        "owner": "mmsearch",
+        "retries": retries,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+        "retry_policy": FailOnceWhenRetryCannotHeal(),
+        "pre_execute": mask_credentials,
+        "on_failure_callback": record_failure,
+    }

@@ -66,9 +66,16 @@ def servers(settings: StackSettings, env: dict) -> list[Component]:
     mlflow_dir = paths.mmsearch_home() / "mlflow-server"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow = [
-        *(paths.ml_python(), "-m", "mlflow", "server", "--app-name", "basic-auth"),
-        *("--host", settings.host, "--port", str(settings.mlflow_port), "--workers", "1"),
-        *("--serve-artifacts", "--artifacts-destination", str(mlflow_dir / "artifacts")),
+        paths.ml_python(),
+        "-m",
+        "mlflow",
+        "server",
+        "--app-name=basic-auth",
+        f"--host={settings.host}",
+        f"--port={settings.mlflow_port}",
+        "--workers=1",
+        "--serve-artifacts",
+        f"--artifacts-destination={mlflow_dir / 'artifacts'}",
     ]
     found = [
         Component("mlflow", mlflow, mlflow_server_env(settings, env)),
@@ -83,8 +90,14 @@ def servers(settings: StackSettings, env: dict) -> list[Component]:
     if settings.executor == "celery":
         for number in range(1, settings.workers + 1):
             worker = [
-                *(airflow, "celery", "worker", "--skip-serve-logs", "--without-gossip", "--without-mingle"),
-                *("--celery-hostname", f"worker-{number}@%h", "--concurrency", "2"),
+                airflow,
+                "celery",
+                "worker",
+                "--skip-serve-logs",
+                "--without-gossip",
+                "--without-mingle",
+                f"--celery-hostname=worker-{number}@%h",
+                "--concurrency=2",
             ]
             found.append(Component(f"worker-{number}", worker, env))
     return found

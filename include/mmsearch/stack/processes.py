@@ -49,8 +49,13 @@ def start(name: str, command: list[str], env: dict, stop_signal: str = "SIGTERM"
     with open(logs / f"{name}.log", "ab") as log:
         streams = {"stdout": log, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL}
         process = subprocess.Popen(command, env=env, **streams, start_new_session=True)
-    entry = {"pid": process.pid, "create_time": psutil.Process(process.pid).create_time(), "log": str(log.name)}
-    entry |= {"stop_signal": stop_signal, "backing": backing}
+    entry = {
+        "pid": process.pid,
+        "create_time": psutil.Process(process.pid).create_time(),
+        "log": str(log.name),
+        "stop_signal": stop_signal,
+        "backing": backing,
+    }
     write_json(pids_file(), {**recorded(), name: entry})  # `down` can stop a partial stack
     return entry
 

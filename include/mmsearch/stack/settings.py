@@ -18,7 +18,11 @@ EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 # every port the stack can listen on: StackSettings.<name>_port, moved by MMSEARCH_<NAME>_PORT
 PORT_NAMES = ("airflow", "mlflow", "postgres", "redis", "log_server", "serve")
 SECRET_NAMES = (
-    *("jwt_secret", "secret_key", "postgres_password", "redis_password", "mlflow_admin_password"),
+    "jwt_secret",
+    "secret_key",
+    "postgres_password",
+    "redis_password",
+    "mlflow_admin_password",
     "rerank_token",  # the re-ranking service's bearer token
 )
 # Airflow's settings docker-compose.yaml reads too (its env_file)

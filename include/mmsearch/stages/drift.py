@@ -75,9 +75,13 @@ def modality_drift(current: np.ndarray, reference: np.ndarray, seed: int) -> dic
     cosine = float(means[0] @ means[1] / (np.linalg.norm(means[0]) * np.linalg.norm(means[1]) + 1e-12))
     norms = np.linalg.norm(current, axis=1), np.linalg.norm(reference, axis=1)
     ks = ks_2samp(*norms)
-    found = {"mean_cosine_distance": 1.0 - cosine, "norm_mean": [float(norms[0].mean()), float(norms[1].mean())]}
-    found |= {"norm_ks_statistic": float(ks.statistic), "norm_ks_pvalue": float(ks.pvalue)}
-    return found | {"classifier_auc": _domain_auc(current, reference, seed)}
+    return {
+        "mean_cosine_distance": 1.0 - cosine,
+        "norm_mean": [float(norms[0].mean()), float(norms[1].mean())],
+        "norm_ks_statistic": float(ks.statistic),
+        "norm_ks_pvalue": float(ks.pvalue),
+        "classifier_auc": _domain_auc(current, reference, seed),
+    }
 
 
 def label_drift(current: np.ndarray, reference: np.ndarray) -> dict:

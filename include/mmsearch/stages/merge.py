@@ -98,9 +98,14 @@ class _SplitWriter:
 
 
 def _schema(columns, dim: int) -> pa.Schema:
-    fields = {"example_id": pa.int64(), "query_id": pa.string(), "product_id": pa.string(), "esci_label": pa.string()}
-    fields |= {features.LABEL: pa.int64(), "split": pa.string()} | {
-        name: pa.list_(pa.float32(), dim) for name in columns
+    fields = {
+        "example_id": pa.int64(),
+        "query_id": pa.string(),
+        "product_id": pa.string(),
+        "esci_label": pa.string(),
+        features.LABEL: pa.int64(),
+        "split": pa.string(),
+        **{name: pa.list_(pa.float32(), dim) for name in columns},
     }
     return pa.schema(list(fields.items()))
 
@@ -167,10 +172,17 @@ def merge(raw_dir: Path, out_dir: Path, cfg: config.RunConfig) -> dict:
                 _write_rows(writers, part, judgements, split, {features.QUERY_EMBEDDING: query_matrix[q_row[part]]})
         counts = {name: writer.close() for name, writer in writers.items()}
         _check_splits(counts, esci_path)
-        manifest = {"merged_dir": str(out_dir), "feature_set": cfg.feature_set, "seed": cfg.seed}
-        manifest |= {"embedding_dim": cfg.embedding_dim, "embedding_columns": list(columns)}
-        manifest |= {"working_set_judgements": int(mask.sum()), "dropped_without_features": int((~joined).sum())}
-        manifest |= {"rows": sum(c["rows"] for c in counts.values()), "splits": counts}
+        manifest = {
+            "merged_dir": str(out_dir),
+            "feature_set": cfg.feature_set,
+            "seed": cfg.seed,
+            "embedding_dim": cfg.embedding_dim,
+            "embedding_columns": list(columns),
+            "working_set_judgements": int(mask.sum()),
+            "dropped_without_features": int((~joined).sum()),
+            "rows": sum(c["rows"] for c in counts.values()),
+            "splits": counts,
+        }
         write_json(tmp / "manifest.json", manifest)
     log.info("merged %d judgements into %s: %s", manifest["rows"], out_dir, {k: v["rows"] for k, v in counts.items()})
     return manifest

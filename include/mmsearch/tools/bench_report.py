@@ -39,11 +39,18 @@ def summarise(pairs: int, measured: dict[str, list[dict]]) -> list[dict]:
     for name, runs in measured.items():
         seconds = [r["seconds"] for r in runs]
         median = statistics.median(seconds)
-        row = {"pairs": pairs, "stage": name, "rows": runs[-1]["rows"], "seconds": median}
-        row["spread"] = f"{min(seconds):.1f}-{max(seconds):.1f}" if len(runs) > 1 else ""
-        row["rows_per_s"] = runs[-1]["rows"] / median if median > 0 else 0.0
-        row |= {"peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "output_mb": runs[-1]["output_mb"]}
-        rows.append(row)
+        rows.append(
+            {
+                "pairs": pairs,
+                "stage": name,
+                "rows": runs[-1]["rows"],
+                "seconds": median,
+                "spread": f"{min(seconds):.1f}-{max(seconds):.1f}" if len(runs) > 1 else "",
+                "rows_per_s": runs[-1]["rows"] / median if median > 0 else 0.0,
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                "output_mb": runs[-1]["output_mb"],
+            }
+        )
     direct = {row["stage"]: row["seconds"] for row in rows}
     for row in rows:
         if row["stage"] in ("drift", "rank"):

@@ -124,9 +124,14 @@ def generate(out_dir: Path, spec: SampleSpec = SampleSpec(), legacy_csv: bool = 
         if legacy_csv:
             write_legacy_query_csv(tmp / paths.LEGACY_QUERY_CSV, q_ids, q_vectors, spec.seed)
     working_labels, counts = np.unique(judgements[2], return_counts=True)
-    written = {"out_dir": str(out_dir), "judgements": esci.num_rows, "working_set_judgements": len(judgements[0])}
-    written |= {"queries": spec.queries, "products": spec.products}
-    return written | {"working_set_label_counts": dict(zip(working_labels.tolist(), counts.tolist()))}
+    return {
+        "out_dir": str(out_dir),
+        "judgements": esci.num_rows,
+        "working_set_judgements": len(judgements[0]),
+        "queries": spec.queries,
+        "products": spec.products,
+        "working_set_label_counts": dict(zip(working_labels.tolist(), counts.tolist())),
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
