@@ -198,7 +198,12 @@ def test_a_worker_killed_in_train_is_replaced_by_the_other(stack, airflow_api, f
     tree = [psutil.Process(workers[victim]), *psutil.Process(workers[victim]).children(recursive=True)]
     # each worker runs two tasks: the victim may hold both trainings (or the baselines) too
     listed = airflow_api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").raise_for_status().json()
-    killed = {(ti["task_id"], ti["map_index"]) for ti in listed["task_instances"] if ti["pid"] in {p.pid for p in tree}}
+    # running ones only: a finished task's recorded PID may be the pool process that now runs train
+    killed = {
+        (ti["task_id"], ti["map_index"])
+        for ti in listed["task_instances"]
+        if ti["state"] == "running" and ti["pid"] in {p.pid for p in tree}
+    }
     assert ("model.train", running["map_index"]) in killed
     for process in tree:  # the machine is gone: the worker and everything it ran
         with contextlib.suppress(ProcessLookupError):  # a child that ended on its own since the listing

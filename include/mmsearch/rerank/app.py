@@ -38,7 +38,7 @@ from mmsearch import config, paths
 from mmsearch.rerank import RERANK_TOKEN_VARIABLE, service
 
 log = logging.getLogger("mmsearch.rerank")
-access_log = logging.getLogger("mmsearch.service.access")
+access_log = logging.getLogger("mmsearch.rerank.access")
 PROTECTED = ("/rerank", "/score")
 
 
