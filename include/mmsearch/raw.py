@@ -19,6 +19,9 @@ from mmsearch import config, features
 from mmsearch.io import DataError
 
 BATCH_ROWS = 8192
+# An embedding's norm this many times above or below the median of its batch is not CLIP's: a zero
+# vector, a vector of 1e30s (whose cosines overflow). CLIP's norms vary by well under 2x.
+NORM_FACTOR = 10.0
 
 
 def _is_string(t):
@@ -102,8 +105,22 @@ def embedding_matrix(column: pa.Array, dim: int, path: Path, name: str, row_name
     matrix = values.reshape(len(column), dim)
     bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
     if bad.size:
-        raise DataError(path, "has NaN or infinite values", column=name, rows=map(row_name, bad))
+        problem = "has NaN or infinite values (or values beyond float32's range)"
+        raise DataError(path, problem, column=name, rows=map(row_name, bad))
+    check_norms(matrix, path, name, row_name)
     return matrix
+
+
+def check_norms(matrix: np.ndarray, path: Path, name: str, row_name: Callable) -> None:
+    """Refuse vectors no CLIP model makes: a norm of zero, or NORM_FACTOR times off the batch's median."""
+    with np.errstate(over="ignore"):  # a vector of 1e30s: its norm overflows to inf, and is refused
+        norms = np.linalg.norm(matrix, axis=1)
+    median = float(np.median(norms))
+    far = (norms <= 0) | (norms < median / NORM_FACTOR) | (norms > median * NORM_FACTOR)
+    if far.any():
+        rows = [f"{row_name(i)}: norm {norms[i]:.3g}" for i in np.flatnonzero(far)]
+        problem = f"embeddings must have a norm within {NORM_FACTOR:g}x of the data's median ({median:.3g})"
+        raise DataError(path, problem, column=name, rows=rows)
 
 
 def read_esci(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -113,7 +130,19 @@ def read_esci(path: Path, columns: list[str] | None = None) -> pa.Table:
     table = pa.Table.from_batches(list(iter_batches(parquet, list(ESCI_COLUMNS), path)))
     _check_values(path, table, "esci_label", ESCI_LABELS)
     _check_values(path, table, "split", ESCI_SPLITS)
+    _check_unique_examples(path, table)
     return table.select(columns) if columns else table
+
+
+def _check_unique_examples(path: Path, table: pa.Table) -> None:
+    ids = table.column("example_id").to_numpy()
+    values, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    if (counts > 1).any():
+        rows = [
+            f"example_id {values[group]} (rows {', '.join(map(str, np.flatnonzero(inverse == group)[:3]))})"
+            for group in np.flatnonzero(counts > 1)
+        ]
+        raise DataError(path, f"{len(rows)} example_ids repeat", column="example_id", rows=rows)
 
 
 def _check_values(path, table, column, allowed) -> None:
@@ -151,7 +180,25 @@ def working_set(esci_path: Path, table: pa.Table, cfg: config.RunConfig) -> np.n
             f"no rows in the working set (locale={cfg.esci_filter_locale!r}, "
             f"small_version={cfg.esci_filter_small_version}, split={cfg.esci_filter_split!r})",
         )
+    _check_pairs_judged_once(esci_path, table.filter(pa.array(mask)))
     return mask
+
+
+def _check_pairs_judged_once(esci_path: Path, working: pa.Table) -> None:
+    """A query-product pair of the working set is judged once: twice would count one judgement
+    twice, or leave two labels for one pair."""
+    judged = working.group_by(["query_id", "product_id"], use_threads=False).aggregate(
+        [("example_id", "list"), ("esci_label", "list")]
+    )
+    repeated = judged.filter(pc.greater(pc.list_value_length(judged["example_id_list"]), 1)).to_pylist()
+    if repeated:
+        rows = [
+            f"query_id {pair['query_id']}, product_id '{pair['product_id']}': labels "
+            f"{'/'.join(pair['esci_label_list'])} (example_id {', '.join(map(str, pair['example_id_list']))})"
+            for pair in repeated
+        ]
+        problem = f"{len(rows)} query-product pairs of the working set are judged more than once"
+        raise DataError(esci_path, problem, column="product_id", rows=rows)
 
 
 def coverage_report(esci, mask, query_keys, product_keys) -> dict:

@@ -45,6 +45,29 @@ def _nan_in_row_3(matrix):
     return matrix
 
 
+def _row_3(value):
+    def change(matrix):
+        matrix[3] = value
+        return matrix
+
+    return change
+
+
+def _repeat_example(table, relabel: bool):
+    """A working-set judgement again: under its own example_id (relabel: with a different label)."""
+    working = np.flatnonzero(
+        (table.column("product_locale").to_numpy(zero_copy_only=False) == "us")
+        & (table.column("split").to_numpy(zero_copy_only=False) == "test")
+        & (table.column("small_version").to_numpy() == 1)
+    )
+    again = table.slice(int(working[0]), 1)
+    if relabel:
+        label = {"E": "S"}.get(again.column("esci_label")[0].as_py(), "E")
+        again = _set_column(again, "esci_label", pa.array([label]))
+        again = _set_column(again, "example_id", pa.array([10**9], pa.int64()))
+    return pa.concat_tables([table, again])
+
+
 def _duplicate_first_key(table, same_embedding):
     extra = table.slice(0, 1)
     if not same_embedding:
@@ -90,6 +113,27 @@ BAD_INPUTS = {
         paths.PRODUCT_FEATURES_FILE,
         lambda p: _rewrite(p, lambda t: _embeddings(t, "clip_text_features", _nan_in_row_3)),
         "column 'clip_text_features': has NaN or infinite values (e.g. product_id 'B000000003' (row 3))",
+    ),
+    "zero vector": (
+        paths.PRODUCT_FEATURES_FILE,
+        lambda p: _rewrite(p, lambda t: _embeddings(t, "clip_image_features", _row_3(0.0))),
+        "column 'clip_image_features': embeddings must have a norm within 10x of the data's median (1) "
+        "(e.g. product_id 'B000000003' (row 3): norm 0)",
+    ),
+    "values of 1e30": (
+        paths.QUERY_FEATURES_FILE,
+        lambda p: _rewrite(p, lambda t: _embeddings(t, "clip_text_features", _row_3(1e30))),
+        "column 'clip_text_features': embeddings must have a norm within 10x of the data's median (1) (e.g. query_id",
+    ),
+    "repeated example_id": (
+        paths.ESCI_FILE,
+        lambda p: _rewrite(p, lambda t: _repeat_example(t, relabel=False)),
+        "column 'example_id': 1 example_ids repeat (e.g. example_id",
+    ),
+    "a pair judged twice": (
+        paths.ESCI_FILE,
+        lambda p: _rewrite(p, lambda t: _repeat_example(t, relabel=True)),
+        "column 'product_id': 1 query-product pairs of the working set are judged more than once (e.g. query_id",
     ),
     "bad label": (
         paths.ESCI_FILE,
