@@ -104,9 +104,8 @@ def embedding_matrix(column: pa.Array, dim: int, path: Path, name: str, row_name
     values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     matrix = values.reshape(len(column), dim)
     bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
-    if bad.size:
-        problem = "has NaN or infinite values (or values beyond float32's range)"
-        raise DataError(path, problem, column=name, rows=map(row_name, bad))
+    if bad.size:  # a value beyond float32's range is infinite here
+        raise DataError(path, "has NaN or infinite values", column=name, rows=map(row_name, bad))
     check_norms(matrix, path, name, row_name)
     return matrix
 
