@@ -109,6 +109,9 @@ def trigger(api: httpx.Client, conf: dict) -> str:
     return run["dag_run_id"]
 
 
+ANSWER_AFTER_SECONDS = 10
+
+
 def wait_for_approval(api: httpx.Client, run_id: str, timeout: float = 600) -> dict:
     """The run's approval request, once the task waits for a person."""
     deadline = time.monotonic() + timeout
@@ -116,6 +119,10 @@ def wait_for_approval(api: httpx.Client, run_id: str, timeout: float = 600) -> d
     while time.monotonic() < deadline:
         state = api.get(url).raise_for_status().json()["state"]
         if state == "awaiting_input":
+            # as a person would, not within the second: Airflow 3.3.2 fails an answer that comes
+            # before the executor has reported the end of the process that opened the request
+            # (its "success" lands on the resumed try, which the scheduler then sets up for retry)
+            time.sleep(ANSWER_AFTER_SECONDS)
             return api.get(f"{url}/-1/hitlDetails").raise_for_status().json()
         if state == "skipped":  # the gate did not grant the promotion: its reason
             registered = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/model.register/xcomEntries/return_value"
