@@ -62,9 +62,10 @@ def trigger(api: httpx.Client, conf: dict) -> str:
 
 
 def wait_for_task(
-    api: httpx.Client, run_id: str, task_id: str, states: set, timeout: float = 300, poll: float = 0.5
+    api: httpx.Client, run_id: str, task_id: str, states: set, timeout: float = 900, poll: float = 0.5
 ) -> dict:
-    """The first task instance of `task_id` in one of `states`."""
+    """The first task instance of `task_id` in one of `states`. The timeout covers the pipeline
+    before the task: CI's run of four suites on two cores once took more than 300 s to evaluate."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         listed = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").raise_for_status().json()

@@ -16,6 +16,10 @@ from mmsearch import config, paths
 from mmsearch.stack.health import get_json
 from mmsearch.stack.settings import StackError, free_port
 
+# MLflow's server imports for seconds, and for more than a minute on a loaded machine (CI's, with
+# four test suites on two cores)
+START_TIMEOUT = 180.0
+
 
 def _store(uri: str) -> None:
     """The embedded default store must exist: the UI would show an empty new one."""
@@ -41,7 +45,7 @@ def _experiment_id(url: str, name: str, timeout: float) -> str:
     return found.json()["experiment"]["experiment_id"]
 
 
-def start(port: int | None = None, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+def start(port: int | None = None, timeout: float = START_TIMEOUT) -> tuple[subprocess.Popen, str]:
     """The UI's server process and the address of the experiment's runs."""
     uri = paths.mlflow_tracking_uri()
     _store(uri)
