@@ -1,5 +1,9 @@
 """The transformed splits as TensorFlow data: streamed from the TFRecords, or parsed once and
-held in memory when they fit; and a Keras model's predictions over one split."""
+held in memory when they fit; and a Keras model's predictions over one split.
+
+What to read is given as `widths`: each transformed feature's name and how many of its leading
+values to keep (1 for a scalar). The transform emits the whitened vectors at their widest; a
+model that reads fewer components gets, and holds, only those."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsearch import features
+from mmsearch import features, models
 from mmsearch.io import read_json
 
 VALIDATION_BATCH_ROWS = 2048
@@ -26,77 +30,79 @@ def records(examples_dir: str):
     return tf.data.TFRecordDataset(sorted(str(p) for p in Path(examples_dir).glob("transformed_examples-*")))
 
 
-def _feature_spec(transform_graph: str, names) -> dict:
+def _feature_spec(transform_graph: str, widths: dict) -> dict:
     import tensorflow_transform as tft
 
     spec = tft.TFTransformOutput(transform_graph).transformed_feature_spec()
-    return {name: spec[name] for name in (*names, features.LABEL)}
+    return {name: spec[name] for name in (*widths, features.LABEL)}
 
 
-def _as_columns(parsed: dict) -> tuple[dict, object]:
-    """Parsed features as [n, width] (scalars become [n, 1]) and the labels."""
+def _as_columns(parsed: dict, widths: dict) -> tuple[dict, object]:
+    """Parsed features as [n, width] (scalars become [n, 1]; vectors cut to their leading
+    `widths`) and the labels."""
     import tensorflow as tf
 
     label = parsed.pop(features.LABEL)
-    return {k: tf.expand_dims(v, -1) if v.shape.rank == 1 else v for k, v in parsed.items()}, label
+    return {k: tf.expand_dims(v, -1) if v.shape.rank == 1 else v[:, : widths[k]] for k, v in parsed.items()}, label
 
 
-def make_dataset(transform_manifest: dict, split: str, names, batch_size: int, training: bool, seed: int = 0):
+def make_dataset(transform_manifest: dict, split: str, widths: dict, batch_size: int, training: bool, seed: int = 0):
     """Batches of (features, label) parsed from the transformed TFRecords, prefetched."""
     import tensorflow as tf
 
-    spec = _feature_spec(transform_manifest["transform_graph"], names)
+    spec = _feature_spec(transform_manifest["transform_graph"], widths)
     dataset = records(transform_manifest["examples"][split])
     if training:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
 
     def parse(serialized):  # a batch of examples: one parse call a batch, not one a row
-        return _as_columns(tf.io.parse_example(serialized, spec))
+        return _as_columns(tf.io.parse_example(serialized, spec), widths)
 
     # Fixed, small buffers: AUTOTUNE's grow with free memory, and 2,048-row batches of 2,304
     # floats are 19 MB each (peak 1.50 GB at 182k pairs with AUTOTUNE)
     return dataset.batch(batch_size).map(parse, num_parallel_calls=PARSE_THREADS).prefetch(PREFETCH_BATCHES)
 
 
-def read_split(transform_manifest: dict, split: str, names) -> tuple[dict, object]:
-    """The named transformed features of one split as [n, width] tensors, and its labels. Parsed
+def read_split(transform_manifest: dict, split: str, widths: dict) -> tuple[dict, object]:
+    """The transformed features of one split as [n, width] tensors, and its labels. Parsed
     once a process and held as tensors only: training gathers its batches from them, validation
     and the regressions read them, and no second copy is made (at 182k pairs the query model's
     validation split is 83 MB a copy)."""
-    return _parsed(transform_manifest["transform_graph"], transform_manifest["examples"][split], tuple(names))
+    examples = transform_manifest["examples"][split]
+    return _parsed(transform_manifest["transform_graph"], examples, tuple(widths.items()))
 
 
 @functools.lru_cache(maxsize=4)
-def _parsed(transform_graph: str, examples_dir: str, names: tuple):
+def _parsed(transform_graph: str, examples_dir: str, widths: tuple):
     import tensorflow as tf
 
-    spec = _feature_spec(transform_graph, names)
-    parts = [_as_columns(tf.io.parse_example(batch, spec)) for batch in records(examples_dir).batch(4096)]
-    return {name: tf.concat([p[0][name] for p in parts], 0) for name in names}, tf.concat([p[1] for p in parts], 0)
+    widths = dict(widths)
+    spec = _feature_spec(transform_graph, widths)
+    parts = [_as_columns(tf.io.parse_example(batch, spec), widths) for batch in records(examples_dir).batch(4096)]
+    return {name: tf.concat([p[0][name] for p in parts], 0) for name in widths}, tf.concat([p[1] for p in parts], 0)
 
 
 def read_scalar_features(transform_manifest: dict, split: str, names) -> tuple[np.ndarray, np.ndarray]:
     """Scalar transformed features [n, len(names)] and the labels of one split, as numpy arrays."""
-    columns, labels = read_split(transform_manifest, split, names)
+    columns, labels = read_split(transform_manifest, split, dict.fromkeys(names, 1))
     return np.hstack([columns[name].numpy() for name in names]), labels.numpy()
 
 
-def fits_in_memory(transform_manifest: dict, split: str, names) -> bool:
-    spec = _feature_spec(transform_manifest["transform_graph"], names)
-    row_bytes = sum(4 * max(1, int(np.prod(spec[name].shape))) for name in names)
+def fits_in_memory(transform_manifest: dict, split: str, widths: dict) -> bool:
+    row_bytes = 4 * sum(widths.values())
     rows = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")["splits"][split]["rows"]
     return rows * row_bytes <= IN_MEMORY_BYTES
 
 
-def split_dataset(transform_manifest: dict, split: str, names, batch_size: int, training: bool, seed: int = 0):
+def split_dataset(transform_manifest: dict, split: str, widths: dict, batch_size: int, training: bool, seed: int = 0):
     """Batches of one split. A split whose features fit IN_MEMORY_BYTES is parsed once and its
     batches gathered from memory (an epoch then costs the model's arithmetic only; parsing every
     epoch was most of the pair model's training time); a larger one streams from the TFRecords."""
     import tensorflow as tf
 
-    if not fits_in_memory(transform_manifest, split, names):
-        return make_dataset(transform_manifest, split, names, batch_size, training, seed)
-    columns, labels = read_split(transform_manifest, split, names)
+    if not fits_in_memory(transform_manifest, split, widths):
+        return make_dataset(transform_manifest, split, widths, batch_size, training, seed)
+    columns, labels = read_split(transform_manifest, split, widths)
     indices = tf.data.Dataset.range(len(labels))
     if training:
         indices = indices.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).repeat()
@@ -107,11 +113,11 @@ def split_dataset(transform_manifest: dict, split: str, names, batch_size: int, 
     return indices.batch(batch_size).map(gather).prefetch(PREFETCH_BATCHES)
 
 
-def predict_split(model, transform_manifest: dict, split: str, feature_set: str) -> tuple[np.ndarray, np.ndarray]:
+def predict_split(model, transform_manifest: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of a Keras model over one transformed split."""
-    names = features.model_features(feature_set)
+    widths = models.model_widths(model)
     labels, probabilities = [], []
-    for columns, label in split_dataset(transform_manifest, split, names, VALIDATION_BATCH_ROWS, training=False):
+    for columns, label in split_dataset(transform_manifest, split, widths, VALIDATION_BATCH_ROWS, training=False):
         probabilities.append(model(columns, training=False).numpy())
         labels.append(label.numpy())
     return np.concatenate(labels), np.vstack(probabilities)

@@ -45,10 +45,13 @@ COSINES = {  # name: (left embedding, right embedding)
 RAW_COSINE_SUFFIX = "_raw"
 # Whitening: one PCA over the three embeddings together (one CLIP space), fitted on the train
 # split, scaled to unit variance: what the pair model's towers read (docs/design.md, The model).
-WHITENED_DIM = 32
+# The transform emits the first WHITENED_WIDTH components; how many of them a model reads (its
+# `components`) is a candidate setting, chosen per data set on validation (config.DEFAULT_CANDIDATES).
+WHITENED_WIDTH = 128
 WHITENED = {name: f"{name}_whitened" for name in EMBEDDING_COLUMNS["query_product"]}
-# Cosines of the whitened vectors: the common direction and the low-variance noise gone, they say
-# what the two sides share beyond "both are products".
+# Cosines of the whitened vectors, over the components the model reads (computed in the model):
+# the common direction and the low-variance noise gone, they say what the two sides share beyond
+# "both are products".
 WHITENED_COSINES = {f"whitened_{name}": (WHITENED[left], WHITENED[right]) for name, (left, right) in COSINES.items()}
 # Every scalar pair feature the pair model reads: its wide part is a regression on them.
 PAIR_FEATURES = (*COSINES, *WHITENED_COSINES)
@@ -62,11 +65,12 @@ def model_features(feature_set: str) -> tuple[str, ...]:
     """The transformed features a model of this feature set reads."""
     if feature_set == "query":
         return EMBEDDING_COLUMNS["query"]
-    return (*WHITENED.values(), *PAIR_FEATURES)
+    return (*WHITENED.values(), *COSINES)
 
 
-def whitened_dim(dim: int) -> int:
-    return min(WHITENED_DIM, dim)
+def whitened_width(dim: int) -> int:
+    """The components the transform emits for embeddings of width `dim`."""
+    return min(WHITENED_WIDTH, dim)
 
 
 def raw_feature_spec(embedding_columns, dim: int) -> dict:
@@ -79,8 +83,8 @@ def raw_feature_spec(embedding_columns, dim: int) -> dict:
 
 def preprocessing_fn(inputs: dict) -> dict:
     """The query embedding's elementwise z-scores (the original design's model reads them); the
-    pair cosines raw and z-scored; the whitened embeddings and their cosines; the label. (No
-    product z-scores: no model reads them, and every reader of the records would parse them.)"""
+    pair cosines raw and z-scored; the whitened embeddings; the label. (No product z-scores: no
+    model reads them, and every reader of the records would parse them.)"""
     import tensorflow as tf
     import tensorflow_transform as tft
 
@@ -94,9 +98,6 @@ def preprocessing_fn(inputs: dict) -> dict:
             # z-scored: raw cosines in a narrow band would be drowned by the other inputs
             outputs[name] = tft.scale_to_z_score(cosine)
         outputs.update(_whitened(inputs, columns))
-        for name, (left, right) in WHITENED_COSINES.items():
-            unit_left, unit_right = (tf.math.l2_normalize(outputs[side], axis=1) for side in (left, right))
-            outputs[name] = tf.reduce_sum(unit_left * unit_right, axis=1)
     outputs[LABEL] = inputs[LABEL]
     return outputs
 
@@ -112,5 +113,5 @@ def _whitened(inputs: dict, columns) -> dict:
     from mmsearch.whitening import whitening
 
     stacked = tf.concat([inputs[name] for name in columns], axis=0)
-    mean, matrix = whitening(stacked, whitened_dim(stacked.shape[1]))
+    mean, matrix = whitening(stacked, whitened_width(stacked.shape[1]))
     return {WHITENED[name]: tf.matmul(inputs[name] - mean, matrix) for name in columns}

@@ -5,8 +5,8 @@ Dense 4 softmax on the query embedding; Adam; sparse categorical cross-entropy.
 
 `query_product`: wide and deep. Wide: a linear model on the pair features, started from a
 logistic regression fitted on the train split. Deep: a tower per input projecting its whitened
-embedding, the query's tower output times each product's (a bilinear form that can learn
-one-way relations), a hidden layer whose logits add to the wide ones from zero.
+embedding's first `components`, the query's tower output times each product's (a bilinear form
+that can learn one-way relations), a hidden layer whose logits add to the wide ones from zero.
 `hidden_units: 0` is the wide part alone.
 """
 
@@ -32,6 +32,9 @@ class Hyperparameters:
     l2: float = 1e-3
     # Keras class weights: none, or sqrt (inverse square root of the train frequency)
     class_weighting: str = "none"
+    # The whitened components the towers and the whitened cosines read (at most the transform's
+    # features.WHITENED_WIDTH): the default candidates read 32 and 128, and select keeps one
+    components: int = features.WHITENED_WIDTH
 
     @classmethod
     def for_candidate(
@@ -45,6 +48,8 @@ class Hyperparameters:
         hp = replace(hp, **overrides)
         if hp.class_weighting not in ("none", "sqrt"):
             raise ValueError(f"class_weighting must be 'none' or 'sqrt', not {hp.class_weighting!r}")
+        if not 1 <= hp.components <= features.WHITENED_WIDTH:
+            raise ValueError(f"components must be 1 to {features.WHITENED_WIDTH}, not {hp.components!r}")
         return hp
 
     def as_dict(self) -> dict:
@@ -128,22 +133,28 @@ def softmax_probabilities(inputs, kernel, bias):
     return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
 
 
-def _widths(feature_set: str, dim: int) -> dict:
+def input_widths(feature_set: str, dim: int, components: int = features.WHITENED_WIDTH) -> dict[str, int]:
     """The width of each transformed feature a model of this feature set reads."""
     vectors = {
         **dict.fromkeys(features.EMBEDDING_COLUMNS["query_product"], dim),
-        **dict.fromkeys(features.WHITENED.values(), features.whitened_dim(dim)),
+        **dict.fromkeys(features.WHITENED.values(), min(components, features.whitened_width(dim))),
     }
     return {name: vectors.get(name, 1) for name in features.model_features(feature_set)}
 
 
-def input_width(feature_set: str, dim: int) -> int:
-    return sum(_widths(feature_set, dim).values())
+def model_widths(model) -> dict[str, int]:
+    """The width of each input of a built Keras model, by name: what to read for it."""
+    return {name: int(tensor.shape[-1]) for name, tensor in zip(model.input_names, model.inputs)}
 
 
-def _inputs(feature_set: str, dim: int) -> dict:
+def input_width(feature_set: str, dim: int, components: int = features.WHITENED_WIDTH) -> int:
+    return sum(input_widths(feature_set, dim, components).values())
+
+
+def _inputs(feature_set: str, dim: int, components: int = features.WHITENED_WIDTH) -> dict:
     k = keras()
-    return {name: k.Input(shape=(width,), name=name) for name, width in _widths(feature_set, dim).items()}
+    widths = input_widths(feature_set, dim, components)
+    return {name: k.Input(shape=(width,), name=name) for name, width in widths.items()}
 
 
 def build_query_model(dim: int, dropout: float = 0.3, learning_rate: float = 0.001):
@@ -167,12 +178,18 @@ def _compiled(model, learning_rate, *metrics):
 def build_pair_model(dim: int, hp: Hyperparameters, decay_steps: int = 10_000, wide_init=None):
     """Wide and deep: logits = wide(cosines) + deep(pair features), softmax.
 
-    `wide_init`: (kernel [6, 4], bias [4]) of a logistic regression on the z-scored pair features;
-    with the deep output layer starting at zero, the untrained model *is* that regression, and
-    training only moves it where validation loss says it should."""
+    `wide_init`: (kernel [6, 4], bias [4]) of a logistic regression on the pair features (the
+    z-scored cosines, the whitened ones); with the deep output layer starting at zero, the
+    untrained model *is* that regression, and training only moves it where validation loss says
+    it should."""
     k = keras()
-    inputs = _inputs("query_product", dim)
-    cosines = k.layers.Concatenate(name="pair_cosines")([inputs[name] for name in features.PAIR_FEATURES])
+    inputs = _inputs("query_product", dim, hp.components)
+    whitened_cosines = [
+        k.layers.Dot(axes=1, normalize=True, name=name)([inputs[left], inputs[right]])
+        for name, (left, right) in features.WHITENED_COSINES.items()
+    ]
+    scalars = [inputs[name] for name in features.COSINES] + whitened_cosines
+    cosines = k.layers.Concatenate(name="pair_cosines")(scalars)
     wide = k.layers.Dense(features.NUM_CLASSES, name="wide_logits")
     logits = [wide(cosines)]
     if hp.hidden_units:

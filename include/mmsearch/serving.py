@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsearch import features
+from mmsearch import features, models
 
 PROBABILITY_COLUMNS = {"E": "p_E", "S": "p_S", "C": "p_C", "I": "p_I"}
 # The pyfunc artifact holding the per-class weights fitted on validation (metrics.fit_decision_rule).
@@ -24,15 +24,19 @@ def export_serving_model(model, transform_graph: Path, raw_columns, dim: int, ex
 
     tft_output = tft.TFTransformOutput(str(transform_graph))
     model.tft_layer = tft_output.transform_features_layer()
-    names = list(model.input_names)
+    # the width of each input: a model reading fewer whitened components than the transform emits
+    # gets their leading ones, as in training (mmsearch.datasets)
+    widths = models.model_widths(model)
     signature = {name: tf.TensorSpec([None, dim], tf.float32, name=name) for name in raw_columns}
 
     @tf.function(input_signature=[signature])
     def serve(raw_features):
         transformed = model.tft_layer(raw_features)
         inputs = {
-            name: tf.reshape(transformed[name], [-1, 1]) if transformed[name].shape.rank == 1 else transformed[name]
-            for name in names
+            name: tf.reshape(transformed[name], [-1, 1])
+            if transformed[name].shape.rank == 1
+            else transformed[name][:, :width]
+            for name, width in widths.items()
         }
         return {"probabilities": model(inputs, training=False)}
 

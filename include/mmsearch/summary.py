@@ -54,6 +54,17 @@ def approval_line(approval: dict | None) -> str | None:
     return f"approval: {approval['status']} by {approval['by']} at {approval['at']}{comment}"
 
 
+def representation_text(model: dict, candidates: list[dict]) -> str:
+    """How many whitened components the model reads, among those its candidates read; empty for a
+    model without."""
+    components = model.get("components")
+    if not components:
+        return ""
+    widths = sorted({row["components"] for row in candidates if row.get("components")})
+    among = f" (candidates: {'/'.join(map(str, widths))}, chosen on validation)" if len(widths) > 1 else ""
+    return f"{components} whitened components{among}"
+
+
 def summary_text(summary: dict) -> str:
     """The run in a few lines, as a person reads it: test metrics beside the baselines, epochs,
     the version, the gate's decision (and a person's), where the outputs are."""
@@ -76,13 +87,32 @@ def summary_text(summary: dict) -> str:
     runs, best = model["epochs_run"], model["best_epoch"]
     epochs = f"best epoch {best} of {runs}" if best else f"no epoch of {runs} beat its starting regression"
     candidate = f"candidate {model['candidate']} {model['overrides'] or '{}'} of {len(summary['candidates'])}"
-    lines.append(f"model: {candidate}, {epochs}, validation macro_f1 {model['validation']['macro_f1']:.4f}")
+    reads = representation_text(model, summary["candidates"])
+    reads = f", {reads}" if reads else ""
+    lines.append(f"model: {candidate}{reads}, {epochs}, validation macro_f1 {model['validation']['macro_f1']:.4f}")
     version = f"{registry['registered_model']} v{registry['version']}, aliases {', '.join(registry['aliases'])}"
     lines.append(f"registered {version}: {registry['decision']['reason']}")
     approval = approval_line(registry.get("approval"))
     lines += [approval] if approval else []
     lines.append(f"outputs: {summary['run_dir']}")
     return "\n".join(lines)
+
+
+def _candidates_table(model: dict) -> str:
+    """The card's table of the candidates select chose from: what each read, its validation scores."""
+    table = model.get("selection", {}).get("candidates", [])
+    if not table:
+        return ""
+    rows = "\n".join(
+        f"| {row['candidate']} | `{row['overrides'] or {}}` | {row.get('components') or ''} | {row['parameters']:,} "
+        f"| {row['val_macro_f1']:.4f} | {row['val_accuracy']:.4f} |"
+        for row in sorted(table, key=lambda row: row["candidate"])
+    )
+    return (
+        "**Candidates** (validation split; select keeps the fewest parameters within one standard error "
+        "of the best macro-F1):\n\n| candidate | overrides | whitened components | parameters | val macro-F1 "
+        f"| val accuracy |\n| --- | --- | --- | --- | --- | --- |\n{rows}\n\n"
+    )
 
 
 def model_card(
@@ -111,6 +141,7 @@ def model_card(
         f"`{overrides}`, validation macro-F1 {model['validation']['macro_f1']:.4f} (select: the fewest "
         f"parameters within one standard error of the best); "
         f"best epoch {model['best_epoch']} of {model['epochs_run']}.\n\n"
+        f"{_candidates_table(model)}"
         f"**Test split** (query groups never seen in training or selection; [95 % interval], a "
         f"bootstrap over its queries):\n\n"
         f"| scorer | accuracy | macro-F1 | nDCG |\n| --- | --- | --- | --- |\n{rows}\n\n"

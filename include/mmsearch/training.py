@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsearch import config, datasets, features, models
+from mmsearch import config, datasets, features, models, representation
 from mmsearch.io import atomic_dir, read_json, write_json
 from mmsearch.plots import plot_training_curves
 
@@ -22,18 +22,18 @@ MODEL_ARTIFACT = "model"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "crossentropy", "val_crossentropy")
 
 
-def wide_init(transform_manifest: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The wide part's starting weights: a logistic regression on the train split's z-scored pair
-    features, as (kernel [6, 4], bias [4]). Read from the model's own features when training
-    holds them in memory (one parse of the split for both)."""
-    names = list(features.PAIR_FEATURES)
-    model_names = features.model_features("query_product")
-    if datasets.fits_in_memory(transform_manifest, "train", model_names):
-        names = model_names
-    columns, labels = datasets.read_split(transform_manifest, "train", names)
-    return models.fit_logistic_regression(
-        np.hstack([columns[name].numpy() for name in features.PAIR_FEATURES]), labels.numpy()
-    )
+def wide_init(transform_manifest: dict, components: int) -> tuple[np.ndarray, np.ndarray]:
+    """The wide part's starting weights: a logistic regression on the train split's pair features
+    (the z-scored cosines, the cosines of the whitened vectors' first `components`), as
+    (kernel [6, 4], bias [4]). Read batch by batch from the model's own features (held in memory
+    when training holds them: one parse of the split for both)."""
+    widths = models.input_widths("query_product", transform_manifest["embedding_dim"], components)
+    rows = datasets.VALIDATION_BATCH_ROWS
+    pairs, labels = [], []
+    for columns, label in datasets.split_dataset(transform_manifest, "train", widths, rows, training=False):
+        pairs.append(representation.pair_features({name: c.numpy() for name, c in columns.items()}, components))
+        labels.append(label.numpy())
+    return models.fit_logistic_regression(np.vstack(pairs), np.concatenate(labels))
 
 
 def class_weights(label_counts: dict, weighting: str) -> dict | None:
@@ -52,12 +52,12 @@ def _fit(job: Training):
     if no epoch beats the starting weights on validation loss, keep the starting weights."""
     k = models.keras()
     model, transform_manifest, work_dir, cfg = job.model, job.transform_manifest, job.work_dir, job.cfg
-    names = features.model_features(job.feature_set)
-    train = datasets.split_dataset(transform_manifest, "train", names, job.batch_size, training=True, seed=cfg.seed)
+    widths = models.model_widths(model)
+    train = datasets.split_dataset(transform_manifest, "train", widths, job.batch_size, training=True, seed=cfg.seed)
     # Scoring the whole validation split gives the same loss and accuracy at any batch size:
     # large batches make it ~10x faster. A step budget (validation_steps) keeps batch_size.
     val_batch = job.batch_size if cfg.validation_steps else datasets.VALIDATION_BATCH_ROWS
-    val = datasets.split_dataset(transform_manifest, "val", names, val_batch, training=False)
+    val = datasets.split_dataset(transform_manifest, "val", widths, val_batch, training=False)
     # a finite dataset run several steps an execution needs its length (Keras cannot infer it)
     val_rows = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")["splits"]["val"]["rows"]
     validation_steps = cfg.validation_steps or -(-val_rows // val_batch)
@@ -162,7 +162,7 @@ def train_and_log(job: Training, mlflow) -> dict:
     from mmsearch.metrics import apply_decision_rule, classification_metrics, fit_decision_rule, headline
 
     model, feature_set, transform_manifest, work_dir = job.model, job.feature_set, job.transform_manifest, job.work_dir
-    width = models.input_width(feature_set, transform_manifest["embedding_dim"])
+    width = sum(models.model_widths(model).values())
     params = {
         "batch_size": job.batch_size,
         "epochs": job.cfg.epochs,
@@ -196,7 +196,7 @@ def train_and_log(job: Training, mlflow) -> dict:
 
     weights_sha256 = models.weights_digest(model)
     mlflow.set_tag("weights_sha256", weights_sha256)
-    labels, probabilities = datasets.predict_split(model, transform_manifest, "val", feature_set)
+    labels, probabilities = datasets.predict_split(model, transform_manifest, "val")
     rule_path, predicted = None, None
     if job.fit_rule:
         rule = fit_decision_rule(labels, probabilities)
@@ -217,6 +217,7 @@ def train_and_log(job: Training, mlflow) -> dict:
         "validation": validation,
         "validation_rows": len(labels),
         "parameters": int(model.count_params()),
+        "components": job.params.get("components"),  # the pair model's whitened components
         "epochs_run": len(history["loss"]),
         "best_epoch": history["best_epoch"],
         "best_val_loss": float(history["val_loss"][best]) if best is not None else None,
@@ -236,7 +237,7 @@ def pair_training(transform_manifest: dict, work_dir: Path, cfg: config.RunConfi
     steps = max(1, min(cfg.steps_per_epoch, -(-train_split["rows"] // hp.batch_size)))
     weights = class_weights(train_split["labels"], hp.class_weighting)
     # class weights change the loss the regression minimised: the wide part then starts at zero
-    start = wide_init(transform_manifest) if weights is None else None
+    start = wide_init(transform_manifest, hp.components) if weights is None else None
     model = models.build_pair_model(
         transform_manifest["embedding_dim"], hp, decay_steps=cfg.epochs * steps, wide_init=start
     )

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmsearch import features, paths
+from mmsearch.config import DEFAULT_CANDIDATES
 from tests import readme
 from tests.e2e.support import FAST, WEAK, dags_test, failures, in_ml_env, registry_state, run_dag, run_dir_of
 from tests.helpers import ML_PYTHON, REPO_ROOT
@@ -96,7 +97,8 @@ def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
             assert uncertainty["differences"][name]["macro_f1"]["high"] >= 0, name
         low, high = first_run["intervals"][name]["macro_f1"]
         assert low <= first_run["metrics"][name]["macro_f1"] <= high, name
-    assert len(first_run["candidates"]) == 2  # the default grid, chosen on validation
+    assert len(first_run["candidates"]) == len(DEFAULT_CANDIDATES)  # the default grid, chosen on validation
+    assert {row["components"] for row in first_run["candidates"]} == {32, 128}  # two widths of the representation
     assert first_run["model"]["candidate"] in {row["candidate"] for row in first_run["candidates"]}
 
 
@@ -123,7 +125,9 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
     )
     for name in ("batch_size", "epochs", "input_dim", "optimizer", "feature_set", "steps_per_epoch", "patience"):
         assert name in found["params"]
-    assert found["params"]["input_dim"] == str(3 * features.WHITENED_DIM + len(features.PAIR_FEATURES))
+    components = int(found["params"]["components"])  # the whitened components the chosen candidate reads
+    assert found["params"]["input_dim"] == str(3 * components + len(features.COSINES))
+    assert f"| {components} |" in found["card"]  # the card's table of candidates says what each read
     for name in (
         "accuracy",
         "val_accuracy",
@@ -148,7 +152,7 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
     assert "emissions.csv" in found["artifacts"] and "decision_rule.json" in found["artifacts"]
     for figure in ("reliability_model.png", "precision_recall_model.png", "confusion_model.png"):
         assert f"evaluation/{figure}" in found["artifacts"]
-    assert found["children"] == ["baseline-query", "candidate-0", "candidate-1"]  # nested under the DAG run's
+    assert found["children"] == ["baseline-query", "candidate-0", "candidate-1", "candidate-2"]  # under the DAG run's
     assert found["parent_tags"]["selected_run_id"]
     assert found["kind"] == "custom_model_development"  # MLflow's UI opens it on its training runs
     assert "| baseline_clip |" in found["card"] and "promoted to champion" in found["card"]
@@ -159,7 +163,7 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
         tags["feature_set"] == "query_product" and len(tags["git_commit"]) in (40, 7) or tags["git_commit"] == "unknown"
     )
     assert {"dvc_md5.raw", f"dvc_md5.{paths.ESCI_FILE}", f"dvc_md5.{paths.PRODUCT_FEATURES_FILE}"} <= set(tags)
-    for candidate in ("candidate-0", "candidate-1"):
+    for candidate in ("candidate-0", "candidate-1", "candidate-2"):
         assert (Path(first_run["run_dir"]) / "train" / candidate / "emissions.csv").exists()
 
 

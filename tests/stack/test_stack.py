@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mmsearch.config import DEFAULT_CANDIDATES
 from tests import readme
 from tests.helpers import stack_env
 from tests.stack.support import (
@@ -138,7 +139,8 @@ def test_airflow_ui_shows_the_run_and_the_mapped_candidates(stack, page, default
     page.goto(
         f"{stack['status']['airflow_url']}/dags/{DAG_ID}/runs/{default_run['dag_run_id']}/tasks/model.train/mapped"
     )
-    expect(page.get_by_role("row").filter(has_text="Success")).to_have_count(2, timeout=30_000)
+    candidates = len(DEFAULT_CANDIDATES)
+    expect(page.get_by_role("row").filter(has_text="Success")).to_have_count(candidates, timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "airflow-ui-mapped-candidates.png"))
     page.goto(f"{stack['status']['mlflow_url']}/#/models/{MODEL}")
     expect(page.get_by_text("Version 1").first).to_be_visible(timeout=30_000)

@@ -4,7 +4,7 @@ starts as the logistic regression it is given, and its deep part starts silent."
 import numpy as np
 import pytest
 
-from mmsearch import features, models
+from mmsearch import features, models, representation
 
 pytestmark = pytest.mark.ml
 
@@ -26,38 +26,38 @@ def test_query_model_is_the_original_design():
     assert models.input_width("query", 768) == 768
 
 
-def _random_inputs(rows: int, dim: int) -> dict:
+def _random_inputs(rows: int, dim: int, components: int = features.WHITENED_WIDTH) -> dict:
     rng = np.random.default_rng(0)
-    widths = {**dict.fromkeys(features.WHITENED.values(), features.whitened_dim(dim))}
-    return {
-        name: rng.standard_normal((rows, widths.get(name, 1))).astype(np.float32)
-        for name in features.model_features("query_product")
-    }
+    widths = models.input_widths("query_product", dim, components)
+    return {name: rng.standard_normal((rows, width)).astype(np.float32) for name, width in widths.items()}
 
 
 def test_pair_model_starts_as_the_logistic_regression_it_is_given():
+    """...on the z-scored cosines and the cosines of the components it reads, computed as the
+    first pass and the wide part's start compute them (mmsearch.representation)."""
     rng = np.random.default_rng(1)
     kernel, bias = rng.standard_normal((len(features.PAIR_FEATURES), 4)), rng.standard_normal(4)
-    model = models.build_pair_model(
-        16, models.Hyperparameters(projection_dim=8, hidden_units=16), wide_init=(kernel, bias)
-    )
-    inputs = _random_inputs(5, 16)
-    pair_columns = np.column_stack([inputs[name] for name in features.PAIR_FEATURES])
-    logits = pair_columns @ kernel + bias
+    hp = models.Hyperparameters(projection_dim=8, hidden_units=16, components=8)
+    model = models.build_pair_model(16, hp, wide_init=(kernel, bias))
+    inputs = _random_inputs(5, 16, components=8)
+    logits = representation.pair_features(inputs, 8) @ kernel + bias
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(model(inputs, training=False).numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_pair_model_has_a_tower_per_side_over_the_whitened_embeddings():
-    model = models.build_pair_model(768, models.Hyperparameters(projection_dim=64, hidden_units=128))
+@pytest.mark.parametrize("components", [32, 128])
+def test_pair_model_has_a_tower_per_side_over_the_components_it_reads(components):
+    hp = models.Hyperparameters(projection_dim=64, hidden_units=128, components=components)
+    model = models.build_pair_model(768, hp)
     assert sorted(model.input_names) == sorted(features.model_features("query_product"))
     towers = [model.get_layer(f"{name}_tower") for name in features.EMBEDDING_COLUMNS["query_product"]]
     assert len({id(tower) for tower in towers}) == 3  # query and product sides are not one projection
-    assert all(tower.count_params() == features.WHITENED_DIM * 64 + 64 for tower in towers)
+    assert all(tower.count_params() == components * 64 + 64 for tower in towers)
     # each side's vector, and the query's times each product vector: a bilinear form q^T U^T V p
     assert model.get_layer("pair_features").output_shape == (None, 5 * 64 + len(features.PAIR_FEATURES))
-    assert models.input_width("query_product", 768) == 3 * features.WHITENED_DIM + len(features.PAIR_FEATURES)
-    wide_only = models.build_pair_model(768, models.Hyperparameters(hidden_units=0))
+    assert models.input_width("query_product", 768, components) == 3 * components + len(features.COSINES)
+    assert models.model_widths(model) == models.input_widths("query_product", 768, components)
+    wide_only = models.build_pair_model(768, models.Hyperparameters(hidden_units=0, components=components))
     assert wide_only.count_params() == len(features.PAIR_FEATURES) * 4 + 4
 
 

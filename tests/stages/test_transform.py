@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mmsearch import features
+from mmsearch import features, representation
 from mmsearch.io import read_json
 from mmsearch.stages import merge, transform
 from tests.helpers import SMALL, small_config
@@ -92,24 +92,24 @@ def test_z_scores_and_cosines_match_numpy(transformed):
     _assert_same_rows(got, expected, atol=2e-4)
 
 
-def test_whitened_embeddings_have_unit_variance_and_their_cosines_match_numpy(transformed):
+def test_whitened_embeddings_have_unit_variance_and_match_numpy(transformed):
     root, manifest = transformed
     train = merge.read_merged(root / "merged", "train")
     names = list(features.EMBEDDING_COLUMNS["query_product"])
     examples = _read_examples(manifest, "train")
     stacked = np.vstack([examples[features.WHITENED[n]] for n in names])
-    assert stacked.shape[1] == features.whitened_dim(SMALL.dim)
+    assert stacked.shape[1] == features.whitened_width(SMALL.dim)
     # uncorrelated, unit variance: the covariance the PCA came from, whitened, is the identity
     np.testing.assert_allclose(np.cov(stacked, rowvar=False, bias=True), np.eye(stacked.shape[1]), atol=0.02)
     # the same whitening in numpy; a component's sign is arbitrary, cosines do not see it
     raw = {n: _matrix(train, n) for n in names}
     stacked_raw = np.vstack(list(raw.values()))
     values, vectors = np.linalg.eigh(np.cov(stacked_raw, rowvar=False, bias=True))
-    top = np.argsort(values)[::-1][: features.whitened_dim(SMALL.dim)]
+    top = np.argsort(values)[::-1][: features.whitened_width(SMALL.dim)]
     white = {n: (raw[n] - stacked_raw.mean(axis=0)) @ vectors[:, top] / np.sqrt(values[top]) for n in names}
     unit = {n: white[n] / np.linalg.norm(white[n], axis=1, keepdims=True) for n in names}
     expected = [np.sum(unit[left] * unit[right], axis=1) for left, right in features.COSINES.values()]
-    got = [examples[name] for name in features.WHITENED_COSINES]
+    got = list(representation.whitened_cosines(examples, features.whitened_width(SMALL.dim)).T)
     label = train.column(features.LABEL).to_numpy()
     _assert_same_rows([*got, examples[features.LABEL]], [*expected, label], atol=2e-3)
 

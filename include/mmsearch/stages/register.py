@@ -22,7 +22,7 @@ from mmsearch.summary import SUMMARY, model_card
 
 log = logging.getLogger(__name__)
 
-MODEL_SUMMARY = ("candidate", "overrides", "epochs_run", "best_epoch", "validation", "weights_sha256")
+MODEL_SUMMARY = ("candidate", "overrides", "components", "epochs_run", "best_epoch", "validation", "weights_sha256")
 
 
 def _unreachable(error: BaseException) -> bool:

@@ -41,6 +41,7 @@ def run(trained: list[dict], *, out_dir: Path, cfg: config.RunConfig, tags: dict
             "overrides": t["overrides"],
             "mlflow_run_id": t["mlflow_run_id"],
             "parameters": t["parameters"],
+            "components": t.get("components"),
             **{f"val_{k}": v for k, v in t["validation"].items()},
         }
         for t in ranked
