@@ -25,15 +25,15 @@ from mmsearch.paths import REPO_ROOT
 
 FRACTION = {"exclusiveMinimum": 0, "exclusiveMaximum": 1}
 AT_LEAST_ONE = {"minimum": 1}
-# Three pair-model candidates, all started from the logistic regression on the cosines, with
-# larger batches and a higher, cosine-decayed learning rate for speed on CPU: wide and deep
-# reading 32 whitened components and reading 128 (a catalogue of a few dozen product types needs
-# few, one of thousands more: validation says which, docs/design.md, The model), and the wide
-# part alone (when the embeddings add nothing, validation says so).
+# Two pair-model candidates, both wide and deep, started from the logistic regression on the
+# cosines, with larger batches and a higher, cosine-decayed learning rate for speed on CPU: one
+# reads 32 whitened components, one 128. A catalogue of a few dozen product types, or little
+# data, needs few; thousands of types, or more data, more: validation says which (docs/design.md,
+# The model). When the embeddings add nothing, a deep candidate keeps its starting regression (the
+# wide part alone, which no longer trains as a candidate of its own).
 DEFAULT_CANDIDATES = (
     {"batch_size": 256, "learning_rate": 0.003, "dropout": 0.2, "components": 32},
     {"batch_size": 256, "learning_rate": 0.003, "dropout": 0.2, "components": 128},
-    {"batch_size": 256, "learning_rate": 0.003, "hidden_units": 0, "components": 32},
 )
 
 

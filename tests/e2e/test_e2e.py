@@ -152,7 +152,8 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
     assert "emissions.csv" in found["artifacts"] and "decision_rule.json" in found["artifacts"]
     for figure in ("reliability_model.png", "precision_recall_model.png", "confusion_model.png"):
         assert f"evaluation/{figure}" in found["artifacts"]
-    assert found["children"] == ["baseline-query", "candidate-0", "candidate-1", "candidate-2"]  # under the DAG run's
+    candidates = [f"candidate-{i}" for i in range(len(DEFAULT_CANDIDATES))]
+    assert found["children"] == ["baseline-query", *candidates]  # nested under the DAG run's
     assert found["parent_tags"]["selected_run_id"]
     assert found["kind"] == "custom_model_development"  # MLflow's UI opens it on its training runs
     assert "| baseline_clip |" in found["card"] and "promoted to champion" in found["card"]
@@ -163,7 +164,7 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
         tags["feature_set"] == "query_product" and len(tags["git_commit"]) in (40, 7) or tags["git_commit"] == "unknown"
     )
     assert {"dvc_md5.raw", f"dvc_md5.{paths.ESCI_FILE}", f"dvc_md5.{paths.PRODUCT_FEATURES_FILE}"} <= set(tags)
-    for candidate in ("candidate-0", "candidate-1", "candidate-2"):
+    for candidate in candidates:
         assert (Path(first_run["run_dir"]) / "train" / candidate / "emissions.csv").exists()
 
 

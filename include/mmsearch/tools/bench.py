@@ -205,7 +205,7 @@ def bench_size(pairs: int, root: Path, env: dict, e2e: bool, repeat: int = 1) ->
         stage("rank", "ml", rank + settings + tags, merged["rows"])
         ceiling = _command("ceiling", **raw_in, **merged_in)
         best = run_measured([str(_venv_bin("ml") / "mmsearch"), *ceiling], env)
-        quality[:] = quality_rows(pairs, scores, json.loads(best["stdout"]))
+        quality[:] = quality_rows(pairs, scores, json.loads(best["stdout"]), read_json(selection))
         rows_out, test_rows = transformed["rows_out"], scores["test_rows"]
         if not (n == merged["rows"] and split_rows == rows_out and split_rows["test"] == test_rows):
             raise RuntimeError(f"row counts differ between stages: {n}, {split_rows}, {rows_out}, {test_rows}")

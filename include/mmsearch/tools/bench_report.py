@@ -15,9 +15,12 @@ DIRECT_STAGES = ("validate", "merge", "transform", "candidates", "baselines", "s
 QUALITY = ("accuracy", "macro_f1", "ndcg")
 
 
-def quality_rows(pairs: int, scores: dict, ceiling: dict) -> list[dict]:
+def quality_rows(pairs: int, scores: dict, ceiling: dict, selection: dict) -> list[dict]:
     """The test metrics of the model and each baseline with their 95 % intervals, the model's
-    difference from each baseline with its interval, the ceiling, and each one's gap to it."""
+    difference from each baseline with its interval, the ceiling, and each one's gap to it; what
+    the model reads (`selection`: select's selection.json)."""
+    from mmsearch.summary import representation_text
+
     uncertainty = scores["uncertainty"]
     rows = []
     for name, metrics in scores["metrics"].items():
@@ -25,6 +28,8 @@ def quality_rows(pairs: int, scores: dict, ceiling: dict) -> list[dict]:
             "intervals": uncertainty["intervals"].get(name, {}),
             "difference": uncertainty["differences"].get(name),
         }
+        if name == "model":
+            found["reads"] = representation_text(selection, selection["selection"]["candidates"])
         rows.append({"pairs": pairs, "scorer": name, **{k: metrics[k] for k in QUALITY}, **found})
     rows.append({"pairs": pairs, "scorer": "best possible", **{k: ceiling[k] for k in QUALITY}, "intervals": {}})
     for row in rows:
@@ -94,11 +99,12 @@ def write_report(rows: list[dict], quality: list[dict], out_dir: Path) -> Path:
         "",
         "Model quality on the test split of the last direct pass, beside the best possible (the generator's "
         "true p(label | pair)): [95 % interval] of a bootstrap over test queries; model - scorer: the model's "
-        "difference from it (paired bootstrap); gap = score - best possible",
+        "difference from it (paired bootstrap); gap = score - best possible; reads: the representation "
+        "select chose on validation",
         "",
-        "| pairs | scorer | accuracy | macro-F1 | nDCG | model - scorer: accuracy | macro-F1 | nDCG "
+        "| pairs | scorer | reads | accuracy | macro-F1 | nDCG | model - scorer: accuracy | macro-F1 | nDCG "
         "| gap accuracy | gap macro-F1 | gap nDCG |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for q in quality:
         gap, difference = q["gap"], q.get("difference") or {}
@@ -107,7 +113,7 @@ def write_report(rows: list[dict], quality: list[dict], out_dir: Path) -> Path:
             d = difference.get(k)
             cells.append(f"{d['difference']:+.4f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "")
         cells += [f"{gap[k]:+.4f}" for k in QUALITY]
-        lines.append(f"| {q['pairs']:,} | {q['scorer']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {q['pairs']:,} | {q['scorer']} | {q.get('reads', '')} | " + " | ".join(cells) + " |")
     report = out_dir / "bench.md"
     report.write_text("\n".join(lines) + "\n")
     return report
