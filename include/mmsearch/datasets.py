@@ -22,6 +22,10 @@ PREFETCH_BATCHES = 2
 # a split held in memory for training: the pair model's train split at 182k pairs is 59 MB at 32
 # whitened components, 224 MB at 128
 IN_MEMORY_BYTES = 256 * 2**20
+# A split held in memory above this size is held in variables: a tf.data pipeline gathering from
+# a tensor copies the tensor when it starts (1.53 GB peak training at 182k pairs and 128
+# components; 1.29 GB from variables), but gathers from variables are slower (an epoch up to 1.5x)
+VARIABLE_BYTES = 128 * 2**20
 
 
 def records(examples_dir: str):
@@ -65,13 +69,14 @@ def make_dataset(transform_manifest: dict, split: str, widths: dict, batch_size:
 
 
 def read_split(transform_manifest: dict, split: str, widths: dict) -> tuple[dict, object]:
-    """The transformed features of one split as [n, width] tensors, and its labels. Parsed
+    """The transformed features of one split as [n, width] tensors (variables if large), and its labels. Parsed
     once a process and held as tensors only: training gathers its batches from them, validation
     and the regressions read them, and no second copy is made (at 182k pairs the query model's
     validation split is 83 MB a copy)."""
     examples = transform_manifest["examples"][split]
     rows = _split_rows(transform_manifest, split)
-    return _parsed(transform_manifest["transform_graph"], examples, tuple(widths.items()), rows)
+    # one key whatever the order the widths come in: training and the wide part's regression share a parse
+    return _parsed(transform_manifest["transform_graph"], examples, tuple(sorted(widths.items())), rows)
 
 
 def _split_rows(transform_manifest: dict, split: str) -> int:
@@ -98,7 +103,17 @@ def _parsed(transform_graph: str, examples_dir: str, widths: tuple, rows: int):
         start = end
     if start != rows:
         raise ValueError(f"{examples_dir} holds {start} examples, its manifest says {rows}")
-    return {name: tf.convert_to_tensor(arrays.pop(name)) for name in widths}, tf.convert_to_tensor(labels)
+    large = sum(array.nbytes for array in arrays.values()) > VARIABLE_BYTES
+    hold = functools.partial(tf.Variable, trainable=False) if large else tf.convert_to_tensor
+    return {name: hold(arrays.pop(name)) for name in widths}, hold(labels)
+
+
+def release() -> None:
+    """Forget the splits held in memory (their memory returns once nothing else holds them)."""
+    import gc
+
+    _parsed.cache_clear()
+    gc.collect()
 
 
 def read_scalar_features(transform_manifest: dict, split: str, names) -> tuple[np.ndarray, np.ndarray]:
@@ -120,14 +135,16 @@ def split_dataset(transform_manifest: dict, split: str, widths: dict, batch_size
     if not fits_in_memory(transform_manifest, split, widths):
         return make_dataset(transform_manifest, split, widths, batch_size, training, seed)
     columns, labels = read_split(transform_manifest, split, widths)
-    indices = tf.data.Dataset.range(len(labels))
+    rows = int(labels.shape[0])
+    indices = tf.data.Dataset.range(rows)
     if training:
-        indices = indices.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).repeat()
+        indices = indices.shuffle(rows, seed=seed, reshuffle_each_iteration=True).repeat()
 
     def gather(batch):
         return tf.nest.map_structure(lambda tensor: tf.gather(tensor, batch), (columns, labels))
 
-    return indices.batch(batch_size).map(gather).prefetch(PREFETCH_BATCHES)
+    # two batches gathered at a time, kept in order (reads of variables are slow one at a time)
+    return indices.batch(batch_size).map(gather, num_parallel_calls=PARSE_THREADS).prefetch(PREFETCH_BATCHES)
 
 
 def predict_split(model, transform_manifest: dict, split: str) -> tuple[np.ndarray, np.ndarray]:

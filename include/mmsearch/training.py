@@ -208,6 +208,9 @@ def train_and_log(job: Training, mlflow) -> dict:
     validation = headline(classification_metrics(labels, probabilities, query_ids, predicted))
     validation.pop("ndcg")
     mlflow.log_metrics({f"selection/val_{name}": value for name, value in validation.items()})
+    # the splits held in memory are read no more: logging the pyfunc loads the exported model
+    # again, and the two together were the training process's peak
+    datasets.release()
     info = _log_pyfunc(mlflow, model, transform_manifest, work_dir, feature_set, rule_path)
     best = history["epoch"].index(history["best_epoch"]) if history["best_epoch"] else None
     return {
