@@ -19,12 +19,12 @@ VALIDATION_BATCH_ROWS = 2048
 SHUFFLE_BUFFER = 10_000  # serialized examples (~9 KB each)
 PARSE_THREADS = 2  # the machine's cores
 PREFETCH_BATCHES = 2
-# a split held in memory for training: the pair model's train split at 182k pairs is 59 MB at 32
-# whitened components, 224 MB at 128
+# a split held in memory for training: the pair model's train split at 182k pairs is 50 MB at 32
+# whitened components, 197 MB at 128
 IN_MEMORY_BYTES = 256 * 2**20
 # A split held in memory above this size is held in variables: a tf.data pipeline gathering from
 # a tensor copies the tensor when it starts (1.53 GB peak training at 182k pairs and 128
-# components; 1.29 GB from variables), but gathers from variables are slower (an epoch up to 1.5x)
+# components; 1.31 GB from variables), but gathers from variables are slower (an epoch up to 1.5x)
 VARIABLE_BYTES = 128 * 2**20
 
 
