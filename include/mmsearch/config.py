@@ -61,7 +61,8 @@ class RunConfig:
         DEFAULT_CANDIDATES,
         "Pair-model candidates, each trained as a mapped task; select keeps the one with the fewest parameters "
         "within one standard error of the best validation macro-F1. Hyperparameter overrides (batch_size, "
-        "learning_rate, dropout, projection_dim, hidden_units, l2, class_weighting none|sqrt). An empty object "
+        "learning_rate, dropout, projection_dim, hidden_units, l2, class_weighting none|sqrt, components: the "
+        "whitened components the model reads, 1-128). An empty object "
         "trains the run's settings as they are.",
         items=dict,
     )
