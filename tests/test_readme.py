@@ -44,3 +44,12 @@ def test_what_is_not_run_here_is_only_what_needs_docker():
     for name, starts in NOT_RUN_HERE.items():
         for command in readme.commands(name):
             assert command.startswith(("cp ", *starts)), f"README block {name!r}: {command} could be run"
+
+
+def test_every_readme_section_the_code_names_exists():
+    """`(README: <section>)` in what a command prints names a heading (its text before any colon)."""
+    lines = readme.README.read_text().splitlines()
+    headings = {line.lstrip("#").replace("`", "").split(":")[0].strip() for line in lines if line.startswith("#")}
+    sources = "\n".join(path.read_text() for path in (REPO_ROOT / "include").rglob("*.py"))
+    named = set(re.findall(r"\(README: ([^)]+)\)", sources))
+    assert named and named <= headings, named - headings

@@ -162,3 +162,6 @@ def log_to_stderr() -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    # not to the root logger too: a library that calls logging.basicConfig() (one does, during
+    # training) would print every line a second time in its own format
+    logger.propagate = False

@@ -65,6 +65,7 @@ def test_make_run_prints_a_line_per_task_the_summary_and_what_to_do_next(first_r
     # TensorFlow's native start-up lines are filtered out of the tasks' logs
     assert "cuInit" not in log.read_text() and "cpu_feature_guard" not in log.read_text()
     assert "INFO mmsearch.stages.train: trained candidate-0" in log.read_text()
+    assert "INFO:mmsearch." not in log.read_text()  # each line once, not again through the root logger
 
 
 def test_dag_run_pulls_merges_and_registers_a_champion(stack, first_run):
@@ -191,6 +192,7 @@ def test_mlflow_ui_opens_on_the_training_runs(stack, first_run):
             line = ui.stderr.readline()
             assert line, f"mmsearch mlflow-ui ended before printing its address: {printed}"
             printed += line
+        assert printed.index("starting MLflow's UI on http://127.0.0.1:") < printed.index("MLflow UI    http")
         runs_url = re.search(r"MLflow UI +(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs)", printed).group(1)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as playwright:

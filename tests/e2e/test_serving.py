@@ -198,8 +198,10 @@ def test_unknown_ids_are_named_and_the_known_ones_ranked(stack, reranker):
 def test_without_the_token_the_answer_is_401(reranker):
     response = httpx.post(f"{reranker['url']}/rerank", json={"query_embedding": _query(), "product_ids": ["x"]})
     assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"].startswith("a bearer token is required")
     wrong = httpx.post(f"{reranker['url']}/score", content=b"", headers={"Authorization": "Bearer not-it"})
     assert wrong.status_code == 401
+    assert wrong.json()["error"].startswith("the bearer token is wrong: send the one the service was started with")
 
 
 def test_metrics_parse_as_prometheus_text_with_counts_latency_and_version(stack, reranker):

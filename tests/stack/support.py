@@ -46,12 +46,12 @@ def mmsearch(env: dict, *args: str, timeout: float = 300) -> dict:
     return json.loads(result.stdout)
 
 
-def make(env: dict, starting: str) -> dict:
-    """The README's servers command that starts with `starting`, pasted; its JSON answer (after
-    the line make echoes)."""
+def make(env: dict, starting: str) -> str:
+    """The README's servers command that starts with `starting`, pasted; what it prints for a person."""
     result = readme.run(readme.command("servers", starting), env)
     assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout[result.stdout.index("{") :])
+    assert "{" not in result.stdout, result.stdout  # text, not JSON: scripts ask for --json
+    return result.stdout
 
 
 @contextlib.contextmanager
@@ -61,8 +61,10 @@ def running_stack(env: dict, up: str = "make up  ", request=None):
     the module fixture's), the stack's logs and its task logs are kept under test-artifacts/."""
     failed_before = request.session.testsfailed if request else 0
     started = time.monotonic()
-    status = make(env, up)
-    status["startup_seconds"] = round(time.monotonic() - started, 1)
+    started_text = make(env, up)
+    startup_seconds = round(time.monotonic() - started, 1)
+    status = mmsearch(env, "stack", "status", "--json") | {"startup_seconds": startup_seconds}
+    assert "component  pid" in started_text and "next         make serve" in started_text, started_text
     try:
         yield {"env": env, "status": status}
     finally:
@@ -73,7 +75,7 @@ def running_stack(env: dict, up: str = "make up  ", request=None):
             with contextlib.suppress(psutil.NoSuchProcess):
                 started_pids |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
         stopped = make(env, "make down")
-        assert set(status["pids"]) <= set(stopped["stopped"])
+        assert all(f"{name} ({pid})" in stopped for name, pid in status["pids"].items()), stopped
         leftovers = [pid for pid in started_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
         assert not leftovers, f"processes still running after stack down: {leftovers}"
         shutil.rmtree(Path(env["MMSEARCH_HOME"]).parent, ignore_errors=True)

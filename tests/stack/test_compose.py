@@ -51,9 +51,21 @@ def compose_config(env_file: Path) -> subprocess.CompletedProcess:
     )
 
 
+EXAMPLE = REPO_ROOT / ".env.example"
+# the secrets .env.example leaves empty, as a person fills them in
+SECRETS = {name: f"secret-of-{name.lower()}" for name in re.findall(r"^([A-Z_]+)=$", EXAMPLE.read_text(), re.M)}
+
+
+def filled(env_file: Path, leave_out: str = "") -> Path:
+    """.env.example with every empty secret filled in (but `leave_out`'s line), written to `env_file`."""
+    lines = [line for line in EXAMPLE.read_text().splitlines() if not (leave_out and line.startswith(f"{leave_out}="))]
+    env_file.write_text("\n".join(line + SECRETS.get(line[:-1], "") for line in lines) + "\n")
+    return env_file
+
+
 @pytest.fixture(scope="module")
-def resolved() -> dict:
-    result = compose_config(REPO_ROOT / ".env.example")
+def resolved(tmp_path_factory) -> dict:
+    result = compose_config(filled(tmp_path_factory.mktemp("compose") / ".env"))
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -84,9 +96,9 @@ def test_every_airflow_service_shares_the_volume_and_the_ml_environment(resolved
         assert env["MMSEARCH_ML_PYTHON"] == ML_PYTHON
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-        assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:change-me-redis@redis:6379/0"
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
         assert env["MLFLOW_TRACKING_USERNAME"] == "admin"
-        assert env["MLFLOW_TRACKING_PASSWORD"] == "change-me-mlflow-admin"
+        assert env["MLFLOW_TRACKING_PASSWORD"] == SECRETS["MLFLOW_ADMIN_PASSWORD"]
         assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/mmsearch/dags"
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
@@ -94,7 +106,7 @@ def test_every_airflow_service_shares_the_volume_and_the_ml_environment(resolved
     script = "\n".join(mlflow["command"])
     assert "--app-name=basic-auth" in script and "--serve-artifacts" in script
     assert '--backend-store-uri="postgresql+psycopg2://mlflow:$${MLFLOW_DB_PASSWORD}@postgres/mlflow"' in script
-    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == "change-me-mlflow-admin"
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == SECRETS["MLFLOW_ADMIN_PASSWORD"]
     assert "--requirepass" in resolved["services"]["redis"]["command"]
 
 
@@ -113,7 +125,7 @@ def test_the_champion_is_served_on_demand_by_the_reranker(resolved):
     assert serve["profiles"] == ["serve"]
     assert serve["command"][:2] == ["-m", "mmsearch.rerank"] and "--dvc-repo=/opt/mmsearch" in serve["command"]
     assert serve["environment"]["MLFLOW_TRACKING_USERNAME"] == "admin"
-    assert serve["environment"]["MMSEARCH_RERANK_TOKEN"] == "change-me-rerank-token"
+    assert serve["environment"]["MMSEARCH_RERANK_TOKEN"] == SECRETS["RERANK_TOKEN"]
     assert serve["healthcheck"]["test"][-1].endswith(":5001/health")
 
 
@@ -125,16 +137,15 @@ def test_ports_are_bound_to_localhost_only(resolved):
 
 
 def test_missing_secrets_stop_compose_with_the_variable_named(tmp_path):
-    env_file = tmp_path / "incomplete.env"
-    kept = [
-        line
-        for line in (REPO_ROOT / ".env.example").read_text().splitlines()
-        if not line.startswith("AIRFLOW_JWT_SECRET=")
-    ]
-    env_file.write_text("\n".join(kept) + "\n")
-    result = compose_config(env_file)
+    result = compose_config(filled(tmp_path / "incomplete.env", leave_out="AIRFLOW_JWT_SECRET"))
     assert result.returncode != 0
     assert "set AIRFLOW_JWT_SECRET in .env" in result.stderr
+
+
+def test_the_example_as_shipped_is_refused_until_its_secrets_are_filled_in():
+    assert len(SECRETS) == 9 and "change-me" not in EXAMPLE.read_text()
+    result = compose_config(EXAMPLE)
+    assert result.returncode != 0 and re.search(r"set [A-Z_]+ in \.env", result.stderr), result.stderr
 
 
 def test_dockerfile_extends_the_airflow_image_with_the_ml_environment_the_dag_uses():
@@ -150,8 +161,9 @@ def test_dockerfile_extends_the_airflow_image_with_the_ml_environment_the_dag_us
 def test_the_readme_env_file_step_gives_a_file_compose_resolves(tmp_path):
     """The README's compose block as far as this machine goes: its `cp` makes the `.env` that
     `docker-compose config` resolves (the build and the containers need a Docker engine)."""
-    shutil.copy(REPO_ROOT / ".env.example", tmp_path)
+    shutil.copy(EXAMPLE, tmp_path)
     copy = readme.command("compose", "cp ")
     result = readme.run(copy, dict(os.environ), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert compose_config(tmp_path / ".env").returncode == 0
+    assert compose_config(tmp_path / ".env").returncode != 0  # as copied: its secrets are empty
+    assert compose_config(filled(tmp_path / ".env")).returncode == 0

@@ -18,7 +18,7 @@ import pytest
 
 from mmsearch.config import DEFAULT_CANDIDATES
 from tests import readme
-from tests.helpers import stack_env
+from tests.helpers import isolated_env, stack_env
 from tests.stack.support import (
     ARTIFACTS,
     DAG_ID,
@@ -34,6 +34,14 @@ from tests.stack.support import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
+
+
+def test_status_of_a_stopped_stack_is_an_answer_not_a_failure(tmp_path):
+    env = isolated_env(tmp_path / "home")
+    result = readme.run(readme.command("servers", "make status"), env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "stopped: the stack is not running" in result.stdout and "`make up` starts it" in result.stdout
+    assert run_mmsearch(env, "stack", "status", "--json").returncode == 3  # what a script checks
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,25 @@ def _tool(name: str):
 
 def _stack(args: argparse.Namespace):
     from mmsearch.stack import lifecycle as stack
-    from mmsearch.stack.settings import StackSettings
+    from mmsearch.stack.settings import StackError, StackSettings
 
     if args.action == "up":
-        return stack.up(StackSettings.from_env(executor=args.executor, workers=args.workers))
+        found = stack.up(StackSettings.from_env(executor=args.executor, workers=args.workers))
+        return found if args.json else stack.status_table(found, started=True)
     if args.action == "restart":
         return stack.restart(args.component)
     if args.action == "status":
-        found = stack.status()
+        try:
+            found = stack.status()
+        except StackError as error:
+            if args.json:
+                raise
+            return f"stopped: {error}"  # an answer, not a failure: scripts read --json's exit status
         return found if args.json else stack.status_table(found)
-    return {"down": stack.down, "serve": stack.serve}[args.action]()
+    if args.action == "down":
+        stopped = stack.down()
+        return stopped if args.json else stack.down_text(stopped)
+    return stack.serve()
 
 
 def _champion(args: argparse.Namespace):
@@ -126,5 +135,5 @@ def add_tools(sub) -> None:
     p.add_argument("component", nargs="?", help="restart: the component to restart (postgres, redis, worker-1, ...)")
     p.add_argument("--executor", choices=["local", "celery"], help="up: Airflow's executor (default: local)")
     p.add_argument("--workers", type=int, help="up: Celery workers (default: 2)")
-    p.add_argument("--json", action="store_true", help="status: the JSON a script reads, not the table")
+    p.add_argument("--json", action="store_true", help="up, down, status: the JSON a script reads, not the text")
     p.set_defaults(func=_stack)

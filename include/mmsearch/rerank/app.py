@@ -193,8 +193,12 @@ def create_app(options: Options) -> FastAPI:
 
     def guard(request: Request) -> None:
         given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {options.token}".encode()):
+        if not given.startswith("Bearer "):
             raise service.RequestError(401, "a bearer token is required: Authorization: Bearer <token>")
+        if not hmac.compare_digest(given.encode(), f"Bearer {options.token}".encode()):
+            raise service.RequestError(
+                401, f"the bearer token is wrong: send the one the service was started with ({RERANK_TOKEN_VARIABLE})"
+            )
         limit = options.max_npy_bytes if request.url.path == "/score" else options.max_json_bytes
         if int(request.headers.get("content-length") or 0) > limit:
             raise service.RequestError(413, f"the body is over {limit} bytes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 
 from mmsearch import config
@@ -89,14 +90,9 @@ def up(settings: StackSettings | None = None, timeout: float = 240.0) -> dict:
     for component in components.servers(settings, env):
         _launch(component)
     _wait_healthy(settings, env, timeout)
-    workers = f" with {settings.workers} Celery workers" if settings.executor == "celery" else ""
-    # the CLI sends this to stderr: stdout carries only the JSON status
     print(
-        f"Airflow UI   {settings.airflow_url}  (user {settings.admin_user}, "
-        f"password {admin_password(settings)}, from {password_file()})\n"
-        f"MLflow UI    {settings.mlflow_url}  (user admin, password: mlflow_admin_password in {secrets_file()})\n"
-        f"executor     {EXECUTORS[settings.executor]}{workers}, metadata in PostgreSQL on :{settings.postgres_port}\n"
-        f"logs         {stack_dir() / 'logs'}\nserve with   make serve\nstop with    make down"
+        f"Airflow password {admin_password(settings)} (user {settings.admin_user}, kept in {password_file()})",
+        file=sys.stderr,
     )
     return status(settings)
 
@@ -178,8 +174,9 @@ def status(settings: StackSettings | None = None) -> dict:
     }
 
 
-def status_table(found: dict) -> str:
-    """`status` as a person reads it: a line per process, then where to go."""
+def status_table(found: dict, started: bool = False) -> str:
+    """`status` as a person reads it: a line per process, then where to go (and, just `started`,
+    what to do next)."""
     listening: dict[str, list[str]] = {}
     for sock in found["listening"]:
         listening.setdefault(sock["component"], []).append(f"{sock['ip']}:{sock['port']}")
@@ -199,7 +196,18 @@ def status_table(found: dict) -> str:
     ]
     if "serve" in found["pids"]:
         lines.append(f"re-ranker    {found['serve_url']}/rerank")
+    if started:
+        lines.append("next         make serve (the champion as a re-ranking service); make down stops it all")
     return "\n".join(lines)
+
+
+def down_text(stopped: dict) -> str:
+    """`down`'s answer as a person reads it."""
+    if not stopped["stopped"]:
+        return "nothing was running"
+    names = ", ".join(f"{name} ({pid})" for name, pid in stopped["stopped"].items())
+    killed = f"; killed after the grace period: PIDs {', '.join(map(str, stopped['killed_after_grace']))}"
+    return f"stopped {len(stopped['stopped'])} processes: {names}" + (killed if stopped["killed_after_grace"] else "")
 
 
 def down(grace_seconds: float = 30.0) -> dict:

@@ -72,13 +72,17 @@ def _size_mb(path: Path) -> float:
 
 
 def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> dict:
-    """The transform's arithmetic in numpy and pyarrow (the floor): elementwise z-scores from
-    train statistics, z-scored cosines; read twice like the Beam job; written as parquet."""
+    """The transform's arithmetic in numpy and pyarrow (the floor), what `features.preprocessing_fn`
+    computes: the query embedding's elementwise z-scores, the pair cosines raw and z-scored, and
+    each embedding whitened by one PCA of the three (a covariance over the train rows, its
+    eigendecomposition, a projection on the first components); statistics from the train split in
+    one pass, then every split transformed; written as parquet."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     columns = list(features.EMBEDDING_COLUMNS["query_product"])
+    query = features.QUERY_EMBEDDING
 
     def batches(split):
         for path in sorted((Path(merged_dir) / split).glob("*.parquet")):
@@ -86,45 +90,48 @@ def numpy_transform(merged_dir: Path, out_dir: Path, batch_rows: int = 2000) -> 
                 yield {c: batch.column(c).values.to_numpy().reshape(len(batch), -1) for c in columns}
 
     def cosines(m):
-        q = m[features.QUERY_EMBEDDING] / np.linalg.norm(m[features.QUERY_EMBEDDING], axis=1, keepdims=True)
-        return [(q * (m[c] / np.linalg.norm(m[c], axis=1, keepdims=True))).sum(1) for c in columns[1:]]
+        unit = {c: m[c] / np.linalg.norm(m[c], axis=1, keepdims=True) for c in columns}
+        return {name: (unit[left] * unit[right]).sum(1) for name, (left, right) in features.COSINES.items()}
 
     start = time.monotonic()
     n, sums, squares = 0, {}, {}
+    outer, stacked_sum = 0, 0  # the whitening's covariance of the three embeddings, stacked
     for m in batches("train"):
-        n += len(m[features.QUERY_EMBEDDING])
-        for key, values in [*m.items(), *enumerate(cosines(m))]:
+        n += len(m[query])
+        for key, values in [(query, m[query]), *cosines(m).items()]:
             sums[key] = sums.get(key, 0) + values.astype(np.float64).sum(0)
             squares[key] = squares.get(key, 0) + np.square(values, dtype=np.float64).sum(0)
+        stacked = np.concatenate([m[c] for c in columns])
+        outer = outer + (stacked.T @ stacked).astype(np.float64)
+        stacked_sum = stacked_sum + stacked.sum(0, dtype=np.float64)
     mean = {k: sums[k] / n for k in sums}
     std = {k: np.sqrt(squares[k] / n - mean[k] ** 2) for k in sums}
+    stacked_mean = stacked_sum / (3 * n)
+    variances, vectors = np.linalg.eigh(outer / (3 * n) - np.outer(stacked_mean, stacked_mean))
+    top = np.argsort(variances)[::-1][: features.whitened_width(len(stacked_mean))]
+    whitening = (vectors[:, top] / np.sqrt(np.maximum(variances[top], 0) + 1e-12)).astype(np.float32)
+    stacked_mean = stacked_mean.astype(np.float32)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = 0
     for split in paths.SPLITS:
-        with pq.ParquetWriter(
-            out_dir / f"{split}.parquet",
-            pa.schema(
-                [(c, pa.list_(pa.float32())) for c in columns]
-                + [("cos_text", pa.float32()), ("cos_image", pa.float32())]
-            ),
-            compression="none",
-        ) as writer:
-            for m in batches(split):
-                z = {c: ((m[c] - mean[c]) / std[c]).astype(np.float32) for c in columns}
-                cos = [((v - mean[i]) / std[i]).astype(np.float32) for i, v in enumerate(cosines(m))]
-                offsets = pa.array(
-                    np.arange(0, len(cos[0]) * m[columns[0]].shape[1] + 1, m[columns[0]].shape[1], dtype=np.int32)
-                )
-                writer.write_table(
-                    pa.table(
-                        {
-                            **{c: pa.ListArray.from_arrays(offsets, pa.array(z[c].ravel())) for c in columns},
-                            "cos_text": cos[0],
-                            "cos_image": cos[1],
-                        }
-                    )
-                )
-                rows += len(cos[0])
+        writer = None
+        for m in batches(split):
+            table = {query: ((m[query] - mean[query]) / std[query]).astype(np.float32)}
+            for name, cosine in cosines(m).items():
+                table[features.raw_cosine(name)] = cosine.astype(np.float32)
+                table[name] = ((cosine - mean[name]) / std[name]).astype(np.float32)
+            for c in columns:
+                table[features.WHITENED[c]] = (m[c] - stacked_mean) @ whitening
+            arrays = {
+                name: pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), v.shape[1]) if v.ndim == 2 else pa.array(v)
+                for name, v in table.items()
+            }
+            batch = pa.table(arrays)
+            writer = writer or pq.ParquetWriter(out_dir / f"{split}.parquet", batch.schema, compression="none")
+            writer.write_table(batch)
+            rows += len(m[query])
+        if writer:
+            writer.close()
     return {"seconds": time.monotonic() - start, "rows": rows}
 
 

@@ -59,6 +59,8 @@ def start(port: int | None = None, timeout: float = START_TIMEOUT) -> tuple[subp
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    # the server's imports take 20-40 s: say so at once, not after a silence
+    print(f"starting MLflow's UI on {url} (20-40 s; its log: {log})", flush=True)
     try:
         experiment = _experiment_id(url, config.RunConfig().experiment_name, timeout)
     except StackError:

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mmsearch import config, paths
@@ -43,8 +44,6 @@ def latest_run(env: dict | None = None) -> dict:
 
 def task_seconds(run_id: str, env: dict | None = None) -> dict:
     """Each task's duration in a recorded run, from Airflow's own start and end dates."""
-    from datetime import datetime
-
     seconds = {}
     for ti in _airflow_json(["tasks", "states-for-dag-run", DAG_ID, run_id], env):
         if ti.get("start_date") and ti.get("end_date"):
@@ -86,11 +85,13 @@ def _dags_test(conf: str, log_path: Path, logical_date: str | None) -> int:
         return process.wait()
 
 
-def _keep_with_run(log_path: Path, run_id: str) -> Path:
-    """The log beside the run's outputs, if the run wrote any."""
-    run_dir = paths.run_dir_for(run_id)
-    if not run_dir.is_dir():
+def _keep_with_run(log_path: Path, run: dict, started_at: datetime) -> Path:
+    """The log beside the run's outputs (runs/<run>/, made for it if the run wrote nothing), failed
+    or not; left where it is if this command recorded no run (the latest is then an earlier one's)."""
+    if not run.get("start_date") or datetime.fromisoformat(run["start_date"]) < started_at:
         return log_path
+    run_dir = paths.run_dir_for(run["run_id"])
+    run_dir.mkdir(parents=True, exist_ok=True)
     return Path(log_path.replace(run_dir / LOG_NAME))
 
 
@@ -104,7 +105,7 @@ def next_step(summary: dict) -> str:
     if registry["promoted"]:
         return (
             f"next: `make mlflow-ui` shows this run (training curves, evaluation figures); v{version} is the "
-            f"champion: load models:/{registry['registered_model']}@champion (README, After make run), or serve "
+            f"champion: load models:/{registry['registered_model']}@champion (README: After make run), or serve "
             "it with the stack"
         )
     if decision.get("champion_version"):
@@ -132,11 +133,11 @@ def run_dag(conf: str = "{}", as_json: bool = False, logical_date: str | None = 
     log_path = paths.mmsearch_home() / "logs" / f"dags-test-{time.strftime('%Y%m%dT%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"{DAG_ID}: airflow dags test, a line per task", flush=True)
-    started = time.monotonic()
+    started, started_at = time.monotonic(), datetime.now(UTC)
     returncode = _dags_test(conf, log_path, logical_date)
     seconds = round(time.monotonic() - started, 1)
     run = latest_run()
-    log_path = _keep_with_run(log_path, run["run_id"])
+    log_path = _keep_with_run(log_path, run, started_at)
     if returncode != 0 or run["state"] != "success":
         raise RunFailed(
             f"{DAG_ID} run {run['run_id']} ended '{run['state']}' after {seconds} s: "
