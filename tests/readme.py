@@ -2,8 +2,8 @@
 
 A block a person is meant to run carries a marker on the line before its fence,
 `<!-- readme-test: NAME -->`; `tests/test_readme.py` checks that every bash and python block has
-one and that a test runs it. The README names the default ports; a test's stack listens on free
-ones, so `with_ports` puts those in (the only change made to a pasted command)."""
+one and that a test runs it. A block reads the ports from the MMSEARCH_*_PORT variables, as a
+person's shell has them, so a test's stack on free ports runs it unchanged."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from tests.helpers import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 MARKED_BLOCK = re.compile(r"^<!-- readme-test: ([\w-]+) -->\n```(\w+)\n(.*?)^```", re.M | re.S)
-DEFAULT_PORTS = {"8080": "MMSEARCH_AIRFLOW_PORT", "5000": "MMSEARCH_MLFLOW_PORT", "5001": "MMSEARCH_SERVE_PORT"}
 
 
 def blocks() -> dict[str, tuple[str, str]]:
@@ -41,13 +40,6 @@ def command(name: str, starting: str) -> str:
     return found[0].split("  #")[0].rstrip()
 
 
-def with_ports(text: str, env: dict) -> str:
-    for port, variable in DEFAULT_PORTS.items():
-        if variable in env:
-            text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{env[variable]}")
-    return text
-
-
 def shell_env(env: dict) -> dict:
     return {k: v for k, v in env.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
 
@@ -56,7 +48,7 @@ def run(text: str, env: dict, cwd: Path = REPO_ROOT, timeout: float = 600) -> su
     """Pasted into bash, in `cwd` (the checkout by default: make's targets are there), from a
     shell that no make started (under `make test`, a sub-make would announce its directory)."""
     return subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", with_ports(text, env)],
+        ["bash", "-euo", "pipefail", "-c", text],
         env=shell_env(env),
         cwd=cwd,
         capture_output=True,

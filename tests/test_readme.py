@@ -53,3 +53,10 @@ def test_every_readme_section_the_code_names_exists():
     sources = "\n".join(path.read_text() for path in (REPO_ROOT / "include").rglob("*.py"))
     named = set(re.findall(r"\(README: ([^)]+)\)", sources))
     assert named and named <= headings, named - headings
+
+
+def test_no_block_hard_codes_a_port_a_variable_sets():
+    """A block a person pastes with MMSEARCH_SERVE_PORT=5011 set must reach port 5011."""
+    for name, (_, text) in readme.blocks().items():
+        code = "\n".join(line.split("  #")[0] for line in text.splitlines())
+        assert not re.search(r"127\.0\.0\.1:(8080|5000|5001)\b", code), f"README block {name!r}: {text}"

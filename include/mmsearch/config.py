@@ -43,7 +43,8 @@ def overridden_by_candidates(name: str) -> str:
     if not values:
         return "The pair-model candidates use it unless they override it."
     return (
-        f"The default pair-model candidates set their own ({', '.join(values)}): to change theirs, edit `candidates`."
+        f"The registered pair model's default candidates set their own ({', '.join(values)}): to change "
+        "theirs, edit `candidates`."
     )
 
 
@@ -77,20 +78,23 @@ class RunConfig:
     )
     batch_size: int = training_setting(
         32,
-        "Training batch size (the original design's): the query model's. " + overridden_by_candidates("batch_size"),
+        "Query model only (the original design, kept for comparison): its batch size. "
+        + overridden_by_candidates("batch_size"),
         **AT_LEAST_ONE,
     )
     steps_per_epoch: int = training_setting(200, "Training steps per epoch.", **AT_LEAST_ONE)
     patience: int = training_setting(5, "Early-stopping patience in epochs (best weights restored).", minimum=0)
     learning_rate: float = training_setting(
         0.001,
-        "Adam learning rate: the query model's. " + overridden_by_candidates("learning_rate"),
+        "Query model only (the original design, kept for comparison): its Adam learning rate. "
+        + overridden_by_candidates("learning_rate"),
         exclusiveMinimum=0,
         maximum=1,
     )
     dropout: float = training_setting(
         0.3,
-        "Dropout after the first dense layer: the query model's. " + overridden_by_candidates("dropout"),
+        "Query model only (the original design, kept for comparison): its dropout after the first dense layer. "
+        + overridden_by_candidates("dropout"),
         minimum=0,
         exclusiveMaximum=1,
     )

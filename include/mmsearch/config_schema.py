@@ -96,7 +96,7 @@ def param_schema(field: dataclasses.Field) -> dict:
     json_type = JSON_TYPES[type(field.default)]
     schema = {
         "type": [json_type, "null"] if meta["optional"] else json_type,
-        "description": meta["description"],
+        "description": meta["description"] + allowed_range(meta["bounds"]),
         "section": meta["section"],
         **meta["bounds"],
     }
@@ -105,6 +105,14 @@ def param_schema(field: dataclasses.Field) -> dict:
     if json_type == "array":
         schema["items"] = {"type": JSON_TYPES[meta["items"]]}
     return schema
+
+
+def allowed_range(bounds: dict) -> str:
+    """The bounds as the form shows them under the field (its number box says nothing, and moves
+    a value typed out of range to the nearest bound as it loses focus)."""
+    if not bounds:
+        return ""
+    return " Allowed: " + " and ".join(f"{BOUNDS[key][1]} {value}" for key, value in bounds.items()) + "."
 
 
 def param_default(field: dataclasses.Field):

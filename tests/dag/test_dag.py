@@ -173,6 +173,9 @@ def test_numbers_carry_their_ranges(dag):
     assert schema["epochs"]["minimum"] == 1
     assert schema["dropout"]["minimum"] == 0 and schema["dropout"]["exclusiveMaximum"] == 1
     assert schema["val_fraction"]["exclusiveMinimum"] == 0 and schema["val_fraction"]["exclusiveMaximum"] == 1
+    # the form's number box shows no range: each description says it
+    assert dag.params.get_param("epochs").description.endswith(" Allowed: ≥ 1.")
+    assert dag.params.get_param("dropout").description.endswith(" Allowed: ≥ 0 and < 1.")
     with pytest.raises(ParamValidationError):
         dag.params.get_param("epochs").resolve(-3)
 

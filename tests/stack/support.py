@@ -50,7 +50,6 @@ def make(env: dict, starting: str) -> str:
     """The README's servers command that starts with `starting`, pasted; what it prints for a person."""
     result = readme.run(readme.command("servers", starting), env)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "{" not in result.stdout, result.stdout  # text, not JSON: scripts ask for --json
     return result.stdout
 
 
@@ -64,8 +63,9 @@ def running_stack(env: dict, up: str = "make up  ", request=None):
     started_text = make(env, up)
     startup_seconds = round(time.monotonic() - started, 1)
     status = mmsearch(env, "stack", "status", "--json") | {"startup_seconds": startup_seconds}
-    assert "component  pid" in started_text and "next         make serve" in started_text, started_text
     try:
+        assert re.search(r"^component +pid +memory", started_text, re.M), started_text  # the status table
+        assert "\nnext         make serve" in started_text, started_text
         yield {"env": env, "status": status}
     finally:
         if request is not None and request.session.testsfailed > failed_before:
@@ -154,9 +154,12 @@ def task_log(api: httpx.Client, run_id: str, task_id: str, dag_id: str = DAG_ID)
     )
 
 
-def trigger_from_the_form(page, url: str, api: httpx.Client, edits: dict, screenshot: str) -> dict:
+def trigger_from_the_form(
+    page, url: str, api: httpx.Client, edits: dict, screenshot: str, shows: dict | None = None
+) -> dict:
     """On the DAG's page, open its Trigger form, edit `edits` (param name: text, or true/false for
-    a switch) and press Trigger; return the run it started, found through the REST API."""
+    a switch), check that each section of `shows` shows its text, and press Trigger; return the
+    run it started, found through the REST API."""
     from playwright.sync_api import expect
 
     page.goto(f"{url}/dags/{DAG_ID}")
@@ -177,6 +180,10 @@ def trigger_from_the_form(page, url: str, api: httpx.Client, edits: dict, screen
         if field.get_attribute("role") == "combobox":  # a setting with choices: the typed one, picked
             field.press("Enter")
         field.blur()
+    for section, text in (shows or {}).items():
+        if not dialog.get_by_text(text).is_visible():
+            dialog.get_by_role("button", name=section, exact=True).click()
+        expect(dialog.get_by_text(text)).to_be_visible()
     submit = dialog.get_by_role("button", name="Trigger", exact=True)
     expect(submit).to_be_enabled()  # nothing required is missing, nothing is out of range
     page.screenshot(path=str(ARTIFACTS / screenshot))

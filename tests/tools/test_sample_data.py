@@ -80,6 +80,8 @@ def test_ceiling_scores_the_true_distribution_on_a_merged_split(small_raw, tmp_p
     assert best["rows"] == merge.read_merged(tmp_path / "merged", "test").num_rows
     assert 0.5 < best["accuracy"] <= 1.0 and 0.0 < best["macro_f1"] <= best["accuracy"] + 0.3
     assert 0.0 < best["ndcg"] <= 1.0
+    # the bound on the expectation: the test labels are one draw, their nDCG near it
+    assert 0.0 < best["ndcg_expected"] <= 1.0 and abs(best["ndcg_expected"] - best["ndcg"]) < 0.05
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):

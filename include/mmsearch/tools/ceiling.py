@@ -37,4 +37,21 @@ def ceiling(raw_dir: Path, merged_dir: Path, split: str = "test") -> dict:
     ruled = classification_metrics(labels, probabilities, query_ids, served)
     best["macro_f1_argmax"] = best["macro_f1"]
     best["macro_f1"] = max(best["macro_f1"], ruled["macro_f1"])
+    best["ndcg_expected"] = expected_ndcg(query_ids, probabilities)
     return {"split": split, "rows": len(labels), **best}
+
+
+def expected_ndcg(query_ids: np.ndarray, probabilities: np.ndarray, draws: int = 200, seed: int = 0) -> float:
+    """The nDCG of the ranking by true expected gain, averaged over `draws` draws of the labels
+    from the true p: what "best possible" bounds. The test split's labels are one such draw, on
+    which a model can land above it by chance (the interval says how far)."""
+    from mmsearch.metrics import GAIN_BY_ID, mean_ndcg
+
+    rng = np.random.default_rng(seed)
+    scores = probabilities @ GAIN_BY_ID
+    cumulative = np.cumsum(probabilities, axis=1)
+    values = []
+    for _ in range(draws):
+        drawn = (rng.random(len(probabilities))[:, None] > cumulative).sum(axis=1).clip(max=features.NUM_CLASSES - 1)
+        values.append(mean_ndcg(query_ids, GAIN_BY_ID[drawn], scores)[0])
+    return float(np.mean(values))

@@ -20,14 +20,16 @@ MODEL_INPUTS = list(features.EMBEDDING_COLUMNS["query_product"])
 
 
 def _pairs_of_one_query(esci_path: Path, pairs: int) -> pd.DataFrame:
-    """The first query (by id) judged on at least `pairs` products, those with the most
-    different labels first: an example that shows more than one label."""
+    """Picked by rule, not by hand: of the queries judged on at least `pairs` products, the one
+    judged with the most different labels (every one of E, S, C, I where a query has them all),
+    the first by id among those; one product of each label first, then a second of each, ..."""
     judged = raw.read_esci(esci_path, ["query_id", "query", "product_id", "esci_label"]).to_pandas()
-    counts = judged.groupby("query_id")["product_id"].transform("size")
-    candidates = judged[counts >= pairs]
-    if candidates.empty:
+    per_query = judged.groupby("query_id").agg(products=("product_id", "size"), labels=("esci_label", "nunique"))
+    eligible = per_query[per_query.products >= pairs]
+    if eligible.empty:
         raise DataError(esci_path, f"no query has {pairs} judged products")
-    rows = candidates[candidates.query_id == candidates.query_id.min()].copy()
+    chosen = eligible.sort_values("labels", ascending=False, kind="stable").index[0]  # ids ascending: groupby sorts
+    rows = judged[judged.query_id == chosen].copy()
     rows["query_id"] = rows.query_id.astype(str)  # ESCI's ids are integers, SQID's strings
     rows["repeat"] = rows.groupby("esci_label").cumcount()
     rows["label_rank"] = rows.esci_label.map(LABEL_ORDER.index)
@@ -42,7 +44,7 @@ def _embeddings(path: Path, key: str, ids: list, columns: dict[str, str]) -> pd.
     return table.to_pandas().rename(columns=columns)
 
 
-def example_pairs(raw_dir: str | Path = "data/raw", pairs: int = 3) -> pd.DataFrame:
+def example_pairs(raw_dir: str | Path = "data/raw", pairs: int = 4) -> pd.DataFrame:
     """`pairs` judged pairs of one query from the raw files: query_id, query, product_id,
     esci_label and the three CLIP embeddings the model reads (768-long float32 arrays)."""
     raw_dir = Path(raw_dir)
