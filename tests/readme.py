@@ -55,3 +55,20 @@ def run(text: str, env: dict, cwd: Path = REPO_ROOT, timeout: float = 600) -> su
         text=True,
         timeout=timeout,
     )
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped but hyphens, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def contents() -> list[str]:
+    """The table of contents the README's `##` and `###` headings make, a line each."""
+    lines, fenced = [], False
+    for line in README.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        found = not fenced and re.match(r"^(##+) (.+)$", line)
+        if found and len(found[1]) <= 3 and found[2] != "Contents":
+            indent = "  " * (len(found[1]) - 2)
+            lines.append(f"{indent}- [{found[2].replace('`', '')}](#{anchor(found[2])})")
+    return lines

@@ -60,3 +60,7 @@ def test_no_block_hard_codes_a_port_a_variable_sets():
     for name, (_, text) in readme.blocks().items():
         code = "\n".join(line.split("  #")[0] for line in text.splitlines())
         assert not re.search(r"127\.0\.0\.1:(8080|5000|5001)\b", code), f"README block {name!r}: {text}"
+
+
+def test_the_contents_list_every_section():
+    assert "## Contents\n\n" + "\n".join(readme.contents()) + "\n" in readme.README.read_text()
