@@ -138,22 +138,26 @@ def validate(lineage: dict, settings: dict) -> dict:
 @task(execution_timeout=timedelta(minutes=60))
 def merge(lineage: dict, settings: dict) -> dict:
     """Join every judgement with its embeddings; split train/val/test by query."""
+    from mmsearch.lineage import data_digest
     from mmsearch.run_context import stage_task
     from mmsearch.stages import merge as stage
 
     with stage_task(settings, ml_env=False) as run:
-        return stage.run(lineage["raw_dir"], out_dir=run.out("merged"), cfg=run.cfg, tags=run.tags)
+        digest = data_digest(lineage)
+        return stage.run(lineage["raw_dir"], digest, out_dir=run.out("merged"), cfg=run.cfg, tags=run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=30))
-def drift(merged: dict, settings: dict) -> dict:
+def drift(merged: dict, planned: list, settings: dict) -> dict:
     """This run's data against the champion's training data: label shares and each modality's
-    embeddings. The report goes to MLflow; above `drift_threshold`, the run fails here, before training."""
+    embeddings. The report goes to MLflow, under the night's run; above `drift_threshold`, the run
+    fails here, before training."""
     from mmsearch.run_context import stage_task
     from mmsearch.stages import drift as stage
 
     with stage_task(settings) as run:
-        return stage.run(merged["merged_dir"], out_dir=run.out("drift"), cfg=run.cfg, tags=run.tags)
+        merged_dir, parent_run_id = merged["merged_dir"], planned[0]["parent_run_id"]
+        return stage.run(merged_dir, parent_run_id=parent_run_id, out_dir=run.out("drift"), cfg=run.cfg, tags=run.tags)
 
 
 @task.external_python(**ML_ENV, execution_timeout=timedelta(minutes=60))
@@ -288,20 +292,21 @@ def mmsearch_training():
     settings = configure()
     with TaskGroup(
         "data", tooltip="DVC pull, the catalogue published, anything new?, contract checks, join and split, drift"
-    ):
+    ) as data:
         lineage = pull_data(settings)
         publish_catalogue(lineage, settings)  # beside the nothing-new check: skipped nights publish too
         proceed = anything_new(check_changes(lineage, settings), settings)
         report = validate(lineage, settings)
         merged = merge(lineage, settings)
         proceed >> report >> merged
-        drifted = drift(merged, settings)
     with TaskGroup(
         "model", tooltip="TensorFlow Transform, candidates, baselines, evaluation, MLflow registry, approval"
     ):
         transformed = transform(merged, settings)  # beside drift: neither waits for the other
         planned = candidates(settings)
         report >> planned  # no MLflow run for data that failed validation
+        # a data task, logged under the night's MLflow run, which candidates opens
+        drifted = drift.override(task_group=data)(merged, planned, settings)
         # a mapped task takes its docs from its operator arguments, not from its docstring
         trained = (
             train.override(doc_md=train.function.__doc__)

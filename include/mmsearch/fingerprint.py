@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 
 from mmsearch import config, paths
 
@@ -17,19 +16,10 @@ TAG = "fingerprint"
 CODE_PATHS = ("include", "dags", "plugins", "pyproject.toml", "requirements.txt", "requirements-ml.txt")
 
 
-def _git(*args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=paths.REPO_ROOT, capture_output=True, text=True, check=False)
-    return result.stdout if result.returncode == 0 else ""
-
-
-def git_commit() -> str:
-    return _git("rev-parse", "HEAD").strip() or "unknown"
-
-
 def code_version() -> str:
     """The git commit, and a hash of the uncommitted changes to the code when there are any."""
-    commit = git_commit()
-    diff = _git("diff", "HEAD", "--", *CODE_PATHS)
+    commit = paths.git_commit()
+    diff = paths.git("diff", "HEAD", "--", *CODE_PATHS)
     return f"{commit}+{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else commit
 
 

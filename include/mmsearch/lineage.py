@@ -4,9 +4,12 @@ champion's; drift and rank read its merged data)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from mmsearch import config, paths
 from mmsearch.fingerprint import TAG as FINGERPRINT_TAG
-from mmsearch.fingerprint import fingerprint, git_commit
+from mmsearch.fingerprint import fingerprint
 
 RUN_TAG = "airflow_run_id"
 LOGICAL_DATE_TAG = "airflow_logical_date"
@@ -16,7 +19,7 @@ RUN_DIR_TAG = "run_dir"
 def lineage_tags(lineage: dict, tags: dict, model: dict, metrics: dict, cfg: config.RunConfig, run_dir: str) -> dict:
     """What the version came from: data (md5 and source URL of each file), code, settings, run."""
     found = {
-        "git_commit": git_commit(),
+        "git_commit": paths.git_commit(),
         RUN_DIR_TAG: str(run_dir),
         "airflow_dag_id": tags.get("dag_id", ""),
         RUN_TAG: tags.get("run_id", ""),
@@ -50,3 +53,11 @@ def existing_version(client, name: str, tags: dict):
         return None
     found = client.search_model_versions(f"name = '{name}' and {query}")
     return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def data_digest(lineage: dict) -> str:
+    """The raw data's identity, which the MLflow datasets of its splits carry as their digest:
+    DVC's hash of it, or (a directory given directly, not pulled) a hash of its files' md5s."""
+    if lineage.get("dvc_md5"):
+        return lineage["dvc_md5"]
+    return hashlib.md5(json.dumps(sorted(lineage.get("file_md5", {}).items())).encode()).hexdigest()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -19,6 +20,20 @@ ESCI_FILE = "shopping_queries_dataset_examples.parquet"
 QUERY_FEATURES_FILE = "sqid/query_features.parquet"
 PRODUCT_FEATURES_FILE = "sqid/product_features.parquet"
 LEGACY_QUERY_CSV = "query_features_with_timestamp.csv"
+
+
+def git(*args: str) -> str:
+    """A git command's output in the checkout; empty where there is no git (or no repository)."""
+    try:
+        result = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return ""
+    return result.stdout if result.returncode == 0 else ""
+
+
+def git_commit() -> str:
+    """The checkout's commit: what every MLflow run and registered version records."""
+    return git("rev-parse", "HEAD").strip() or "unknown"
 
 
 def mmsearch_home() -> Path:

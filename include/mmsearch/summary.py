@@ -98,20 +98,34 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table as aligned columns in a code block. MLflow renders a markdown table without cell
+    padding or borders, so its columns run together (`0.5867 [0.538, 0.638]0.9493`)."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
 def _candidates_table(model: dict) -> str:
     """The card's table of the candidates select chose from: what each read, its validation scores."""
     table = model.get("selection", {}).get("candidates", [])
     if not table:
         return ""
-    rows = "\n".join(
-        f"| {row['candidate']} | `{row['overrides'] or {}}` | {row.get('components') or ''} | {row['parameters']:,} "
-        f"| {row['val_macro_f1']:.4f} | {row['val_accuracy']:.4f} |"
+    header = ["candidate", "overrides", "whitened components", "parameters", "val macro-F1", "val accuracy"]
+    rows = [
+        [
+            str(row["candidate"]),
+            str(row["overrides"] or {}),
+            str(row.get("components") or ""),
+            f"{row['parameters']:,}",
+            f"{row['val_macro_f1']:.4f}",
+            f"{row['val_accuracy']:.4f}",
+        ]
         for row in sorted(table, key=lambda row: row["candidate"])
-    )
+    ]
     return (
         "**Candidates** (validation split; select keeps the fewest parameters within one standard error "
-        "of the best macro-F1):\n\n| candidate | overrides | whitened components | parameters | val macro-F1 "
-        f"| val accuracy |\n| --- | --- | --- | --- | --- | --- |\n{rows}\n\n"
+        f"of the best macro-F1):\n\n{text_table(header, rows)}\n\n"
     )
 
 
@@ -126,11 +140,10 @@ def model_card(
 ) -> str:
     """The registered version's description: what it is, its data, its scores beside the baselines."""
     intervals = intervals or {}
-    cells = {
-        name: [with_interval(m[key], intervals.get(name, {}).get(key)) for key in CARD_METRICS]
+    rows = [
+        [name, *(with_interval(m[key], intervals.get(name, {}).get(key)) for key in CARD_METRICS)]
         for name, m in scores.items()
-    }
-    rows = "\n".join(f"| {name} | {' | '.join(found)} |" for name, found in cells.items())
+    ]
     data = "\n".join(f"- `{path}`: md5 `{md5}`" for path, md5 in sorted(lineage.get("file_md5", {}).items()))
     overrides = model.get("overrides") or {}
     verdict = "promoted to champion" if decision.promote else "stays challenger"
@@ -144,7 +157,7 @@ def model_card(
         f"{_candidates_table(model)}"
         f"**Test split** (query groups never seen in training or selection; [95 % interval], a "
         f"bootstrap over its queries):\n\n"
-        f"| scorer | accuracy | macro-F1 | nDCG |\n| --- | --- | --- | --- |\n{rows}\n\n"
+        f"{text_table(['scorer', 'accuracy', 'macro-F1', 'nDCG'], rows)}\n\n"
         f"**Gate** ({metric}): {verdict}: {decision.reason}.\n\n"
         f"**Data**: DVC `{lineage.get('dvc_md5', '')}`\n{data}\n"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -54,6 +56,31 @@ def refusal_line(error: BaseException) -> str:
 def airflow_tags(tags: dict) -> dict:
     """MLflow run tags naming the Airflow DAG run (dag_id, run_id, logical_date)."""
     return {f"airflow.{k}": str(v) for k, v in tags.items() if v}
+
+
+def run_tags(stage: str, tags: dict) -> dict:
+    """The tags of a run a stage opens: the Airflow DAG run's; the stage as the run's Source (else
+    MLflow names the temporary `script.py` an external-python task runs); the code's git commit."""
+    commit = paths.git_commit()
+    source = {"mlflow.source.name": f"mmsearch {stage}", "mlflow.source.type": "JOB"}
+    return {**airflow_tags(tags), **source, **({"mlflow.source.git.commit": commit} if commit != "unknown" else {})}
+
+
+def log_splits(mlflow, merged_dir: str, contexts: dict[str, str]) -> None:
+    """The merged splits the active run reads, as MLflow datasets (the runs table's Dataset
+    column): named by split, its directory as the source, the raw data's DVC md5 as the digest.
+    `contexts`: split -> what the run does with it (training, validation, testing)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from mmsearch.io import read_json
+
+    digest = read_json(Path(merged_dir) / "manifest.json").get("data_digest") or None
+    for split, context in contexts.items():
+        with warnings.catch_warnings():  # a local path matches two registered sources, the same class
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(Path(merged_dir) / split))
+        mlflow.log_input(MetaDataset(source, name=split, digest=digest), context=context)
 
 
 def end_abandoned_runs(mlflow, cfg: config.RunConfig, airflow_run_id: str, run_name: str | None = None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsearch import config, datasets, features, models, representation
+from mmsearch import config, datasets, features, models, representation, tracking
 from mmsearch.io import atomic_dir, read_json, write_json
 from mmsearch.plots import plot_training_curves
 
@@ -173,6 +173,7 @@ def train_and_log(job: Training, mlflow) -> dict:
         "patience": job.cfg.patience,
     }
     mlflow.log_params(params | job.params)
+    tracking.log_splits(mlflow, transform_manifest["merged_dir"], {"train": "training", "val": "validation"})
     tracker = _emissions_tracker(work_dir, job.cfg, f"mmsearch-{feature_set}")
     tracker.start()
     try:

@@ -50,7 +50,7 @@ WIRING = {
     "data.anything_new": {"configure", "data.check_changes"},
     "data.validate": {"configure", "data.pull_data", "data.anything_new"},
     "data.merge": {"configure", "data.pull_data", "data.validate"},
-    "data.drift": {"configure", "data.merge"},
+    "data.drift": {"configure", "data.merge", "model.candidates"},
     "model.transform": {"configure", "data.merge"},
     "model.candidates": {"configure", "data.validate"},
     "model.train": {"configure", "model.transform", "model.candidates", "data.drift"},

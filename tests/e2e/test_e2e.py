@@ -121,14 +121,14 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
         print(json.dumps({"params": run.data.params, "metrics": sorted(run.data.metrics), "epochs": len(history),
                           "artifacts": artifacts + evaluation, "tags": version.tags, "card": version.description,
                           "children": sorted(r.info.run_name for r in children), "kind": kind,
-                          "parent_tags": parent.data.tags}))
+                          "parent_tags": parent.data.tags, "run_tags": run.data.tags}))
     """,
     )
     for name in ("batch_size", "epochs", "input_dim", "optimizer", "feature_set", "steps_per_epoch", "patience"):
         assert name in found["params"]
     components = int(found["params"]["components"])  # the whitened components the chosen candidate reads
     assert found["params"]["input_dim"] == str(3 * components + len(features.COSINES))
-    assert f"| {components} |" in found["card"]  # the card's table of candidates says what each read
+    assert re.search(rf"^\d +\{{.*\}} +{components} +[0-9,]+ +0\.\d{{4}}", found["card"], re.M)  # what each read
     for name in (
         "accuracy",
         "val_accuracy",
@@ -157,7 +157,11 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
     assert found["children"] == ["baseline-query", *candidates]  # nested under the DAG run's
     assert found["parent_tags"]["selected_run_id"]
     assert found["kind"] == "custom_model_development"  # MLflow's UI opens it on its training runs
-    assert "| baseline_clip |" in found["card"] and "promoted to champion" in found["card"]
+    assert re.search(r"^baseline_clip +0\.\d{4} \[", found["card"], re.M) and "promoted to champion" in found["card"]
+    # MLflow's Source column: the stage, not the temporary script.py of an external-python task
+    assert found["run_tags"]["mlflow.source.name"] == "mmsearch train"
+    assert found["parent_tags"]["mlflow.source.name"] == "mmsearch candidates"
+    assert found["run_tags"]["mlflow.source.git.commit"] == found["parent_tags"]["mlflow.source.git.commit"]
     assert "95 % interval" in found["card"]
     tags = found["tags"]
     assert tags["airflow_dag_id"] == "mmsearch_training" and tags["airflow_run_id"].startswith("manual__")
@@ -224,9 +228,9 @@ def test_the_readme_loads_the_champion_and_predicts_pairs_of_the_sample(stack, f
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    header, *rows = result.stdout.strip().splitlines()[-4:]
+    header, *rows = result.stdout.strip().splitlines()[-5:]
     assert header.split() == ["esci_label", "p_E", "p_S", "p_C", "p_I"], result.stdout
-    assert len(rows) == 3 and all(row.split()[1] in {"E", "S", "C", "I"} for row in rows), result.stdout
+    assert len(rows) == 4 and all(row.split()[1] in {"E", "S", "C", "I"} for row in rows), result.stdout
 
 
 def test_champion_predicts_raw_rows_from_another_process(stack, first_run):
@@ -306,6 +310,21 @@ def test_a_run_with_nothing_new_skips_in_seconds_and_says_why(stack, first_run):
     assert drift["against"] == f"champion v{version}'s training data"
     assert drift["score"] < 0.6 and drift["labels"]["chi2_pvalue"] > 0.9  # the same data: no drift
     assert (Path(forced["run_dir"]) / "drift" / "drift.png").exists()
+    # in MLflow: nested under the night's run, beside its candidates, the stage as its Source
+    tags = in_ml_env(
+        stack,
+        f"""
+        import json, mlflow
+        night = f"tags.`airflow.run_id` = '{forced["run_id"]}'"
+        runs = mlflow.search_runs(experiment_names=["mmsearch-esci"], output_format="list", filter_string=night)
+        by_name = {{run.info.run_name: run for run in runs}}
+        print(json.dumps({{"drift": by_name["drift"].data.tags, "parent": by_name["{forced["run_id"]}"].info.run_id}}))
+        """,
+    )
+    assert tags["drift"]["mlflow.parentRunId"] == tags["parent"]
+    assert (
+        tags["drift"]["mlflow.source.name"] == "mmsearch drift" and len(tags["drift"]["mlflow.source.git.commit"]) == 40
+    )
 
 
 def asset_events(stack, name: str) -> list[dict]:

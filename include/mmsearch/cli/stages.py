@@ -58,6 +58,7 @@ STAGES = (
 INPUTS = {
     "raw_dir": "the raw ESCI/SQID directory (pull's --out)",
     "lineage": "pull's result (the data's md5s): JSON, or a JSON file",
+    "data_digest": "the raw data's identity for the splits' MLflow datasets (DVC's md5; default: none)",
     "merged_dir": "merge's --out",
     "reference_dir": "merged data to compare against (default: the champion's)",
     "transform_dir": "transform's --out",

@@ -45,7 +45,7 @@ def run(
             run_name="baseline-query",
             parent_run_id=parent_run_id,
             nested=True,
-            tags={**tracking.airflow_tags(tags), "baseline": "query"},
+            tags={**tracking.run_tags("baselines", tags), "baseline": "query"},
         ) as child:
             job = training.query_training(transform_manifest, Path(out_dir) / "query", cfg)
             trained = training.train_and_log(job, mlflow)

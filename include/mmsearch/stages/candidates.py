@@ -19,7 +19,7 @@ def run(*, out_dir: Path, cfg: config.RunConfig, tags: dict) -> list[dict]:
         candidates = [{}]  # the original design has one model: nothing to choose
     mlflow = tracking.setup(cfg)
     tracking.end_abandoned_runs(mlflow, cfg, tags.get("run_id", ""))
-    with mlflow.start_run(run_name=tags.get("run_id") or "cli", tags=tracking.airflow_tags(tags)) as parent:
+    with mlflow.start_run(run_name=tags.get("run_id") or "cli", tags=tracking.run_tags("candidates", tags)) as parent:
         mlflow.log_params({"feature_set": cfg.feature_set, "candidates": len(candidates)})
         mlflow.log_dict({"candidates": candidates}, "candidates.json")
     planned = [

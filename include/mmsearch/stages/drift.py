@@ -155,12 +155,20 @@ def champion_data(cfg: config.RunConfig) -> tuple[Path | None, str]:
 
 
 def run(
-    merged_dir: Path, reference_dir: Path | None = None, *, out_dir: Path, cfg: config.RunConfig, tags: dict
+    merged_dir: Path,
+    reference_dir: Path | None = None,
+    parent_run_id: str | None = None,
+    *,
+    out_dir: Path,
+    cfg: config.RunConfig,
+    tags: dict,
 ) -> dict:
     """The drift report of `merged_dir` against `reference_dir` (default: the champion's training
-    data), logged to MLflow; fails when the score exceeds `drift_threshold` (if set)."""
+    data), logged to MLflow (nested under `parent_run_id`, the night's run, when given); fails
+    when the score exceeds `drift_threshold` (if set)."""
     if reference_dir is not None:
-        return report_drift(merged_dir, reference_dir, f"the data in {reference_dir}", out_dir, cfg, tags)
+        against = f"the data in {reference_dir}"
+        return report_drift(merged_dir, reference_dir, against, out_dir, cfg, tags, parent_run_id)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reference, against = champion_data(cfg)
@@ -169,11 +177,17 @@ def run(
         log.warning("%s", result["reason"])
         write_json(out_dir / RESULT, result)
         return result
-    return report_drift(merged_dir, reference, against, out_dir, cfg, tags)
+    return report_drift(merged_dir, reference, against, out_dir, cfg, tags, parent_run_id)
 
 
 def report_drift(
-    merged_dir: Path, reference: Path, against: str, out_dir: Path, cfg: config.RunConfig, tags: dict
+    merged_dir: Path,
+    reference: Path,
+    against: str,
+    out_dir: Path,
+    cfg: config.RunConfig,
+    tags: dict,
+    parent_run_id: str | None = None,
 ) -> dict:
     """Compare, plot, log to MLflow, say it in the log; fail above the threshold."""
     from mmsearch import tracking
@@ -185,7 +199,7 @@ def report_drift(
     report.update({"reference": str(reference), "against": against})
     write_json(out_dir / RESULT, report)
     mlflow = tracking.setup(cfg)
-    with mlflow.start_run(run_name="drift", tags=tracking.airflow_tags(tags)):
+    with mlflow.start_run(run_name="drift", parent_run_id=parent_run_id, tags=tracking.run_tags("drift", tags)):
         mlflow.log_metrics(
             {"drift/score": report["score"], "drift/labels_chi2_pvalue": report["labels"]["chi2_pvalue"]}
         )

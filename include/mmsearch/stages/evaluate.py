@@ -174,9 +174,11 @@ def run(model: dict, baselines: dict, merged_dir: Path, *, out_dir: Path, cfg: c
         _figures(results, scored, tmp, feature_set)
     logged = {**_mlflow_metrics(results), **_interval_metrics(uncertainty)}
     with mlflow.start_run(run_id=model["mlflow_run_id"]):
+        tracking.log_splits(mlflow, merged_dir, {"test": "testing"})
         mlflow.log_metrics(logged)
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
     with mlflow.start_run(run_id=model["parent_run_id"]):  # the model's headline, on the DAG run's run too
+        tracking.log_splits(mlflow, merged_dir, {"test": "testing"})
         mlflow.log_metrics({name: value for name, value in logged.items() if name.startswith("test/")})
         mlflow.set_tags(
             {

@@ -110,9 +110,11 @@ def _schema(columns, dim: int) -> pa.Schema:
     return pa.schema(list(fields.items()))
 
 
-def run(raw_dir: Path, *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> dict:
-    """The stage: merge, then only what the DAG passes on (the full manifest is on disk)."""
-    manifest = merge(raw_dir, out_dir, cfg)
+def run(raw_dir: Path, data_digest: str = "", *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> dict:
+    """The stage: merge, then only what the DAG passes on (the full manifest is on disk).
+    `data_digest`: the raw data's identity (lineage.data_digest), kept in the manifest for the
+    MLflow datasets of the splits."""
+    manifest = merge(raw_dir, out_dir, cfg, data_digest)
     return {
         "merged_dir": manifest["merged_dir"],
         "rows": manifest["rows"],
@@ -120,7 +122,7 @@ def run(raw_dir: Path, *, out_dir: Path, cfg: config.RunConfig, tags: dict) -> d
     }
 
 
-def merge(raw_dir: Path, out_dir: Path, cfg: config.RunConfig) -> dict:
+def merge(raw_dir: Path, out_dir: Path, cfg: config.RunConfig, data_digest: str = "") -> dict:
     """Hash join, streamed: judgements and query embeddings in memory (they are small), product
     embeddings read batch by batch, so memory does not grow with the product table."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -182,6 +184,7 @@ def merge(raw_dir: Path, out_dir: Path, cfg: config.RunConfig) -> dict:
             "dropped_without_features": int((~joined).sum()),
             "rows": sum(c["rows"] for c in counts.values()),
             "splits": counts,
+            "data_digest": data_digest,
         }
         write_json(tmp / "manifest.json", manifest)
     log.info("merged %d judgements into %s: %s", manifest["rows"], out_dir, {k: v["rows"] for k, v in counts.items()})

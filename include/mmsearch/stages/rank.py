@@ -102,7 +102,9 @@ def run(
     with atomic_dir(out_dir) as tmp:
         pq.write_table(table, tmp / RANKED)
         write_json(tmp / "rank.json", result)
-    with mlflow.start_run(run_name="rank", tags={**tracking.airflow_tags(tags), "champion_version": champion.version}):
+    with mlflow.start_run(
+        run_name="rank", tags={**tracking.run_tags("rank", tags), "champion_version": champion.version}
+    ):
         mlflow.log_metrics({"rank/ndcg": ndcg, "rank/rows": table.num_rows})
     log.warning(
         f"ranked {table.num_rows:,} pairs of {result['queries']:,} queries with {champion.name} v{champion.version}: "

@@ -36,7 +36,7 @@ def run(
         run_name=name,
         parent_run_id=candidate["parent_run_id"],
         nested=True,
-        tags={**tracking.airflow_tags(tags), "candidate": str(candidate["index"])},
+        tags={**tracking.run_tags("train", tags), "candidate": str(candidate["index"])},
     ) as child:
         if cfg.feature_set == "query":
             job = training.query_training(transform_manifest, work_dir, cfg)

@@ -66,7 +66,13 @@ def start(port: int | None = None, timeout: float = START_TIMEOUT) -> tuple[subp
     except StackError:
         stop(server)
         raise
-    return server, f"{url}/#/experiments/{quote(experiment)}/runs"
+    return server, runs_address(url, experiment)
+
+
+def runs_address(url: str, experiment_id: str) -> str:
+    """The experiment's runs in MLflow's model-training view: its UI otherwise opens the GenAI view
+    (traces, evaluation runs) until a person switches, and remembers the switch per browser."""
+    return f"{url}/#/experiments/{quote(experiment_id)}/runs?workflowType=machine_learning"
 
 
 def stop(server: subprocess.Popen) -> None:
