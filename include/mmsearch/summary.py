@@ -111,15 +111,16 @@ def _candidates_table(model: dict) -> str:
     table = model.get("selection", {}).get("candidates", [])
     if not table:
         return ""
-    header = ["candidate", "overrides", "whitened components", "parameters", "val macro-F1", "val accuracy"]
+    # the overrides last: the widest column, the figures stay in view beside the candidate
+    header = ["candidate", "whitened components", "parameters", "val macro-F1", "val accuracy", "overrides"]
     rows = [
         [
             str(row["candidate"]),
-            str(row["overrides"] or {}),
             str(row.get("components") or ""),
             f"{row['parameters']:,}",
             f"{row['val_macro_f1']:.4f}",
             f"{row['val_accuracy']:.4f}",
+            str(row["overrides"] or {}),
         ]
         for row in sorted(table, key=lambda row: row["candidate"])
     ]

@@ -128,7 +128,7 @@ def test_mlflow_run_has_params_epoch_metrics_emissions_and_lineage(stack, first_
         assert name in found["params"]
     components = int(found["params"]["components"])  # the whitened components the chosen candidate reads
     assert found["params"]["input_dim"] == str(3 * components + len(features.COSINES))
-    assert re.search(rf"^\d +\{{.*\}} +{components} +[0-9,]+ +0\.\d{{4}}", found["card"], re.M)  # what each read
+    assert re.search(rf"^\d +{components} +[0-9,]+ +0\.\d{{4}}", found["card"], re.M)  # what each candidate read
     for name in (
         "accuracy",
         "val_accuracy",
@@ -197,17 +197,28 @@ def test_mlflow_ui_opens_on_the_training_runs(stack, first_run):
             assert line, f"mmsearch mlflow-ui ended before printing its address: {printed}"
             printed += line
         assert printed.index("starting MLflow's UI on http://127.0.0.1:") < printed.index("MLflow UI    http")
-        runs_url = re.search(r"MLflow UI +(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs)", printed).group(1)
+        address = r"MLflow UI +(http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\?workflowType=machine_learning)"
+        runs_url = re.search(address, printed).group(1)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(runs_url)
             expect(page.get_by_text(first_run["run_id"]).first).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Evaluation runs")).to_have_count(0)  # the model-training view, not GenAI's
+            expect(
+                page.get_by_text(re.compile(r"^test \(")).first
+            ).to_be_visible()  # the Dataset column: the split read
             page.screenshot(path=str(ARTIFACTS / "mlflow-ui-training-runs.png"))
             page.get_by_text(first_run["run_id"]).first.click()
             expect(page.get_by_text("The chosen model is").first).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("mmsearch candidates").first).to_be_visible()  # Source: the stage
             page.screenshot(path=str(ARTIFACTS / "mlflow-ui-parent-run.png"))
+            version = runs_url.split("#")[0] + f"#/models/mmsearch-esci/versions/{first_run['registry']['version']}"
+            page.goto(version)
+            # the model card's test table, its columns apart (a markdown table's ran together)
+            expect(page.get_by_text(re.compile(r"baseline_clip +0\.\d{4} \[")).first).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "mlflow-ui-model-version.png"), full_page=True)
             browser.close()
     finally:
         os.killpg(ui.pid, signal.SIGINT)  # Ctrl-C: the terminal's whole foreground group
