@@ -17,13 +17,13 @@ def _log(tmp_path):
 
 def test_a_run_that_wrote_nothing_still_gets_its_log_in_its_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("MMSEARCH_HOME", str(tmp_path))
-    run = {"run_id": "manual__2026-01-01T02:00:05+00:00", "start_date": str(STARTED + timedelta(seconds=5))}
+    run = {"run_id": "manual__2026-01-01T02:00:05+00:00", "run_after": str(STARTED + timedelta(seconds=5))}
     kept = _keep_with_run(_log(tmp_path), run, STARTED)
     assert kept == paths.run_dir_for(run["run_id"]) / LOG_NAME and kept.read_text() == "[DAG TEST] end task"
 
 
 def test_an_earlier_run_is_not_given_this_log(tmp_path, monkeypatch):
     monkeypatch.setenv("MMSEARCH_HOME", str(tmp_path))
-    earlier = {"run_id": "manual__2025-12-31T02:00:00+00:00", "start_date": str(STARTED - timedelta(days=1))}
+    earlier = {"run_id": "manual__2025-12-31T02:00:00+00:00", "run_after": str(STARTED - timedelta(days=1))}
     log = _log(tmp_path)
     assert _keep_with_run(log, earlier, STARTED) == log and not paths.run_dir_for(earlier["run_id"]).exists()

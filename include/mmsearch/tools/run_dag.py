@@ -87,8 +87,9 @@ def _dags_test(conf: str, log_path: Path, logical_date: str | None) -> int:
 
 def _keep_with_run(log_path: Path, run: dict, started_at: datetime) -> Path:
     """The log beside the run's outputs (runs/<run>/, made for it if the run wrote nothing), failed
-    or not; left where it is if this command recorded no run (the latest is then an earlier one's)."""
-    if not run.get("start_date") or datetime.fromisoformat(run["start_date"]) < started_at:
+    or not; left where it is if this command recorded no run (the latest is then an earlier one's).
+    `run_after` is when a run was created (the CLI's `start_date` shows a given logical date)."""
+    if not run.get("run_after") or datetime.fromisoformat(run["run_after"]) < started_at:
         return log_path
     run_dir = paths.run_dir_for(run["run_id"])
     run_dir.mkdir(parents=True, exist_ok=True)
