@@ -75,7 +75,8 @@ def running_stack(env: dict, up: str = "make up  ", request=None):
             with contextlib.suppress(psutil.NoSuchProcess):
                 started_pids |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
         stopped = make(env, "make down")
-        assert all(f"{name} ({pid})" in stopped for name, pid in status["pids"].items()), stopped
+        # by name: a component the keeper restarted (the fault tests kill some) has a new PID
+        assert all(f"{name} (" in stopped for name in status["pids"]), stopped
         leftovers = [pid for pid in started_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
         assert not leftovers, f"processes still running after stack down: {leftovers}"
         shutil.rmtree(Path(env["MMSEARCH_HOME"]).parent, ignore_errors=True)
