@@ -5,10 +5,10 @@ environment: its release does not import with pandas 3, which the ML lock pins).
 4,000-row samples of the bundled data, side by side in one process, its report (the three
 embeddings' drift by the same domain-classifier method, the label's) took 92 s against this
 stage's 9.4 s with no drift, 103 s against 11.7 s with drift, and gave the same verdicts (ROC AUC
-0.83 / 0.58 / 0.62 against 0.89 / 0.60 / 0.62); it adds 24 packages to the lock (litestar, nltk,
-statsmodels, plotly, faker, ...) and pandas 2 to the ML environment. Its HTML report is the one
-thing it does that this does not (2-D densities of each modality, current beside reference): not
-worth a nightly 90 s. So the statistics come from scipy and scikit-learn:
+0.83 / 0.58 / 0.62 against 0.89 / 0.60 / 0.62); it adds 27 packages to the lock, itself
+included (litestar, nltk, statsmodels, plotly, faker, ...), and pandas 2 to the ML environment.
+Its HTML report is the one thing it does that this does not (2-D densities of each modality,
+current beside reference): not worth a nightly 90 s. So the statistics come from scipy and scikit-learn:
 
 - label shares: a chi-square test of the two label distributions;
 - per modality (query, product text, product image embeddings): the shift of the mean vector
