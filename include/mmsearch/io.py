@@ -1,4 +1,4 @@
-"""Errors, atomic output directories and small JSON manifests shared by the stages."""
+"""Errors, atomic output directories, small JSON manifests and text tables shared by the stages."""
 
 from __future__ import annotations
 
@@ -67,6 +67,12 @@ def write_json(path: Path, data: dict) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def aligned_columns(rows: list, gap: str = "  ") -> list[str]:
+    """Rows of cells (strings) as lines of left-aligned columns, `gap` between them, no trailing spaces."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [gap.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
 def with_backoff(attempts: int, wait_seconds: float, longest: float, retry, what: str):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmsearch.gate import Decision
-from mmsearch.io import read_json, write_json
+from mmsearch.io import aligned_columns, read_json, write_json
 
 SUMMARY = "summary.json"
 CARD_METRICS = ("accuracy", "macro_f1", "ndcg")
@@ -101,9 +101,7 @@ def summary_text(summary: dict) -> str:
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     """A table as aligned columns in a code block. MLflow renders a markdown table without cell
     padding or borders, so its columns run together (`0.5867 [0.538, 0.638]0.9493`)."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-    return "```\n" + "\n".join(lines) + "\n```"
+    return "```\n" + "\n".join(aligned_columns([header, *rows], gap="   ")) + "\n```"
 
 
 def _candidates_table(model: dict) -> str:

@@ -7,7 +7,7 @@ import sys
 import time
 
 from mmsearch import config
-from mmsearch.io import write_json
+from mmsearch.io import aligned_columns, write_json
 from mmsearch.stack import components, processes, services
 from mmsearch.stack.clients import champion_version
 from mmsearch.stack.components import Component
@@ -185,8 +185,7 @@ def status_table(found: dict, started: bool = False) -> str:
         state = found["health"].get(HEALTH_OF.get(name, name), "running")
         ports = ", ".join(sorted(set(listening.get(name, []))))
         rows.append((name, str(pid), f"{found['memory_mb'].get(name, 0)} MB", state, ports))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = aligned_columns(rows)
     lines += [
         f"total memory {found['memory_mb']['total']} MB, executor {found['executor']}",
         f"Airflow UI   {found['airflow_url']}  (user {found['admin_user']}, password in "

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from mmsearch import features
 from mmsearch.tools.sample_data import TRUTH_FILE
+from mmsearch.tools.sample_world import draw_labels
 
 
 def true_probabilities(raw_dir: Path, merged_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,9 +50,5 @@ def expected_ndcg(query_ids: np.ndarray, probabilities: np.ndarray, draws: int =
 
     rng = np.random.default_rng(seed)
     scores = probabilities @ GAIN_BY_ID
-    cumulative = np.cumsum(probabilities, axis=1)
-    values = []
-    for _ in range(draws):
-        drawn = (rng.random(len(probabilities))[:, None] > cumulative).sum(axis=1).clip(max=features.NUM_CLASSES - 1)
-        values.append(mean_ndcg(query_ids, GAIN_BY_ID[drawn], scores)[0])
+    values = [mean_ndcg(query_ids, GAIN_BY_ID[draw_labels(probabilities, rng)], scores)[0] for _ in range(draws)]
     return float(np.mean(values))

@@ -205,8 +205,13 @@ def draw_judgements(spec, rng, queries: dict, catalogue: Catalogue):
     keep = np.flatnonzero(keep)[np.sort(first)]
     query, product, relation = query[keep], product[keep], relation[keep]
     truth = label_probabilities(relation, spec.label_noise)
-    drawn = (rng.random(len(relation))[:, None] > np.cumsum(truth, axis=1)).sum(axis=1)
-    return query, product, names[np.minimum(drawn, len(names) - 1)], truth
+    return query, product, names[draw_labels(truth, rng)], truth
+
+
+def draw_labels(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A column index per row, drawn from that row's probabilities (one uniform draw a row)."""
+    drawn = (rng.random(len(probabilities))[:, None] > np.cumsum(probabilities, axis=1)).sum(axis=1)
+    return np.minimum(drawn, probabilities.shape[1] - 1)
 
 
 # Where a judge's label strays from the pair's relation, it strays as people do: an exact match
