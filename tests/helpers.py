@@ -17,7 +17,7 @@ from mmsearch.tools.sample_data import SampleSpec, generate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ML_PYTHON = os.environ.get("MMSEARCH_ML_PYTHON", str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python"))
-SMALL = SampleSpec(queries=40, products=240, mean_judgements=12, topics=8, intents=3, dim=16, seed=3)
+SMALL = SampleSpec(queries=40, products=240, mean_judgements=12, topics=8, values=3, dim=16, seed=3)
 
 
 def isolated_env(home: Path, **extra: str) -> dict:

@@ -15,7 +15,7 @@ from mmsearch.tools.sample_data import SampleSpec
 from tests.helpers import ML_PYTHON, REPO_ROOT, isolated_env, make_dvc_repo
 
 # the bundled sample's size: on fewer queries a test split of a dozen queries makes any two models tie
-SAMPLE = SampleSpec(queries=300, products=1600, mean_judgements=16, topics=12, intents=3, seed=11)
+SAMPLE = SampleSpec(queries=300, products=1600, mean_judgements=16, topics=12, values=3, seed=11)
 FAST = {"epochs": 6, "steps_per_epoch": 40, "patience": 3}
 # One step of one epoch, from scratch (class weights: the wide part does not start from the
 # regression), served by argmax: a model that learned nothing, which the gate must refuse.

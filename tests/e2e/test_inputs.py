@@ -44,7 +44,7 @@ def test_a_fresh_clone_imports_from_a_mirror_and_trains_with_the_sources_in_its_
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True)
     upstream, mirror, manifest = tmp_path / "upstream", tmp_path / "mirror", tmp_path / "sources.yaml"
-    generate(upstream, SampleSpec(queries=300, products=1600, mean_judgements=16, topics=12, intents=3, seed=23))
+    generate(upstream, SampleSpec(queries=300, products=1600, mean_judgements=16, topics=12, values=3, seed=23))
     publish(mirror, upstream, manifest)
     mmsearch = str(Path(sys.executable).parent / "mmsearch")
     with MirrorServer(mirror) as server:

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from mmsearch.tools.bench_stack import trigger_to_registered
+from mmsearch.tools.sample_world import SampleSpec
 from tests import readme
 from tests.helpers import stack_env
 from tests.stack.support import (
@@ -41,6 +42,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(1500)]
 
 FAST = {"epochs": 4, "steps_per_epoch": 40}
 FIGURES: dict = {}
+
+BUNDLED_PRODUCTS = SampleSpec().products  # data/raw, the sample the README's commands pull
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +151,8 @@ def served(stack, form_run):
     result = readme.run(readme.command("servers", "make serve "), stack["env"])
     assert result.returncode == 0, result.stderr[-3000:]
     # the person's line goes to stderr; stdout carries only the result (after the line make echoes)
-    assert re.search(r"^champion mmsearch-esci v\d+ re-ranks 1600 products at", result.stderr, re.M), result.stderr
+    line = rf"^champion mmsearch-esci v\d+ re-ranks {BUNDLED_PRODUCTS} products at"
+    assert re.search(line, result.stderr, re.M), result.stderr
     return json.loads(result.stdout[result.stdout.index("\n{") :])
 
 
@@ -170,7 +174,7 @@ def test_the_reranker_wants_its_token_and_reports_its_version_and_metrics(stack,
     url = served["serve_url"]
     assert httpx.post(f"{url}/rerank", json={"query_embedding": [0.1] * 768, "product_ids": ["x"]}).status_code == 401
     health = httpx.get(f"{url}/health").json()
-    assert health["model_version"] == served["version"] and health["catalogue_rows"] == 1600
+    assert health["model_version"] == served["version"] and health["catalogue_rows"] == BUNDLED_PRODUCTS
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
     assert families["rerank_model_version"].samples[0].value == float(served["version"])
     statuses = {s.labels["status"] for s in families["rerank_requests"].samples if s.labels.get("path") == "/rerank"}

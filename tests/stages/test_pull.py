@@ -13,7 +13,7 @@ from mmsearch.tools.sample_data import TRUTH_FILE, SampleSpec
 from tests import readme
 from tests.helpers import REPO_ROOT, dvc, generate, make_dvc_repo
 
-TINY = SampleSpec(queries=8, products=40, topics=4, intents=2, dim=8)
+TINY = SampleSpec(queries=8, products=40, topics=4, values=2, dim=8)
 
 
 @pytest.fixture

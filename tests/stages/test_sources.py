@@ -15,7 +15,7 @@ from mmsearch.stages import pull
 from mmsearch.tools.sample_data import SampleSpec, generate
 from tests.helpers import PINNED, MirrorServer, dvc, publish, small_config
 
-TINY = SampleSpec(queries=8, products=40, topics=4, intents=2, dim=8)
+TINY = SampleSpec(queries=8, products=40, topics=4, values=2, dim=8)
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def repo(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     for args in (("init", "-q"), ("config", "core.analytics", "false")):
         assert dvc(repo, *args).returncode == 0
-    generate(repo / "data" / "raw", SampleSpec(queries=6, products=30, topics=4, intents=2, dim=8, seed=9))
+    generate(repo / "data" / "raw", SampleSpec(queries=6, products=30, topics=4, values=2, dim=8, seed=9))
     assert dvc(repo, "add", "-q", "data/raw").returncode == 0
     return repo
 
@@ -68,7 +68,7 @@ def test_import_then_update_downloads_only_what_changed(repo, upstream, tmp_path
 
         # one file changes upstream: that one is downloaded, the others are not
         served = next(mirror.rglob("query_features.parquet"))
-        generate(tmp_path / "changed", SampleSpec(queries=9, products=40, topics=4, intents=2, dim=8, seed=5))
+        generate(tmp_path / "changed", SampleSpec(queries=9, products=40, topics=4, values=2, dim=8, seed=5))
         shutil.copy(tmp_path / "changed" / paths.QUERY_FEATURES_FILE, served)
         server.bytes_sent = 0
         changed = pull.run(out_dir=raw, cfg=small_config(dvc_repo=str(repo)), tags={})

@@ -1,6 +1,7 @@
 """Generate ESCI and SQID files with the real names and schemas, and the structure of search data.
 
-Product types in sibling pairs with attribute values; Exact, Substitute, Complement (a one-way
+Hundreds of product types of uneven popularity, in sibling pairs; products with several attribute
+values, queries naming some; Exact, Substitute, Complement (a one-way
 accessory graph) and Irrelevant (half lexical hard negatives) relations; CLIP-like geometry (a
 common direction, brands as nuisance); labels drawn from a known p(label | pair), written beside
 the raw files (`generator_truth.parquet`) so the best possible scores are known (`ceiling`);
@@ -21,26 +22,38 @@ from mmsearch import paths
 from mmsearch.io import atomic_dir
 from mmsearch.sqid import PRODUCT_EMBEDDINGS, embedding_array
 from mmsearch.tools.sample_world import (
-    ATTRIBUTE_SHARE,
-    BRANDS,
-    INTENT_WORDS,
+    ATTRIBUTE_WORDS,
     LABEL_FREQUENCIES,
-    TOPIC_WORDS,
     Catalogue,
     SampleSpec,
     Space,
     accessory_graph,
     draw_catalogue,
     draw_judgements,
+    draw_queries,
+    popularity,
     product_id,
+    type_names,
 )
 
 PRODUCT_CHUNK = 8_192
+# Seeds of the random streams beside the main one: products draw from [seed, chunk number].
+SPACE_STREAM, QUERY_STREAM = 10_000, 10_001
 # The generator's own knowledge, beside the raw files: the pipeline never reads it.
 TRUTH_FILE = "generator_truth.parquet"
 
 
-def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> tuple[pa.Table, pa.Table]:
+def query_texts(spec: SampleSpec, queries: dict) -> np.ndarray:
+    """What each query says: the attribute values it names, then its type ("black kids bike")."""
+    names = type_names(spec.topics)
+    texts = []
+    for topic, values in zip(queries["type"], queries["values"]):
+        words = [ATTRIBUTE_WORDS[a][v] for a, v in enumerate(values) if v >= 0]
+        texts.append(" ".join([*words, names[topic]]))
+    return np.array(texts)
+
+
+def _esci_table(spec, rng, judgements, q_ids, q_texts) -> tuple[pa.Table, pa.Table]:
     """The ESCI examples, and the true p(label | pair) of each working-set example (by example_id)."""
     query, product, label, truth = judgements
     n_in = len(query)
@@ -50,9 +63,7 @@ def _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent) -> tuple[pa.Tab
     q_all = np.concatenate([query, rng.integers(0, spec.queries, n_out)])
     query_id = q_ids[q_all] + np.where(np.arange(n_in + n_out) < n_in, 0, 1_000_000)
     order = rng.permutation(n_in + n_out)
-    attribute = np.where(q_intent[q_all] >= 0, np.array(INTENT_WORDS)[q_intent[q_all] % len(INTENT_WORDS)], "")
-    words = np.char.add(np.array(TOPIC_WORDS)[q_topic[q_all] % len(TOPIC_WORDS)], " ")
-    text = np.char.lstrip(np.char.add(np.char.add(attribute, " "), words))
+    text = np.char.add(q_texts[q_all], " ")
     columns = {
         "example_id": np.arange(n_in + n_out, dtype=np.int64),
         "query": np.char.add(text, query_id.astype(str))[order],
@@ -78,7 +89,7 @@ def _write_products(path: Path, spec, space: Space, catalogue: Catalogue) -> Non
         for chunk, start in enumerate(range(0, spec.products, PRODUCT_CHUNK)):
             rows = np.arange(start, min(start + PRODUCT_CHUNK, spec.products))
             rng = np.random.default_rng([spec.seed, chunk])
-            parts = {"type": catalogue.topic[rows], "attribute": catalogue.intent[rows], "brand": catalogue.brand[rows]}
+            parts = {"type": catalogue.topic[rows], "values": catalogue.values[rows], "brand": catalogue.brand[rows]}
             text = {**parts, "type": title_type[rows], "word": title_type[rows], "extra_word": title_word[rows]}
             columns = {"product_id": pa.array(product_id(rows))}
             columns["clip_text_features"] = embedding_array(space.embed(text, rng, noise=0.55))
@@ -101,18 +112,16 @@ def write_legacy_query_csv(path: Path, query_ids, vectors: np.ndarray, seed: int
 def generate(out_dir: Path, spec: SampleSpec = SampleSpec(), legacy_csv: bool = False) -> dict:
     """Write the three raw files (and optionally the legacy CSV) into `out_dir`, atomically."""
     rng = np.random.default_rng(spec.seed)
-    space = Space(spec, rng)
+    # the geometry draws from streams of its own: the same world at any embedding width
+    space = Space(spec, np.random.default_rng([spec.seed, SPACE_STREAM]))
     accessory = accessory_graph(spec.topics, rng)
-    q_topic = rng.integers(0, spec.topics, spec.queries)
-    q_intent = np.where(rng.random(spec.queries) < ATTRIBUTE_SHARE, rng.integers(0, spec.intents, spec.queries), -1)
-    # a query's brand: most queries name none
-    q_brand = np.where(rng.random(spec.queries) < 0.2, rng.integers(0, BRANDS, spec.queries), -1)
-    queries = {"type": q_topic, "attribute": q_intent, "brand": q_brand, "word": q_topic}
-    q_vectors = space.embed(queries, rng, noise=0.55)
+    shares = popularity(spec, rng)
+    queries = draw_queries(spec, rng, shares)
+    q_vectors = space.embed(queries, np.random.default_rng([spec.seed, QUERY_STREAM]), noise=0.55)
     q_ids = rng.choice(np.arange(1, 10 * spec.queries + 1), spec.queries, replace=False).astype(np.int64)
-    catalogue = draw_catalogue(spec, rng, accessory)
+    catalogue = draw_catalogue(spec, rng, accessory, shares)
     judgements = draw_judgements(spec, rng, queries, catalogue)
-    esci, truth = _esci_table(spec, rng, judgements, q_ids, q_topic, q_intent)
+    esci, truth = _esci_table(spec, rng, judgements, q_ids, query_texts(spec, queries))
 
     with atomic_dir(Path(out_dir)) as tmp:
         (tmp / "sqid").mkdir()
@@ -137,9 +146,9 @@ def generate(out_dir: Path, spec: SampleSpec = SampleSpec(), legacy_csv: bool = 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SampleSpec()
     parser.add_argument("--out", type=Path, required=True, help="raw data directory to write")
-    for name in ("queries", "products", "topics", "intents", "dim", "seed"):
+    for name in ("queries", "products", "topics", "attributes", "values", "brands", "dim", "seed"):
         parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    for name in ("mean_judgements", "label_noise", "outside_fraction"):
+    for name in ("mean_judgements", "popularity", "label_noise", "outside_fraction"):
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, default=getattr(defaults, name))
     parser.add_argument("--legacy-csv", action="store_true", help=f"also write {paths.LEGACY_QUERY_CSV}")
 

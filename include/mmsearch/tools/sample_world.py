@@ -1,4 +1,5 @@
-"""The bundled generator's world: product types in sibling pairs with attribute values and brands,
+"""The bundled generator's world: hundreds of product types of uneven popularity, in sibling pairs
+and departments, products with several attributes, queries naming some of them, brands,
 the Exact / Substitute / Complement / Irrelevant relations between queries and products, CLIP-like
 geometry, and the known p(label | pair) the labels are drawn from. `sample_data` writes it out as
 the ESCI and SQID files; docs/sample-data.md explains each piece and why."""
@@ -17,13 +18,30 @@ TOPIC_WORDS = [
     *("phone", "smartphone", "laptop", "tablet", "running shoe", "trail shoe", "desk lamp", "floor lamp"),
     *("camera", "camcorder", "guitar", "ukulele", "printer", "scanner", "coffee maker", "espresso machine"),
     *("bike", "scooter", "tent", "hammock", "razor", "trimmer", "drill", "impact driver"),
+    *("sofa", "armchair", "kettle", "toaster", "backpack", "duffel bag", "watch", "fitness tracker"),
+    *("headphones", "earbuds", "monitor", "projector", "blender", "juicer", "sneaker", "sandal"),
+    *("jacket", "raincoat", "mattress", "futon", "stroller", "car seat", "board game", "puzzle"),
+    *("skillet", "wok", "vacuum", "mop", "router", "modem", "keyboard", "mouse"),
+    *("speaker", "soundbar", "desk", "standing desk", "dumbbell", "kettlebell", "fan", "heater"),
+    *("grill", "smoker", "kayak", "paddle board", "sunglasses", "goggles", "wallet", "purse"),
 ]
-INTENT_WORDS = ["black", "waterproof", "kids", "pro", "wireless", "large", "cheap", "vintage"]
-ATTRIBUTE_SHARE = 0.6  # queries that name an attribute value
+# The types past the word list are further product lines of the same words.
+LINE_WORDS = ["", " II", " III", " IV", " V", " VI", " VII", " VIII", " IX", " X"]
+# Each product has a value of every attribute; a query names some of them. An attribute value
+# means the same across types ("black" phone, "black" shoe), as in CLIP.
+ATTRIBUTE_WORDS = [
+    ["black", "white", "red", "blue", "green", "grey"],
+    ["kids", "women", "men", "pro", "travel", "family"],
+    ["waterproof", "wireless", "large", "vintage", "compact", "cheap"],
+]
+NAMED_ATTRIBUTES = {0: 0.4, 1: 0.4, 2: 0.2}  # how many attribute values a query names
 HARD_NEGATIVE_SHARE = 0.5  # irrelevant judgements that are lexical hard negatives
 DECOY_SHARE = 0.12  # products whose title carries another type's word
 SIBLING_SUBSTITUTE_SHARE = 0.4  # substitutes of the sibling type (the rest: another attribute value)
-BRANDS = 40
+FAMILIES_PER_DEPARTMENT = 8  # sibling pairs in a department (electronics, kitchen, outdoors, ...)
+# Judgement slots drawn per judgement kept: a query about a rare type asking for two attribute
+# values may have no product that fits a slot's relation; the next slot is used instead.
+SLOTS_PER_JUDGEMENT = 6
 # How much more (or less) often judges dispute each relation than `label_noise` says.
 DISPUTE = {"E": 0.75, "S": 1.5, "I": 1.0, "C": 1.75}
 
@@ -31,18 +49,42 @@ DISPUTE = {"E": 0.75, "S": 1.5, "I": 1.0, "C": 1.75}
 @dataclass(frozen=True)
 class SampleSpec:
     queries: int = 300
-    products: int = 1600
+    products: int = 2400
     mean_judgements: float = 24.0
-    topics: int = 24
-    intents: int = 4
+    topics: int = 240
+    attributes: int = 3
+    values: int = 4
+    popularity: float = 1.0  # Zipf exponent of the types' popularity (0: all types alike)
+    brands: int = 120
     label_noise: float = 0.2
     outside_fraction: float = 0.2
     dim: int = features.EMBEDDING_DIM
     seed: int = 7
 
+    def __post_init__(self):
+        if not 1 <= self.attributes <= len(ATTRIBUTE_WORDS) or not 2 <= self.values <= len(ATTRIBUTE_WORDS[0]):
+            raise ValueError(
+                f"attributes must be 1-{len(ATTRIBUTE_WORDS)} and values 2-{len(ATTRIBUTE_WORDS[0])} "
+                f"(the words queries say: ATTRIBUTE_WORDS), not {self.attributes} and {self.values}"
+            )
+
 
 def _unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+
+
+def type_names(topics: int) -> list[str]:
+    """phone, smartphone, ..., then phone II, smartphone II, ...: siblings keep sibling words."""
+    words = len(TOPIC_WORDS)
+    return [TOPIC_WORDS[k % words] + LINE_WORDS[(k // words) % len(LINE_WORDS)] for k in range(topics)]
+
+
+def popularity(spec: SampleSpec, rng: np.random.Generator) -> np.ndarray:
+    """Each type's share of the products and of the queries: Zipf over a random order of types,
+    as a real catalogue has a few types everybody searches and a long tail."""
+    rank = rng.permutation(spec.topics) + 1
+    weights = rank.astype(float) ** -spec.popularity
+    return weights / weights.sum()
 
 
 def accessory_graph(topics: int, rng: np.random.Generator) -> np.ndarray:
@@ -61,35 +103,41 @@ def accessory_graph(topics: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class Space:
-    """The shared geometry: a common direction, type, attribute, title-word and brand vectors, and
-    the image modality's offset. An item's vector is their sum, each with its own strength."""
+    """The shared geometry: a common direction, department, family, type, attribute value, title-word
+    and brand vectors, and the image modality's offset. An item's vector is their sum, each with its
+    own strength."""
 
-    COMMON, TYPE, ATTRIBUTE, WORD, BRAND = 1.35, 0.8, 0.55, 0.45, 0.35
+    COMMON, TYPE, ATTRIBUTE, WORD, BRAND = 1.35, 0.8, 0.4, 0.45, 0.35
 
     def __init__(self, spec: SampleSpec, rng: np.random.Generator):
         d = spec.dim
         self.common = _unit(rng.standard_normal(d))
-        # sibling types (running shoe, trail shoe) are close: a shared family vector and their own
-        family = _unit(rng.standard_normal(((spec.topics + 1) // 2, d)))
+        # sibling types (running shoe, trail shoe) are close: a shared family vector and their own;
+        # families of one department (electronics, kitchen) share a department vector
+        families = (spec.topics + 1) // 2
+        department = _unit(rng.standard_normal((-(-families // FAMILIES_PER_DEPARTMENT), d)))
+        family = _unit(
+            0.6 * department[np.arange(families) // FAMILIES_PER_DEPARTMENT] + _unit(rng.standard_normal((families, d)))
+        )
         self.types = _unit(family[np.arange(spec.topics) // 2] + 0.8 * _unit(rng.standard_normal((spec.topics, d))))
-        # an attribute value means the same across types ("black" phone, "black" shoe), as in CLIP
-        self.attributes = _unit(rng.standard_normal((spec.intents, d)))
+        self.values = _unit(rng.standard_normal((spec.attributes, spec.values, d)))
         self.words = _unit(rng.standard_normal((spec.topics, d)))
-        self.brands = _unit(rng.standard_normal((BRANDS, d)))
+        self.brands = _unit(rng.standard_normal((spec.brands, d)))
         self.image_offset = _unit(rng.standard_normal(d))
         self.dim = d
 
     def embed(self, parts: dict, rng: np.random.Generator, noise: float, image: bool = False) -> np.ndarray:
-        """parts: type, attribute (-1: none), brand (-1: none) and, for text, word and extra_word
-        (-1: none) per item; every component's strength is jittered per item."""
+        """parts: type, values ([n, attributes], -1: not shown), brand (-1: none) and, for text, word
+        and extra_word (-1: none) per item; every component's strength is jittered per item."""
         n = len(parts["type"])
 
         def jitter(scale):
             return (scale * rng.uniform(0.75, 1.25, n))[:, None]
 
         vector = self.COMMON * self.common + jitter(self.TYPE) * self.types[parts["type"]]
-        has_attribute = (parts["attribute"] >= 0)[:, None]
-        vector = vector + has_attribute * jitter(self.ATTRIBUTE) * self.attributes[parts["attribute"]]
+        for attribute, value in enumerate(parts["values"].T):
+            shown = (value >= 0)[:, None]
+            vector = vector + shown * jitter(self.ATTRIBUTE) * self.values[attribute, value]
         vector = vector + (parts["brand"] >= 0)[:, None] * jitter(self.BRAND) * self.brands[parts["brand"]]
         if image:
             vector = vector + 0.5 * self.image_offset
@@ -103,10 +151,11 @@ class Space:
 
 @dataclass
 class Catalogue:
-    """Each product's type, attribute value, brand and decoy word (-1: none): what its title says."""
+    """Each product's type, attribute values ([products, attributes]), brand and decoy word (-1:
+    none): what its title says."""
 
     topic: np.ndarray
-    intent: np.ndarray
+    values: np.ndarray
     brand: np.ndarray
     decoy: np.ndarray
     accessory: np.ndarray
@@ -122,26 +171,35 @@ class Catalogue:
         return np.array([base_of.get(int(t), -1) for t in self.topic])
 
 
-def draw_catalogue(spec: SampleSpec, rng: np.random.Generator, accessory: np.ndarray) -> Catalogue:
-    """The first products cover every (type, attribute) cell, the next ones give every type a decoy,
-    so every relation is drawable."""
-    topic = rng.integers(0, spec.topics, spec.products)
-    intent = rng.integers(0, spec.intents, spec.products)
-    cells = spec.topics * spec.intents
-    if spec.products >= cells:
-        topic[:cells] = np.arange(cells) // spec.intents
-        intent[:cells] = np.arange(cells) % spec.intents
+def draw_catalogue(spec: SampleSpec, rng: np.random.Generator, accessory: np.ndarray, shares: np.ndarray) -> Catalogue:
+    """Types drawn by popularity; the first products give every type a product, the next ones
+    every type a decoy, so every relation is drawable."""
+    topic = rng.choice(spec.topics, spec.products, p=shares)
+    values = rng.integers(0, spec.values, (spec.products, spec.attributes))
+    if spec.products >= spec.topics:
+        topic[: spec.topics] = np.arange(spec.topics)
     decoy = np.where(rng.random(spec.products) < DECOY_SHARE, rng.integers(0, spec.topics, spec.products), -1)
-    if spec.products >= cells + spec.topics:
-        decoy[cells : cells + spec.topics] = np.arange(spec.topics)
+    covered = 2 * spec.topics
+    if spec.products >= covered:
+        decoy[spec.topics : covered] = np.arange(spec.topics)
     # a decoy word is another sibling pair's word: a title naming its own type is no decoy
     decoy[(decoy >= 0) & (decoy // 2 == topic // 2)] = -1
-    if spec.products >= cells + spec.topics:
-        clash = cells + np.flatnonzero(decoy[cells : cells + spec.topics] < 0)
-        topic[clash] = (np.arange(spec.topics)[clash - cells] + 2) % spec.topics
-        decoy[clash] = clash - cells
-    brand = rng.integers(0, BRANDS, spec.products)
-    return Catalogue(topic, intent, brand, decoy, accessory)
+    if spec.products >= covered:
+        clash = spec.topics + np.flatnonzero(decoy[spec.topics : covered] < 0)
+        topic[clash] = (np.arange(spec.topics)[clash - spec.topics] + 2) % spec.topics
+        decoy[clash] = clash - spec.topics
+    brand = rng.integers(0, spec.brands, spec.products)
+    return Catalogue(topic, values, brand, decoy, accessory)
+
+
+def draw_queries(spec: SampleSpec, rng: np.random.Generator, shares: np.ndarray) -> dict:
+    """Each query's type (by popularity), the attribute values it names (-1: not named) and brand."""
+    topic = rng.choice(spec.topics, spec.queries, p=shares)
+    named = rng.choice(list(NAMED_ATTRIBUTES), spec.queries, p=list(NAMED_ATTRIBUTES.values()))
+    order = np.argsort(rng.random((spec.queries, spec.attributes)), axis=1)  # which attributes it names
+    values = np.where(order < named[:, None], rng.integers(0, spec.values, (spec.queries, spec.attributes)), -1)
+    brand = np.where(rng.random(spec.queries) < 0.2, rng.integers(0, spec.brands, spec.queries), -1)
+    return {"type": topic, "values": values, "brand": brand, "word": topic}
 
 
 def product_id(index: np.ndarray) -> np.ndarray:
@@ -158,6 +216,21 @@ def _pick(rng: np.random.Generator, keys: np.ndarray, wanted: np.ndarray) -> np.
     return np.where(count > 0, order[np.minimum(start + offset, len(keys) - 1)], -1)
 
 
+def _pick_fitting(rng, catalogue: Catalogue, topic: np.ndarray, wanted: np.ndarray, values: int) -> np.ndarray:
+    """For each row, a random product of type `topic` with the attribute values `wanted` asks for
+    (-1: any value), or -1 where the catalogue has none."""
+    product = np.full(len(topic), -1)
+    weights = values ** np.arange(wanted.shape[1])
+    asked = (wanted >= 0) @ (2 ** np.arange(wanted.shape[1]))  # which attributes each row constrains
+    for mask in np.unique(asked):
+        rows = np.flatnonzero(asked == mask)
+        constrained = (mask >> np.arange(wanted.shape[1])) & 1
+        keys = catalogue.topic * values ** wanted.shape[1] + catalogue.values @ (weights * constrained)
+        wanted_keys = topic[rows] * values ** wanted.shape[1] + np.maximum(wanted[rows], 0) @ (weights * constrained)
+        product[rows] = _pick(rng, keys, wanted_keys)
+    return product
+
+
 def _unrelated(rng, topic: np.ndarray, accessory: np.ndarray, topics: int) -> np.ndarray:
     """A type in another sibling pair that is not the query type's accessory."""
     other = rng.integers(0, topics, len(topic))
@@ -169,33 +242,63 @@ def _unrelated(rng, topic: np.ndarray, accessory: np.ndarray, topics: int) -> np
     return other
 
 
+def _wanted(spec, rng, relation: np.ndarray, q_topic: np.ndarray, q_values: np.ndarray, accessory: np.ndarray):
+    """The type and attribute values (-1: any) a product must have to stand in `relation` to its query."""
+    topic, wanted = q_topic.copy(), np.full_like(q_values, -1)
+    exact = relation == "E"
+    wanted[exact] = q_values[exact]
+    named = q_values >= 0
+    substitute = relation == "S"
+    sibling = substitute & (~named.any(axis=1) | (rng.random(len(relation)) < SIBLING_SUBSTITUTE_SHARE))
+    topic[sibling] = q_topic[sibling] ^ 1
+    # another value of one attribute the query named, the others as named
+    other_value = np.flatnonzero(substitute & ~sibling)
+    changed = np.where(named[other_value], rng.random((len(other_value), spec.attributes)), -1).argmax(axis=1)
+    wanted[other_value] = q_values[other_value]
+    shift = rng.integers(1, spec.values, len(other_value))
+    wanted[other_value, changed] = (q_values[other_value, changed] + shift) % spec.values
+    complement = relation == "C"
+    topic[complement] = accessory[q_topic[complement]]
+    irrelevant = relation == "I"
+    topic[irrelevant] = _unrelated(rng, q_topic[irrelevant], accessory, spec.topics)
+    return topic, wanted
+
+
 def draw_judgements(spec, rng, queries: dict, catalogue: Catalogue):
     """(query index, product index, relation, label, truth): the relation first, then a product
     that fits it, then the judge's label drawn from the pair's true p(label | pair)."""
+    frequencies = calibrated_frequencies(spec, queries, catalogue)
+    query, product, relation = _draw_pairs(spec, rng, queries, catalogue, frequencies)
+    truth = label_probabilities(relation, spec.label_noise)
+    return query, product, np.array(list(LABEL_FREQUENCIES))[draw_labels(truth, rng)], truth
+
+
+def calibrated_frequencies(spec, queries: dict, catalogue: Catalogue, rounds: int = 4) -> np.ndarray:
+    """Relation frequencies to draw slots with so that the judgements kept come out at the
+    frequencies `relation_frequencies` solves for: a rare type's query runs out of exact matches
+    first, so exact slots are drawn more often than the share they end up with."""
+    target = relation_frequencies(spec.label_noise)
+    frequencies = target
+    for round_ in range(rounds):
+        rng = np.random.default_rng([spec.seed, 1_000 + round_])
+        relation = _draw_pairs(spec, rng, queries, catalogue, frequencies)[2]
+        kept = np.array([(relation == name).mean() for name in LABEL_FREQUENCIES])
+        frequencies = frequencies * target / np.maximum(kept, 1e-3)
+        frequencies = frequencies / frequencies.sum()
+    return frequencies
+
+
+def _draw_pairs(spec, rng, queries: dict, catalogue: Catalogue, frequencies: np.ndarray):
+    """(query index, product index, relation) per judgement. A query has `SLOTS_PER_JUDGEMENT`
+    slots per judgement it gets; the first ones a product fits, one a product, are kept."""
     names = np.array(list(LABEL_FREQUENCIES))
     per_query = np.maximum(2, rng.poisson(spec.mean_judgements, spec.queries))
-    query = np.repeat(np.arange(spec.queries), per_query)
-    relation = rng.choice(names, size=len(query), p=relation_frequencies(spec.label_noise))
-    q_topic, q_intent = queries["type"][query], queries["attribute"][query]
-    topic, intent = q_topic.copy(), q_intent.copy()
-    any_intent = rng.integers(0, spec.intents, len(query))
-    exact = relation == "E"
-    intent[exact & (q_intent < 0)] = any_intent[exact & (q_intent < 0)]
-    substitute = relation == "S"
-    sibling = substitute & ((q_intent < 0) | (rng.random(len(query)) < SIBLING_SUBSTITUTE_SHARE))
-    topic[sibling] = q_topic[sibling] ^ 1
-    intent[sibling] = any_intent[sibling]
-    other_value = substitute & ~sibling
-    intent[other_value] = (q_intent[other_value] + rng.integers(1, spec.intents, other_value.sum())) % spec.intents
-    complement = relation == "C"
-    topic[complement], intent[complement] = catalogue.accessory[q_topic[complement]], any_intent[complement]
-    irrelevant = relation == "I"
-    topic[irrelevant] = _unrelated(rng, q_topic[irrelevant], catalogue.accessory, spec.topics)
-    intent[irrelevant] = any_intent[irrelevant]
-
-    cell = catalogue.topic * spec.intents + catalogue.intent
-    product = _pick(rng, cell, topic * spec.intents + intent)
-    hard = irrelevant & (rng.random(len(query)) < HARD_NEGATIVE_SHARE)
+    query = np.repeat(np.arange(spec.queries), SLOTS_PER_JUDGEMENT * per_query)
+    relation = rng.choice(names, size=len(query), p=frequencies)
+    q_topic = queries["type"][query]
+    topic, wanted = _wanted(spec, rng, relation, q_topic, queries["values"][query], catalogue.accessory)
+    product = _pick_fitting(rng, catalogue, topic, wanted, spec.values)
+    hard = (relation == "I") & (rng.random(len(query)) < HARD_NEGATIVE_SHARE)
     decoys = _pick(rng, catalogue.decoy, q_topic[hard])
     # a decoy that happens to be the query type's accessory is a complement, not a hard negative
     usable = (decoys >= 0) & (catalogue.topic[decoys] != catalogue.accessory[q_topic[hard]])
@@ -203,9 +306,10 @@ def draw_judgements(spec, rng, queries: dict, catalogue: Catalogue):
     keep = product >= 0
     first = np.unique(query[keep] * spec.products + product[keep], return_index=True)[1]  # one judgement a pair
     keep = np.flatnonzero(keep)[np.sort(first)]
-    query, product, relation = query[keep], product[keep], relation[keep]
-    truth = label_probabilities(relation, spec.label_noise)
-    return query, product, names[draw_labels(truth, rng)], truth
+    # the first per_query[q] kept slots of each query (rows are grouped by query, in slot order)
+    starts = np.searchsorted(query[keep], query[keep], side="left")
+    keep = keep[np.arange(len(keep)) - starts < per_query[query[keep]]]
+    return query[keep], product[keep], relation[keep]
 
 
 def draw_labels(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
