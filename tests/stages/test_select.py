@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
-from mmsearch.config import RunConfig
+from mmsearch.config import DEFAULT_CANDIDATES, RunConfig
 from mmsearch.stages import candidates, merge, select, train, transform
+from mmsearch.tools.sample_data import SampleSpec, generate
 from tests.helpers import SMALL
 
 pytestmark = pytest.mark.ml
@@ -61,3 +62,29 @@ def test_the_smaller_model_wins_within_one_standard_error(tmp_path):
         [_trained(0, 0.60, 100_000, 40_000), _trained(1, 0.59, 20, 40_000)], out_dir=tmp_path / "c", cfg=cfg, tags={}
     )
     assert many["candidate"] == 0
+
+
+# Two worlds of the bundled generator at the same sizes, with little label noise so that what
+# the structure allows shows: four product types of one two-valued attribute, which a few
+# whitened directions hold; forty types with three four-valued attributes, whose substitutes
+# (another value of an attribute the query named) and complements need more of them.
+SIMPLE = SampleSpec(queries=300, products=2000, mean_judgements=16, topics=4, attributes=1, values=2, brands=4)
+RICH = SampleSpec(queries=300, products=2000, mean_judgements=16, topics=40, attributes=3, values=4, brands=8)
+
+
+@pytest.mark.parametrize(("world", "chosen"), [(SIMPLE, 4), (RICH, 32)], ids=["simple", "rich"])
+def test_validation_picks_a_wider_representation_only_where_structure_needs_it(world, chosen, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = SampleSpec(**{**world.__dict__, "label_noise": 0.05, "dim": 64, "seed": 3})
+    generate(tmp_path / "raw", spec)
+    # the default candidates' settings, at two widths (batches of 128: a few thousand judgements)
+    widths = tuple({**DEFAULT_CANDIDATES[0], "batch_size": 128, "components": width} for width in (4, 32))
+    cfg = RunConfig(embedding_dim=spec.dim, epochs=8, patience=3, steps_per_epoch=100, candidates=widths)
+    merge.merge(tmp_path / "raw", tmp_path / "merged", cfg)
+    transform.run(tmp_path / "merged", out_dir=tmp_path / "transform", cfg=cfg, tags={})
+    tags = {"dag_id": "test", "run_id": f"width-{chosen}"}
+    planned = candidates.run(out_dir=tmp_path / "candidates", cfg=cfg, tags=tags)
+    trained = [train.run(tmp_path / "transform", c, out_dir=tmp_path / "train", cfg=cfg, tags=tags) for c in planned]
+    best = select.run(trained, out_dir=tmp_path / "select", cfg=cfg, tags={})
+    assert best["components"] == chosen, best["selection"]["candidates"]
