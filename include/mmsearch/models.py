@@ -35,6 +35,9 @@ class Hyperparameters:
     # The whitened components the towers and the whitened cosines read (at most the transform's
     # features.WHITENED_WIDTH): the default candidates read 32 and 128, and select keeps one
     components: int = features.WHITENED_WIDTH
+    # The candidate's schedule: at most this many epochs, its learning rate cosine-decayed over
+    # them; 0: the run's `epochs`, which also caps it
+    epochs: int = 0
 
     @classmethod
     def for_candidate(
@@ -50,6 +53,8 @@ class Hyperparameters:
             raise ValueError(f"class_weighting must be 'none' or 'sqrt', not {hp.class_weighting!r}")
         if not 1 <= hp.components <= features.WHITENED_WIDTH:
             raise ValueError(f"components must be 1 to {features.WHITENED_WIDTH}, not {hp.components!r}")
+        if hp.epochs < 0:
+            raise ValueError(f"epochs must be at least 1 (or 0: the run's), not {hp.epochs!r}")
         return hp
 
     def as_dict(self) -> dict:

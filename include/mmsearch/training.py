@@ -75,7 +75,7 @@ def _fit(job: Training):
     start_weights = model.get_weights()
     history = model.fit(
         train,
-        epochs=cfg.epochs,
+        epochs=job.epochs,
         steps_per_epoch=job.steps_per_epoch,
         validation_data=val,
         validation_steps=validation_steps,
@@ -144,6 +144,7 @@ class Training:
     params: dict  # logged beside the settings every run logs
     batch_size: int
     steps_per_epoch: int
+    epochs: int
     weights: dict | None = None  # Keras class weights
     fit_rule: bool = False  # fit the macro-F1 decision rule on the validation split
     keep_start_if_better: bool = False  # if no epoch beats the starting weights, keep them
@@ -153,7 +154,9 @@ def query_training(transform_manifest: dict, work_dir: Path, cfg: config.RunConf
     """The original design's model on the query embedding, with the run's settings."""
     model = models.build_query_model(transform_manifest["embedding_dim"], cfg.dropout, cfg.learning_rate)
     params = {"learning_rate": cfg.learning_rate, "dropout": cfg.dropout}
-    return Training(model, "query", transform_manifest, work_dir, cfg, params, cfg.batch_size, cfg.steps_per_epoch)
+    return Training(
+        model, "query", transform_manifest, work_dir, cfg, params, cfg.batch_size, cfg.steps_per_epoch, cfg.epochs
+    )
 
 
 def train_and_log(job: Training, mlflow) -> dict:
@@ -165,7 +168,7 @@ def train_and_log(job: Training, mlflow) -> dict:
     width = sum(models.model_widths(model).values())
     params = {
         "batch_size": job.batch_size,
-        "epochs": job.cfg.epochs,
+        "epochs": job.epochs,
         "input_dim": width,
         "optimizer": "Adam",
         "feature_set": feature_set,
@@ -239,21 +242,22 @@ def pair_training(transform_manifest: dict, work_dir: Path, cfg: config.RunConfi
     train_split = read_json(Path(transform_manifest["merged_dir"]) / "manifest.json")["splits"]["train"]
     # an epoch: one pass over the train split, or steps_per_epoch batches if that is less
     steps = max(1, min(cfg.steps_per_epoch, -(-train_split["rows"] // hp.batch_size)))
+    epochs = min(hp.epochs, cfg.epochs) if hp.epochs else cfg.epochs
     weights = class_weights(train_split["labels"], hp.class_weighting)
     # class weights change the loss the regression minimised: the wide part then starts at zero
     start = wide_init(transform_manifest, hp.components) if weights is None else None
-    model = models.build_pair_model(
-        transform_manifest["embedding_dim"], hp, decay_steps=cfg.epochs * steps, wide_init=start
-    )
+    dim = transform_manifest["embedding_dim"]
+    model = models.build_pair_model(dim, hp, decay_steps=epochs * steps, wide_init=start)
     return Training(
         model=model,
         feature_set="query_product",
         transform_manifest=transform_manifest,
         work_dir=work_dir,
         cfg=cfg,
-        params=hp.as_dict(),
+        params={**hp.as_dict(), "epochs": epochs},
         batch_size=hp.batch_size,
         steps_per_epoch=steps,
+        epochs=epochs,
         weights=weights,
         fit_rule=cfg.decision_rule == "macro_f1",
         keep_start_if_better=start is not None,
