@@ -30,13 +30,13 @@ AT_LEAST_ONE = {"minimum": 1}
 # reads 32 whitened components, one 128. A catalogue of a few dozen product types, or little
 # data, needs few; thousands of types, or more data, more: validation says which (docs/design.md,
 # The model). When the embeddings add nothing, a deep candidate keeps its starting regression (the
-# wide part alone, which no longer trains as a candidate of its own). Their schedule is 15 epochs
-# (the learning rate decayed over them): at 182k pairs, both widths score on validation what 50
-# gave, in a third of the time (docs/design.md, The model); on small data early stopping ends
-# them sooner anyway.
+# wide part alone, which no longer trains as a candidate of its own). Their schedule is 25 epochs
+# (at most the run's), the learning rate decayed over them: at 182k pairs of either bundled
+# generator, 25 scored on validation what 50 did (15 lost 0.03 of macro-F1 on one), in half the
+# time (docs/sample-data.md, How many whitened components it needs).
 DEFAULT_CANDIDATES = (
-    {"batch_size": 256, "learning_rate": 0.003, "dropout": 0.2, "components": 32, "epochs": 15},
-    {"batch_size": 256, "learning_rate": 0.003, "dropout": 0.2, "components": 128, "epochs": 15},
+    {"batch_size": 256, "learning_rate": 0.003, "dropout": 0.2, "components": 32, "epochs": 25},
+    {"batch_size": 256, "learning_rate": 0.003, "dropout": 0.2, "components": 128, "epochs": 25},
 )
 
 
@@ -79,7 +79,7 @@ class RunConfig:
     epochs: int = training_setting(
         50,
         "Maximum epochs of any model (early stopping on validation loss ends sooner). The pair model's default "
-        "candidates train at most 15, their own schedule, or this if it is fewer.",
+        "candidates train at most 25, their own schedule, or this if it is fewer.",
         **AT_LEAST_ONE,
     )
     batch_size: int = training_setting(

@@ -87,6 +87,8 @@ def test_candidate_overrides_are_checked():
     assert hp.hidden_units == 0 and hp.batch_size == 64 and hp.learning_rate == 0.001
     with pytest.raises(ValueError, match="unknown hyperparameters"):
         models.Hyperparameters.for_candidate({"hidden": 3})
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        models.Hyperparameters.for_candidate({"epochs": -1})
 
 
 def test_keras_is_keras_2_as_the_transform_layer_needs():

@@ -78,9 +78,10 @@ def test_validation_picks_a_wider_representation_only_where_structure_needs_it(w
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = SampleSpec(**{**world.__dict__, "label_noise": 0.05, "dim": 64, "seed": 3})
     generate(tmp_path / "raw", spec)
-    # the default candidates' settings, at two widths (batches of 128: a few thousand judgements)
-    widths = tuple({**DEFAULT_CANDIDATES[0], "batch_size": 128, "components": width} for width in (4, 32))
-    cfg = RunConfig(embedding_dim=spec.dim, epochs=8, patience=3, steps_per_epoch=100, candidates=widths)
+    # the default candidates' settings at two widths, on a schedule of their own: 8 epochs of the
+    # run's 50 (batches of 128: a few thousand judgements)
+    widths = tuple({**DEFAULT_CANDIDATES[0], "batch_size": 128, "components": width, "epochs": 8} for width in (4, 32))
+    cfg = RunConfig(embedding_dim=spec.dim, patience=3, steps_per_epoch=100, candidates=widths)
     merge.merge(tmp_path / "raw", tmp_path / "merged", cfg)
     transform.run(tmp_path / "merged", out_dir=tmp_path / "transform", cfg=cfg, tags={})
     tags = {"dag_id": "test", "run_id": f"width-{chosen}"}
@@ -88,3 +89,4 @@ def test_validation_picks_a_wider_representation_only_where_structure_needs_it(w
     trained = [train.run(tmp_path / "transform", c, out_dir=tmp_path / "train", cfg=cfg, tags=tags) for c in planned]
     best = select.run(trained, out_dir=tmp_path / "select", cfg=cfg, tags={})
     assert best["components"] == chosen, best["selection"]["candidates"]
+    assert max(t["epochs_run"] for t in trained) <= 8
