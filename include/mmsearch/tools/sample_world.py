@@ -283,14 +283,15 @@ def calibrated_frequencies(spec, queries: dict, catalogue: Catalogue, rounds: in
         rng = np.random.default_rng([spec.seed, 1_000 + round_])
         relation = _draw_pairs(spec, rng, queries, catalogue, frequencies)[2]
         kept = np.array([(relation == name).mean() for name in LABEL_FREQUENCIES])
-        frequencies = frequencies * target / np.maximum(kept, 1e-3)
+        # bounded steps: a relation no slot can fit (a tiny catalogue) must not take every slot
+        frequencies = frequencies * np.clip(target / np.maximum(kept, 1e-3), 0.2, 5.0)
         frequencies = frequencies / frequencies.sum()
     return frequencies
 
 
 def _draw_pairs(spec, rng, queries: dict, catalogue: Catalogue, frequencies: np.ndarray):
     """(query index, product index, relation) per judgement. A query has `SLOTS_PER_JUDGEMENT`
-    slots per judgement it gets; the first ones a product fits, one a product, are kept."""
+    slots per judgement it gets; it keeps the first slots a product fits, one judgement a product."""
     names = np.array(list(LABEL_FREQUENCIES))
     per_query = np.maximum(2, rng.poisson(spec.mean_judgements, spec.queries))
     query = np.repeat(np.arange(spec.queries), SLOTS_PER_JUDGEMENT * per_query)
