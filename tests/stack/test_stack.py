@@ -59,8 +59,8 @@ def default_run(stack, airflow_api, page):
     started = time.monotonic()
     url = stack["status"]["airflow_url"]
     # the allowed range under a number field: its box shows none
-    epochs = {"Training": "Maximum epochs (early stopping on validation loss ends sooner). Allowed: ≥ 1."}
-    run = trigger_from_the_form(page, url, airflow_api, {}, "airflow-ui-trigger-form-defaults.png", shows=epochs)
+    steps = {"Training": "Training steps per epoch. Allowed: ≥ 1."}
+    run = trigger_from_the_form(page, url, airflow_api, {}, "airflow-ui-trigger-form-defaults.png", shows=steps)
     finished = wait_for_run(airflow_api, run["dag_run_id"])
     assert finished["state"] == "success", failure_report(airflow_api, run["dag_run_id"])
     return {**finished, "trigger_to_registered_seconds": round(time.monotonic() - started, 1)}
